@@ -1,0 +1,3 @@
+from scorebeater.cli import main
+
+raise SystemExit(main())

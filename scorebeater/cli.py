@@ -1,0 +1,253 @@
+"""The ``scorebeater`` command line: the only place errors become exit codes.
+
+Each subcommand's work lives in the module that owns it; this module parses arguments,
+configures logging once, imports the owner lazily (so ``check-config`` never pays for
+TensorFlow) and turns errors into one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scorebeater import __version__
+from scorebeater.config import DEFAULT_CONFIG_PATH
+from scorebeater.errors import ConfigError, DataError, FatalError, ScorebeaterError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+# subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
+HANDLERS: dict[str, str] = {
+    "run": "scorebeater.daemon:command",
+    "once": "scorebeater.daemon:once_command",
+    "check-config": "scorebeater.cli:check_config_command",
+    "replay-api": "scorebeater.scoreapi.replay:command",
+    "serve-model": "scorebeater.modelserver.app:command",
+    "train": "scorebeater.training.pipeline:train_command",
+    "evaluate": "scorebeater.training.pipeline:evaluate_command",
+}
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: not a directory")
+    return path
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be > 0")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"{port} is not in 0-65535")
+    return port
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"TOML config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def _add_data(p: argparse.ArgumentParser, *, help_text: str | None = None) -> None:
+    p.add_argument(
+        "--data",
+        type=_existing_dir,
+        default=None,
+        metavar="DIR",
+        help=help_text
+        or "data directory laid out like the bundled data (season_totals/games/player_games .csv.gz); "
+        "default: the config's data.dir, else the copy bundled in the package",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scorebeater",
+        description="Keep, for every NBA player, a live probability that he beats his previous "
+        "season's free throws made.",
+    )
+    parser.add_argument("--version", action="version", version=f"scorebeater {__version__}")
+    parser.add_argument("--log-format", choices=("auto", "console", "json"), default=None, help="override logging.format")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default=None, help="override logging.level"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run the daemon (and, per config, the embedded replay Score API and model server)",
+        description="Run the long-lived daemon: feature, prediction and validation stages, admin API "
+        "and metrics. With the embedded defaults it also starts the replay Score API and the TF "
+        "Serving stand-in, trains a first model if model/ has none, and needs no other service.",
+    )
+    _add_config(p)
+    _add_data(p)
+
+    p = sub.add_parser("once", help="run one iteration of one stage and exit")
+    _add_config(p)
+    _add_data(p)
+    p.add_argument("--stage", required=True, choices=("features", "predictions", "validation", "refeed"))
+
+    p = sub.add_parser("check-config", help="check a config file and print the effective settings")
+    p.add_argument("file", type=Path, help="TOML config file")
+    p.add_argument("--quiet", action="store_true", help="print nothing when the file is valid")
+
+    p = sub.add_parser(
+        "replay-api",
+        help="serve real seasons through the Score API contract with an accelerated clock",
+        description="Replay real seasons as if live: the replay clock runs SPEED times faster than "
+        "real time from START; games turn final as it passes them, and a season's totals turn "
+        "final after its last regular-season game.",
+    )
+    _add_data(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8600, help="port to listen on (default: 8600)")
+    p.add_argument(
+        "--speed", type=_positive_float, default=86400.0, help="replay seconds per real second (default: 86400)"
+    )
+    p.add_argument("--start", default=None, metavar="DATE", help="ISO date the replay clock starts at (default: "
+                   "the day before the replayed season's first game)")
+    p.add_argument("--season", type=int, default=None, help="season (end year) to replay (default: the last with games)")
+    p.add_argument(
+        "--token-env",
+        default="SCOREBEATER_SCORE_API_TOKEN",
+        metavar="VAR",
+        help="environment variable with the bearer token clients must send (unset: no auth)",
+    )
+    p.add_argument("--rate-limit", type=_positive_float, default=None, metavar="RPS",
+                   help="answer 429 with Retry-After beyond this many requests per second")
+
+    p = sub.add_parser(
+        "serve-model",
+        help="serve SavedModels over TF Serving's REST API (the embedded stand-in)",
+        description="An aiohttp server over TensorFlow SavedModels that answers TF Serving's REST "
+        "API: status, metadata and predict, version directories polled and hot-loaded.",
+    )
+    p.add_argument("--model-base-path", type=Path, default=Path("model/score_beater"),
+                   help="directory holding integer version directories (default: model/score_beater)")
+    p.add_argument("--model-name", default="score_beater", help="model name in URLs (default: score_beater)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8501, help="REST port (default: 8501)")
+    p.add_argument("--model-config-file", type=Path, default=None,
+                   help="TF Serving models.config text file (version policy, labels)")
+    p.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
+                   help="how often version directories are polled (default: 1)")
+    p.add_argument("--max-batch-size", type=int, default=8192,
+                   help="largest accepted batch; larger requests get 400 as with TF Serving batching")
+
+    p = sub.add_parser(
+        "train",
+        help="train the score_beater MLP and publish it behind the promotion gate",
+        description="Build the point-in-time training set, train the Keras MLP, evaluate it against "
+        "the champion on held-out seasons, and publish model/<name>/<version>/ if the gate passes.",
+    )
+    _add_config(p)
+    _add_data(p)
+    p.add_argument("--from-storage", action="store_true",
+                   help="build the training set from stored feature history and outcomes instead of files")
+    p.add_argument("--force", action="store_true", help="publish even if the gate fails (recorded as forced)")
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score the current model and three baselines on some seasons",
+        description="Score the current model and the pace, logistic and gradient-boosted baselines on "
+        "the same rows, overall and by season progress, and write a Markdown + PNG report.",
+    )
+    _add_config(p)
+    _add_data(p)
+    p.add_argument("--seasons", type=int, nargs="+", required=True, metavar="S", help="seasons (end years) to score")
+    p.add_argument("--json", action="store_true", help="print the metrics table as one JSON object")
+    p.add_argument("--report-dir", type=Path, default=None, help="where to write the report (default: training.report_dir)")
+    p.add_argument("--model-version", type=int, default=None, help="version to evaluate (default: the latest)")
+    return parser
+
+
+def check_config_command(args: argparse.Namespace) -> int:
+    """Validate a config file; print the effective settings (secrets show as ``<set>``)."""
+    import json  # noqa: PLC0415 - only this command prints JSON
+
+    from scorebeater.config import describe, load_config  # noqa: PLC0415
+
+    cfg = load_config(args.file)
+    if not args.quiet:
+        print(json.dumps(describe(cfg), indent=2))  # noqa: T201 - this command's output
+    print(f"{args.file}: ok", file=sys.stderr)  # noqa: T201
+    return EXIT_OK
+
+
+def _resolve(command: str) -> Handler:
+    module, _, attr = HANDLERS[command].partition(":")
+    handler: Handler = getattr(importlib.import_module(module), attr)
+    return handler
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    from scorebeater.config import load_config  # noqa: PLC0415
+    from scorebeater.logs import configure_logging  # noqa: PLC0415
+
+    fmt, level = "auto", "info"
+    config_path = getattr(args, "config", None)
+    if config_path is not None and Path(config_path).is_file():
+        try:
+            cfg = load_config(config_path)
+        except ConfigError:
+            cfg = None  # reported by the command itself, with every problem
+        if cfg is not None:
+            fmt, level = cfg.logging.format, cfg.logging.level
+    configure_logging(args.log_format or fmt, args.log_level or level)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scorebeater`` and ``python -m scorebeater``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _configure_logging(args)
+        return _resolve(args.command)(args)
+    except KeyboardInterrupt:
+        print("scorebeater: interrupted", file=sys.stderr)  # noqa: T201
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"scorebeater: config error: {exc.source}:", file=sys.stderr)  # noqa: T201
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    except (DataError, FatalError, ScorebeaterError) as exc:
+        print(f"scorebeater: error: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"scorebeater: error: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_FAILURE
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(  # noqa: T201
+            f"scorebeater: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE

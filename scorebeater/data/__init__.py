@@ -1,0 +1,383 @@
+"""Real NBA history: the bundled copy and a checked loader for any directory in its layout.
+
+Three gzip CSV files (see ``README.md`` beside this module):
+
+- ``season_totals.csv.gz``: one row per player and season (the ground truth once final);
+- ``games.csv.gz``: one row per game, with its season, type, schedule place and date;
+- ``player_games.csv.gz``: one row per player and game in which he took a free throw.
+
+:func:`load_history` checks the header of each file and every row. A bad row is rejected
+with a reason (``ftm_gt_fta``, ``unknown_game``, ...), counted in :class:`LoadReport` and
+never silently dropped: the report is logged and returned. A missing file or a missing
+column is a :class:`~scorebeater.errors.DataError`, since no row of it can be trusted.
+
+A directory may hold games for only some seasons while its season totals reach further back
+(previous-season features come from the totals).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import structlog
+
+from scorebeater.errors import DataError
+
+log = structlog.get_logger(__name__)
+
+SEASON_TOTALS = "season_totals.csv.gz"
+GAMES = "games.csv.gz"
+PLAYER_GAMES = "player_games.csv.gz"
+FILES = (SEASON_TOTALS, GAMES, PLAYER_GAMES)
+
+SeasonType = Literal["regular", "playoffs"]
+
+_MIN_SEASON, _MAX_SEASON = 1900, 2200
+_MAX_SAMPLES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SeasonTotal:
+    """One player's official regular-season totals (counts are whole numbers)."""
+
+    season: int
+    player_id: int
+    player: str
+    age: int | None
+    experience: int
+    team: str
+    games: int
+    minutes: int | None
+    ftm: int
+    fta: int
+    pts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Game:
+    """One scheduled game; ``game_seq`` orders a season's games, regular season first."""
+
+    season: int
+    season_type: SeasonType
+    game_seq: int
+    game_id: str
+    date: date
+    date_estimated: bool
+    away: str
+    home: str
+    away_pts: int
+    home_pts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerGame:
+    """One player's free throws in one game. ``player_id`` is ``None`` where unmatched."""
+
+    season: int
+    season_type: SeasonType
+    game_seq: int
+    game_id: str
+    date: date
+    player_id: int | None
+    player: str
+    team: str
+    ftm: int
+    fta: int
+
+
+@dataclass(slots=True)
+class LoadReport:
+    """What the loader accepted and rejected, per file and reason."""
+
+    accepted: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+    """The first few rejections as ``file:line: reason: detail`` lines."""
+
+    def reject(self, file: str, line: int, reason: str, detail: str) -> None:
+        self.rejected[file, reason] += 1
+        if len(self.samples) < _MAX_SAMPLES * 4:
+            self.samples.append(f"{file}:{line}: {reason}: {detail}")
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Everything loaded from one data directory, plus the load report."""
+
+    source: str
+    season_totals: tuple[SeasonTotal, ...]
+    games: tuple[Game, ...]
+    player_games: tuple[PlayerGame, ...]
+    report: LoadReport
+
+    def totals_by_season(self) -> dict[int, dict[int, SeasonTotal]]:
+        """``{season: {player_id: totals}}``."""
+        out: dict[int, dict[int, SeasonTotal]] = {}
+        for t in self.season_totals:
+            out.setdefault(t.season, {})[t.player_id] = t
+        return out
+
+    def game_seasons(self) -> list[int]:
+        """Seasons that have at least one regular-season game, ascending."""
+        return sorted({g.season for g in self.games if g.season_type == "regular"})
+
+
+class _RowError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+def _int(row: dict[str, str], key: str, *, lo: int = 0, hi: int | None = None) -> int:
+    raw = row[key].strip()
+    if raw == "":
+        raise _RowError(f"missing_{key}", f"{key} is empty")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _RowError(f"bad_{key}", f"{key}={raw!r} is not an integer") from None
+    if value < lo or (hi is not None and value > hi):
+        reason = "negative_count" if value < 0 and lo == 0 else f"bad_{key}"
+        raise _RowError(reason, f"{key}={value} is out of range")
+    return value
+
+
+def _opt_int(row: dict[str, str], key: str, *, lo: int = 0, hi: int | None = None) -> int | None:
+    if row[key].strip() == "":
+        return None
+    return _int(row, key, lo=lo, hi=hi)
+
+
+def _text(row: dict[str, str], key: str, *, required: bool = True) -> str:
+    value = row[key].strip()
+    if required and not value:
+        raise _RowError(f"missing_{key}", f"{key} is empty")
+    return value
+
+
+def _date(row: dict[str, str], key: str) -> date:
+    try:
+        return date.fromisoformat(row[key].strip())
+    except ValueError:
+        raise _RowError(f"bad_{key}", f"{key}={row[key]!r} is not an ISO date") from None
+
+
+def _season_type(row: dict[str, str]) -> SeasonType:
+    value = row["season_type"].strip()
+    if value == "regular":
+        return "regular"
+    if value == "playoffs":
+        return "playoffs"
+    raise _RowError("bad_season_type", f"season_type={value!r}")
+
+
+def _made_attempted(made: int, attempted: int) -> None:
+    if made > attempted:
+        raise _RowError("ftm_gt_fta", f"ft made {made} > attempted {attempted}")
+
+
+def _parse_total(row: dict[str, str]) -> SeasonTotal:
+    ftm, fta = _int(row, "ft"), _int(row, "fta")
+    _made_attempted(ftm, fta)
+    return SeasonTotal(
+        season=_int(row, "season", lo=_MIN_SEASON, hi=_MAX_SEASON),
+        player_id=_int(row, "player_id", lo=1),
+        player=_text(row, "player"),
+        age=_opt_int(row, "age", lo=10, hi=70),
+        experience=_int(row, "experience", lo=1, hi=40),
+        team=_text(row, "team", required=False),
+        games=_int(row, "g", hi=200),
+        minutes=_opt_int(row, "mp"),
+        ftm=ftm,
+        fta=fta,
+        pts=_int(row, "pts"),
+    )
+
+
+def _parse_game(row: dict[str, str]) -> Game:
+    away, home = _text(row, "away"), _text(row, "home")
+    if away == home:
+        raise _RowError("same_teams", f"away and home are both {away!r}")
+    game_id = _text(row, "game_id")
+    if not game_id.isdigit():
+        raise _RowError("bad_game_id", f"game_id={game_id!r} is not numeric")
+    estimated = row["date_estimated"].strip()
+    if estimated not in {"0", "1"}:
+        raise _RowError("bad_date_estimated", f"date_estimated={estimated!r}")
+    return Game(
+        season=_int(row, "season", lo=_MIN_SEASON, hi=_MAX_SEASON),
+        season_type=_season_type(row),
+        game_seq=_int(row, "game_seq", lo=1),
+        game_id=game_id,
+        date=_date(row, "date"),
+        date_estimated=estimated == "1",
+        away=away,
+        home=home,
+        away_pts=_int(row, "away_pts"),
+        home_pts=_int(row, "home_pts"),
+    )
+
+
+def _parse_player_game(row: dict[str, str]) -> PlayerGame:
+    ftm, fta = _int(row, "ftm"), _int(row, "fta")
+    _made_attempted(ftm, fta)
+    return PlayerGame(
+        season=_int(row, "season", lo=_MIN_SEASON, hi=_MAX_SEASON),
+        season_type=_season_type(row),
+        game_seq=_int(row, "game_seq", lo=1),
+        game_id=_text(row, "game_id"),
+        date=_date(row, "date"),
+        player_id=_opt_int(row, "player_id", lo=1),
+        player=_text(row, "player"),
+        team=_text(row, "team", required=False),
+        ftm=ftm,
+        fta=fta,
+    )
+
+
+_COLUMNS = {
+    SEASON_TOTALS: ("season", "player_id", "player", "age", "experience", "team", "g", "mp", "ft", "fta", "pts"),
+    GAMES: ("season", "season_type", "game_seq", "game_id", "date", "date_estimated", "away", "home", "away_pts", "home_pts"),
+    PLAYER_GAMES: ("season", "season_type", "game_seq", "game_id", "date", "player_id", "player", "team", "ftm", "fta"),
+}
+
+T = TypeVar("T")
+
+
+def _rows(source: Path | resources.abc.Traversable, name: str) -> Iterator[tuple[int, dict[str, str]]]:
+    path = source / name
+    try:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{source}: missing {name}") from None
+    try:
+        text = gzip.decompress(raw).decode("utf-8") if name.endswith(".gz") else raw.decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable gzip UTF-8 CSV: {exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in _COLUMNS[name] if c not in (reader.fieldnames or ())]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    for row in reader:
+        yield reader.line_num, row
+
+
+def _load(
+    source: Path | resources.abc.Traversable,
+    name: str,
+    parse: Callable[[dict[str, str]], T],
+    report: LoadReport,
+) -> list[T]:
+    out: list[T] = []
+    for line, row in _rows(source, name):
+        if None in row or any(v is None for v in row.values()):
+            report.reject(name, line, "bad_field_count", "row has a different number of fields than the header")
+            continue
+        try:
+            out.append(parse(row))
+        except _RowError as exc:
+            report.reject(name, line, exc.reason, exc.detail)
+            continue
+        report.accepted[name] += 1
+    return out
+
+
+def bundled_data_dir() -> resources.abc.Traversable:
+    """The data directory shipped inside the package."""
+    return resources.files(__name__)
+
+
+def load_history(directory: Path | str | None = None) -> History:
+    """Load and check a data directory (``None``: the bundled copy).
+
+    Rows are checked one by one; cross-file checks follow: a player-game whose game is not
+    in ``games`` (or disagrees with it on season, type, sequence or date) is rejected as
+    ``unknown_game`` / ``game_mismatch``, duplicates as ``duplicate``.
+
+    Raises:
+        DataError: a file or a required column is missing, or a file cannot be decoded.
+    """
+    source: Path | resources.abc.Traversable
+    if directory is None:
+        source = bundled_data_dir()
+    else:
+        source = Path(directory)
+        if not source.is_dir():
+            raise DataError(f"{source}: not a directory")
+    report = LoadReport()
+
+    totals: list[SeasonTotal] = []
+    seen_totals: set[tuple[int, int]] = set()
+    for t in _load(source, SEASON_TOTALS, _parse_total, report):
+        key = (t.season, t.player_id)
+        if key in seen_totals:
+            report.accepted[SEASON_TOTALS] -= 1
+            report.reject(SEASON_TOTALS, 0, "duplicate", f"season {t.season} player_id {t.player_id}")
+            continue
+        seen_totals.add(key)
+        totals.append(t)
+
+    games: list[Game] = []
+    by_id: dict[str, Game] = {}
+    for g in _load(source, GAMES, _parse_game, report):
+        if g.game_id in by_id:
+            report.accepted[GAMES] -= 1
+            report.reject(GAMES, 0, "duplicate", f"game_id {g.game_id}")
+            continue
+        by_id[g.game_id] = g
+        games.append(g)
+
+    player_games: list[PlayerGame] = []
+    seen_pg: set[tuple[str, str]] = set()
+    for pg in _load(source, PLAYER_GAMES, _parse_player_game, report):
+        game = by_id.get(pg.game_id)
+        reason = ""
+        if game is None:
+            reason, detail = "unknown_game", f"game_id {pg.game_id} is not in {GAMES}"
+        elif (game.season, game.season_type, game.game_seq, game.date) != (
+            pg.season, pg.season_type, pg.game_seq, pg.date,
+        ):
+            reason, detail = "game_mismatch", f"game_id {pg.game_id} disagrees with {GAMES}"
+        else:
+            key = (pg.game_id, str(pg.player_id) if pg.player_id is not None else pg.player)
+            if key in seen_pg:
+                reason, detail = "duplicate", f"game_id {pg.game_id} player {pg.player!r}"
+            seen_pg.add(key)
+        if reason:
+            report.accepted[PLAYER_GAMES] -= 1
+            report.reject(PLAYER_GAMES, 0, reason, detail)
+            continue
+        player_games.append(pg)
+
+    games.sort(key=lambda g: (g.season, g.game_seq))
+    player_games.sort(key=lambda p: (p.season, p.game_seq))
+    log.info(
+        "data.loaded",
+        source=str(source),
+        season_totals=len(totals),
+        games=len(games),
+        player_games=len(player_games),
+        rejected=report.rejected_total,
+        rejected_by_reason={f"{f}:{r}": n for (f, r), n in sorted(report.rejected.items())},
+    )
+    return History(
+        source=str(source),
+        season_totals=tuple(totals),
+        games=tuple(games),
+        player_games=tuple(player_games),
+        report=report,
+    )

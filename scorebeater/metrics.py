@@ -1,0 +1,256 @@
+"""Every Prometheus object the daemon exports, held by one :class:`Metrics` per registry.
+
+Names follow Prometheus conventions: the ``scorebeater_`` prefix, base units (``_seconds``,
+``_ratio``), ``_total`` for counters, timestamps rather than ages (``*_timestamp_seconds``;
+dashboards compute ``time() - metric``). Labels are bounded: ``stage``, ``outcome``,
+``endpoint``, ``code``, ``mode``, ``model_version``, ``bucket`` (``all`` and the four
+season-progress buckets), ``bin`` (ten calibration bins), ``reason``; never a player or game id.
+Known label values are pre-initialised so series exist (as 0) before the first event.
+
+Tests pass a fresh ``CollectorRegistry`` so nothing leaks between them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from scorebeater.inputs import PROGRESS_BUCKETS
+
+STAGES = ("features", "predictions", "validation")
+STAGE_OUTCOMES = ("success", "error")
+EVAL_BUCKETS = ("all", *PROGRESS_BUCKETS)
+CALIBRATION_BINS = tuple(f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10))
+SCORE_API_ENDPOINTS = ("games", "boxscore", "season", "seasons", "totals")
+TFSERVING_APIS = ("predict", "status", "metadata")
+PREDICTION_MODES = ("diff", "refeed")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+
+
+class Metrics:
+    """The daemon's metrics. One instance per registry; attributes are the Prometheus objects."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        # --- pipeline health --------------------------------------------------------------
+        self.stage_runs = Counter(
+            "scorebeater_stage_runs_total", "Stage iterations by outcome.", ["stage", "outcome"], registry=r
+        )
+        self.stage_duration = Histogram(
+            "scorebeater_stage_duration_seconds",
+            "Wall time of one stage iteration.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.stage_last_success = Gauge(
+            "scorebeater_stage_last_success_timestamp_seconds",
+            "Unix time the stage last completed an iteration without error.",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_in_progress = Gauge(
+            "scorebeater_stage_in_progress", "1 while the stage is running an iteration.", ["stage"], registry=r
+        )
+        self.stage_missed_runs = Counter(
+            "scorebeater_stage_missed_runs_total",
+            "Scheduled runs skipped because the previous run was still going.",
+            ["stage"],
+            registry=r,
+        )
+        self.watermark_seq = Gauge(
+            "scorebeater_watermark_game_seq",
+            "Game sequence number up to which the stage has committed (the current season).",
+            ["stage"],
+            registry=r,
+        )
+        self.watermark_time = Gauge(
+            "scorebeater_watermark_timestamp_seconds",
+            "Unix time (game final time) of the last game the stage has committed.",
+            ["stage"],
+            registry=r,
+        )
+
+        # --- data -------------------------------------------------------------------------
+        self.games_processed = Counter(
+            "scorebeater_games_processed_total", "Final games whose box scores became features.", registry=r
+        )
+        self.feature_rows_written = Counter(
+            "scorebeater_feature_rows_written_total", "Feature rows committed to storage.", registry=r
+        )
+        self.features_last_materialized = Gauge(
+            "scorebeater_features_last_materialized_timestamp_seconds",
+            "Unix time feature rows were last committed.",
+            registry=r,
+        )
+        self.records_rejected = Counter(
+            "scorebeater_records_rejected_total",
+            "External records rejected by validation, by kind and reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+
+        # --- Score API ----------------------------------------------------------------------
+        self.score_api_requests = Counter(
+            "scorebeater_score_api_requests_total",
+            "Score API requests by endpoint and HTTP status (code 0: no response).",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.score_api_duration = Histogram(
+            "scorebeater_score_api_request_duration_seconds",
+            "Score API request latency, one attempt.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.score_api_retries = Counter(
+            "scorebeater_score_api_retries_total", "Score API retries scheduled.", registry=r
+        )
+        self.score_api_last_success = Gauge(
+            "scorebeater_scores_last_fetch_success_timestamp_seconds",
+            "Unix time of the last successful Score API response.",
+            registry=r,
+        )
+
+        # --- TF Serving ---------------------------------------------------------------------
+        self.tfserving_requests = Counter(
+            "scorebeater_tfserving_requests_total",
+            "TF Serving requests by API and HTTP status (code 0: no response).",
+            ["api", "code"],
+            registry=r,
+        )
+        self.tfserving_duration = Histogram(
+            "scorebeater_tfserving_request_duration_seconds",
+            "TF Serving request latency, one attempt.",
+            ["api"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tfserving_retries = Counter(
+            "scorebeater_tfserving_retries_total", "TF Serving retries scheduled.", registry=r
+        )
+        self.model_available = Gauge(
+            "scorebeater_model_available",
+            "1 when the pinned model version is AVAILABLE on the model server, else 0.",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "scorebeater_model_info",
+            "1 for the model version the prediction stage last pinned.",
+            ["model_name", "model_version"],
+            registry=r,
+        )
+
+        # --- predictions --------------------------------------------------------------------
+        self.predictions = Counter(
+            "scorebeater_predictions_total", "Predictions stored, by mode.", ["mode"], registry=r
+        )
+        self.prediction_score = Histogram(
+            "scorebeater_prediction_score",
+            "Distribution of stored probabilities.",
+            buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "scorebeater_prediction_cache_requests_total", "Prediction cache lookups (one per row).", registry=r
+        )
+        self.cache_hits = Counter(
+            "scorebeater_prediction_cache_hits_total", "Prediction cache lookups that hit.", registry=r
+        )
+        self.predictions_last_written = Gauge(
+            "scorebeater_predictions_last_written_timestamp_seconds",
+            "Unix time predictions were last committed.",
+            registry=r,
+        )
+        self.update_latency = Histogram(
+            "scorebeater_prediction_update_latency_seconds",
+            "From the feature stage seeing a final game to its players' predictions stored.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # --- realized model quality (validation) --------------------------------------------
+        q = ["model_version", "bucket"]
+        self.eval_roc_auc = Gauge("scorebeater_eval_roc_auc", "Realized ROC AUC (final labels).", q, registry=r)
+        self.eval_brier = Gauge("scorebeater_eval_brier_score", "Realized Brier score.", q, registry=r)
+        self.eval_log_loss = Gauge("scorebeater_eval_log_loss", "Realized log loss.", q, registry=r)
+        self.eval_ece = Gauge(
+            "scorebeater_eval_expected_calibration_error", "Realized ECE, 10 equal-width bins.", q, registry=r
+        )
+        self.eval_accuracy = Gauge(
+            "scorebeater_eval_accuracy", "Realized accuracy at threshold 0.5.", q, registry=r
+        )
+        self.eval_rows = Gauge(
+            "scorebeater_eval_rows", "Labelled prediction rows the realized metrics are computed on.", q,
+            registry=r,
+        )
+        self.eval_outcomes = Gauge(
+            "scorebeater_eval_outcomes",
+            "Confusion counts at threshold 0.5 (outcome: tp, fp, tn, fn).",
+            [*q, "outcome"],
+            registry=r,
+        )
+        self.eval_positive_ratio = Gauge(
+            "scorebeater_eval_label_positive_ratio", "Share of labelled rows whose player beat.", q, registry=r
+        )
+        cb = ["model_version", "bin"]
+        self.calibration_predicted = Gauge(
+            "scorebeater_eval_calibration_bin_predicted_ratio",
+            "Mean predicted probability in the calibration bin.",
+            cb,
+            registry=r,
+        )
+        self.calibration_observed = Gauge(
+            "scorebeater_eval_calibration_bin_observed_ratio",
+            "Observed share of positives in the calibration bin.",
+            cb,
+            registry=r,
+        )
+        self.calibration_count = Gauge(
+            "scorebeater_eval_calibration_bin_rows", "Rows in the calibration bin.", cb, registry=r
+        )
+        self.label_coverage = Gauge(
+            "scorebeater_label_coverage_ratio",
+            "Share of predicted player-seasons with a ground-truth outcome, by resolution.",
+            ["resolution"],
+            registry=r,
+        )
+        self.outcomes_stored = Gauge(
+            "scorebeater_outcomes_stored", "Stored ground-truth outcomes by resolution.", ["resolution"], registry=r
+        )
+        self.predictions_awaiting_label = Gauge(
+            "scorebeater_predictions_awaiting_label",
+            "Predicted player-seasons without a final outcome yet.",
+            registry=r,
+        )
+        self.validation_last_success = Gauge(
+            "scorebeater_eval_last_computed_timestamp_seconds",
+            "Unix time the realized metrics were last computed.",
+            registry=r,
+        )
+        self._initialise()
+
+    def _initialise(self) -> None:
+        for stage in STAGES:
+            for outcome in STAGE_OUTCOMES:
+                self.stage_runs.labels(stage, outcome)
+            self.stage_duration.labels(stage)
+            self.stage_in_progress.labels(stage)
+            self.stage_missed_runs.labels(stage)
+            self.stage_last_success.labels(stage)
+            self.watermark_seq.labels(stage)
+            self.watermark_time.labels(stage)
+        for endpoint in SCORE_API_ENDPOINTS:
+            self.score_api_duration.labels(endpoint)
+        for api in TFSERVING_APIS:
+            self.tfserving_duration.labels(api)
+        for mode in PREDICTION_MODES:
+            self.predictions.labels(mode)
+        for resolution in ("early", "final"):
+            self.label_coverage.labels(resolution)
+            self.outcomes_stored.labels(resolution)

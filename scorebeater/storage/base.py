@@ -1,0 +1,251 @@
+"""The storage interface the stages use, and the fixed schemas of what it stores.
+
+Batches are Apache Arrow tables with the schemas below: columnar, so a million-row refeed or
+export streams without building a Python object per row, and the same batch goes to a
+Parquet file, an S3 object or a Postgres ``COPY`` unchanged. :func:`conform` checks a table
+against its schema (names, types, no nulls in key columns) before any backend writes it.
+
+Keys (all idempotent: writing the same key again replaces the row, never duplicates it):
+
+- features: ``(player_id, season, as_of_seq)``: a player's raw model inputs as of the end of
+  the season's game number ``as_of_seq`` (the games feed's ``game_seq``);
+- predictions: ``(player_id, season, as_of_seq, model_version)``;
+- prediction cache: ``(feature_hash, model_version)`` -> probability;
+- outcomes: ``(player_id, season)``; a ``final`` resolution replaces an ``early`` one, never
+  the reverse;
+- checkpoints: a name (``[a-z0-9_.-]{1,64}``) -> opaque bytes.
+
+Every write that takes ``checkpoint=(name, value)`` commits the rows and the checkpoint
+together: a reader sees both or neither, so a stage's watermark never runs ahead of its data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from scorebeater.errors import StorageError
+from scorebeater.inputs import INPUT_NAMES
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+FEATURE_KEY = ("player_id", "season", "as_of_seq")
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("player_id", pa.int64(), nullable=False),
+        pa.field("season", pa.int32(), nullable=False),
+        pa.field("as_of_seq", pa.int32(), nullable=False),
+        pa.field("as_of_game_id", pa.string(), nullable=False),
+        pa.field("as_of_time", UTC_TS, nullable=False),
+        pa.field("player", pa.string(), nullable=False),
+        pa.field("team", pa.string(), nullable=False),
+        *(pa.field(name, pa.float32(), nullable=False) for name in INPUT_NAMES),
+        pa.field("feature_hash", pa.string(), nullable=False),
+    ]
+)
+
+PREDICTION_KEY = ("player_id", "season", "as_of_seq", "model_version")
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("player_id", pa.int64(), nullable=False),
+        pa.field("season", pa.int32(), nullable=False),
+        pa.field("as_of_seq", pa.int32(), nullable=False),
+        pa.field("as_of_time", UTC_TS, nullable=False),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("probability", pa.float64(), nullable=False),
+        pa.field("feature_hash", pa.string(), nullable=False),
+        pa.field("progress", pa.float32(), nullable=False),
+        pa.field("predicted_at", UTC_TS, nullable=False),
+    ]
+)
+
+CACHE_SCHEMA = pa.schema(
+    [
+        pa.field("feature_hash", pa.string(), nullable=False),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("probability", pa.float64(), nullable=False),
+    ]
+)
+
+OUTCOME_KEY = ("player_id", "season")
+OUTCOMES_SCHEMA = pa.schema(
+    [
+        pa.field("player_id", pa.int64(), nullable=False),
+        pa.field("season", pa.int32(), nullable=False),
+        pa.field("beat", pa.bool_(), nullable=False),
+        pa.field("resolution", pa.string(), nullable=False),  # "early" | "final"
+        pa.field("resolved_seq", pa.int32(), nullable=False),
+        pa.field("resolved_at", UTC_TS, nullable=False),
+        pa.field("ftm", pa.int32(), nullable=False),
+        pa.field("prev_ftm", pa.int32(), nullable=False),
+    ]
+)
+
+TRAINING_SCHEMA = pa.schema(
+    [
+        *FEATURES_SCHEMA,
+        pa.field("beat", pa.bool_(), nullable=False),
+        pa.field("resolution", pa.string(), nullable=False),
+    ]
+)
+"""Feature history rows joined with their player-season's outcome (inner join)."""
+
+RESOLUTIONS = ("early", "final")
+CheckpointWrite = tuple[str, bytes]
+
+_CHECKPOINT_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+
+
+def check_checkpoint_name(name: str) -> str:
+    """Return ``name`` if it is a valid checkpoint name, else raise ``StorageError``.
+
+    Names become object keys and file names, so only ``[a-z0-9_.-]`` (not ``.``/``..``) pass.
+    """
+    if not _CHECKPOINT_NAME.fullmatch(name) or name in {".", ".."}:
+        raise StorageError(f"invalid checkpoint name {name!r}: use [a-z0-9_.-], 1-64 characters")
+    return name
+
+
+def feature_hashes(table: pa.Table) -> list[str]:
+    """Hash each row's model inputs (float32 bytes, in ``INPUT_NAMES`` order).
+
+    Two rows hash alike exactly when the model would see the same inputs, which is what the
+    prediction cache keys on. 16 hex characters (64 bits of BLAKE2b).
+    """
+    matrix = np.column_stack(
+        [table.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in INPUT_NAMES]
+    )
+    matrix = np.ascontiguousarray(matrix)
+    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in matrix]
+
+
+def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, order and types.
+
+    Columns are selected by name (extra columns are an error, so a typo is not lost), cast
+    safely (an int that does not fit, or a float passed as an int, fails), and checked for
+    nulls in non-nullable fields.
+
+    Raises:
+        StorageError: naming ``what`` and the offending column.
+    """
+    extra = [n for n in table.column_names if schema.get_field_index(n) < 0]
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if extra or missing:
+        raise StorageError(f"{what}: columns do not match the schema (missing {missing}, unexpected {extra})")
+    columns = []
+    for f in schema:
+        col = table.column(f.name)
+        if not col.type.equals(f.type):
+            try:
+                col = col.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise StorageError(f"{what}: column {f.name} cannot be {f.type}: {exc}") from exc
+        if not f.nullable and col.null_count:
+            raise StorageError(f"{what}: column {f.name} has {col.null_count} null value(s)")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the stages store and read. Every backend implements every method.
+
+    Reads stream: each ``read_*``/``export_*`` method is an async iterator of Arrow tables of
+    at most the configured ``batch_rows`` rows, so no call loads a whole table into memory.
+    A read on an empty store yields nothing (never raises ``StorageNotFound``).
+
+    Every write is atomic: it commits wholly or, on an exception or cancellation, leaves the
+    store exactly as it was. Errors: ``StorageError`` for bad input (schema, names),
+    ``StorageUnavailable`` when the backend cannot be reached.
+    """
+
+    async def ping(self) -> None:
+        """Check the backend is reachable and writable; raise ``StorageUnavailable`` if not."""
+        ...
+
+    async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert feature rows (``FEATURES_SCHEMA``) by ``(player_id, season, as_of_seq)``.
+
+        Idempotent: writing the same batch twice leaves one copy. ``checkpoint`` commits with
+        the rows.
+        """
+        ...
+
+    def read_latest_features(
+        self, *, season: int | None = None, player_ids: Collection[int] | None = None
+    ) -> AsyncIterator[pa.Table]:
+        """Each player's latest feature row per season (highest ``as_of_seq``).
+
+        Filtered by season and/or player ids when given; order is unspecified.
+        """
+        ...
+
+    def read_feature_history(self, *, seasons: Collection[int] | None = None) -> AsyncIterator[pa.Table]:
+        """Every stored feature row (the as-of history training needs), in no fixed order."""
+        ...
+
+    async def write_predictions(
+        self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None
+    ) -> None:
+        """Upsert predictions (``PREDICTIONS_SCHEMA``) by ``(player_id, season, as_of_seq,
+        model_version)``; a rerun replaces, never duplicates."""
+        ...
+
+    def read_predictions(
+        self,
+        *,
+        season: int | None = None,
+        player_id: int | None = None,
+        latest_only: bool = False,
+    ) -> AsyncIterator[pa.Table]:
+        """Stored predictions, filtered when given.
+
+        ``latest_only`` keeps one row per ``(player_id, season)``: the highest ``as_of_seq``,
+        and among those the highest ``model_version``.
+        """
+        ...
+
+    async def cache_get(self, model_version: int, feature_hashes: Sequence[str]) -> dict[str, float]:
+        """Cached probabilities for these feature hashes under ``model_version``.
+
+        Returns only the hits, keyed by hash (a miss is simply absent).
+        """
+        ...
+
+    async def cache_put(self, model_version: int, entries: Mapping[str, float]) -> None:
+        """Add or replace cache entries (hash -> probability) for ``model_version``."""
+        ...
+
+    async def cache_clear(self) -> int:
+        """Drop the whole prediction cache; returns how many entries were dropped."""
+        ...
+
+    async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert outcomes (``OUTCOMES_SCHEMA``) by ``(player_id, season)``.
+
+        A ``final`` row replaces anything; an ``early`` row never replaces a ``final`` one.
+        """
+        ...
+
+    def read_outcomes(self, *, season: int | None = None) -> AsyncIterator[pa.Table]:
+        """Stored outcomes, filtered by season when given."""
+        ...
+
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        """The checkpoint's last committed value, or ``None`` if never written."""
+        ...
+
+    async def put_checkpoint(self, name: str, value: bytes) -> None:
+        """Atomically replace a checkpoint's value."""
+        ...
+
+    def export_training_set(self, *, seasons: Collection[int] | None = None) -> AsyncIterator[pa.Table]:
+        """Feature history joined with outcomes (``TRAINING_SCHEMA``): every stored feature row
+        of a player-season that has an outcome, labelled with it."""
+        ...
