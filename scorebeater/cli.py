@@ -91,9 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         "season's free throws made.",
     )
     parser.add_argument("--version", action="version", version=f"scorebeater {__version__}")
-    parser.add_argument("--log-format", choices=("auto", "console", "json"), default=None, help="override logging.format")
     parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default=None, help="override logging.level"
+        "--log-format", choices=("auto", "console", "json"), default=None, help="override logging.format"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None,
+        help="override logging.level",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -128,19 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8600, help="port to listen on (default: 8600)")
     p.add_argument(
-        "--speed", type=_positive_float, default=86400.0, help="replay seconds per real second (default: 86400)"
+        "--speed",
+        type=_positive_float,
+        default=86400.0,
+        help="replay seconds per real second (default: 86400)",
     )
-    p.add_argument("--start", default=None, metavar="DATE", help="ISO date the replay clock starts at (default: "
-                   "the day before the replayed season's first game)")
-    p.add_argument("--season", type=int, default=None, help="season (end year) to replay (default: the last with games)")
+    p.add_argument(
+        "--start",
+        default=None,
+        metavar="DATE",
+        help="ISO date the replay clock starts at (default: the day before the replayed season's first game)",
+    )
+    p.add_argument(
+        "--season", type=int, default=None, help="season (end year) to replay (default: the last with games)"
+    )
     p.add_argument(
         "--token-env",
         default="SCOREBEATER_SCORE_API_TOKEN",
         metavar="VAR",
         help="environment variable with the bearer token clients must send (unset: no auth)",
     )
-    p.add_argument("--rate-limit", type=_positive_float, default=None, metavar="RPS",
-                   help="answer 429 with Retry-After beyond this many requests per second")
+    p.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=None,
+        metavar="RPS",
+        help="answer 429 with Retry-After beyond this many requests per second",
+    )
 
     p = sub.add_parser(
         "serve-model",
@@ -148,17 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="An aiohttp server over TensorFlow SavedModels that answers TF Serving's REST "
         "API: status, metadata and predict, version directories polled and hot-loaded.",
     )
-    p.add_argument("--model-base-path", type=Path, default=Path("model/score_beater"),
-                   help="directory holding integer version directories (default: model/score_beater)")
+    p.add_argument(
+        "--model-base-path",
+        type=Path,
+        default=Path("model/score_beater"),
+        help="directory holding integer version directories (default: model/score_beater)",
+    )
     p.add_argument("--model-name", default="score_beater", help="model name in URLs (default: score_beater)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8501, help="REST port (default: 8501)")
-    p.add_argument("--model-config-file", type=Path, default=None,
-                   help="TF Serving models.config text file (version policy, labels)")
-    p.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
-                   help="how often version directories are polled (default: 1)")
-    p.add_argument("--max-batch-size", type=int, default=8192,
-                   help="largest accepted batch; larger requests get 400 as with TF Serving batching")
+    p.add_argument(
+        "--model-config-file",
+        type=Path,
+        default=None,
+        help="TF Serving models.config text file (version policy, labels)",
+    )
+    p.add_argument(
+        "--file-system-poll-wait-seconds",
+        type=float,
+        default=1.0,
+        help="how often version directories are polled (default: 1)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8192,
+        help="largest accepted batch; larger requests get 400 as with TF Serving batching",
+    )
 
     p = sub.add_parser(
         "train",
@@ -168,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     _add_data(p)
-    p.add_argument("--from-storage", action="store_true",
-                   help="build the training set from stored feature history and outcomes instead of files")
+    p.add_argument(
+        "--from-storage",
+        action="store_true",
+        help="build the training set from stored feature history and outcomes instead of files",
+    )
     p.add_argument("--force", action="store_true", help="publish even if the gate fails (recorded as forced)")
 
     p = sub.add_parser(
@@ -180,10 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     _add_data(p)
-    p.add_argument("--seasons", type=int, nargs="+", required=True, metavar="S", help="seasons (end years) to score")
+    p.add_argument(
+        "--seasons", type=int, nargs="+", required=True, metavar="S", help="seasons (end years) to score"
+    )
     p.add_argument("--json", action="store_true", help="print the metrics table as one JSON object")
-    p.add_argument("--report-dir", type=Path, default=None, help="where to write the report (default: training.report_dir)")
-    p.add_argument("--model-version", type=int, default=None, help="version to evaluate (default: the latest)")
+    p.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="where to write the report (default: training.report_dir)",
+    )
+    p.add_argument(
+        "--model-version", type=int, default=None, help="version to evaluate (default: the latest)"
+    )
     return parser
 
 

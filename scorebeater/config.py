@@ -201,7 +201,7 @@ class AdminConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
-    token_env: str = "SCOREBEATER_ADMIN_TOKEN"
+    token_env: str = "SCOREBEATER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
     token: Secret | None = field(default=None, repr=False)
     """Bearer token for state-changing endpoints; unset: those endpoints answer 403."""
 
@@ -392,7 +392,7 @@ def _check_cron(problems: _Problems, path: str, expr: str) -> None:
         problems.add(path, f"is not a valid cron expression: {expr!r}")
 
 
-def _validate(cfg: Config, problems: _Problems) -> None:  # noqa: C901, PLR0912
+def _validate(cfg: Config, problems: _Problems) -> None:  # noqa: C901, PLR0912, PLR0915 - one flat list of checks
     sa = cfg.score_api
     _check_url(problems, "score_api.base_url", sa.base_url)
     for name in ("timeout_s", "connect_timeout_s", "retry_budget_s"):
@@ -434,10 +434,14 @@ def _validate(cfg: Config, problems: _Problems) -> None:  # noqa: C901, PLR0912
         if st.s3.endpoint_url:
             _check_url(problems, "storage.s3.endpoint_url", st.s3.endpoint_url)
         if not _valid_prefix(st.s3.prefix):
-            problems.add("storage.s3.prefix", f"must be slash-separated [A-Za-z0-9._-] segments, got {st.s3.prefix!r}")
+            problems.add(
+                "storage.s3.prefix", f"must be slash-separated [A-Za-z0-9._-] segments, got {st.s3.prefix!r}"
+            )
     if st.backend == "postgres":
         if not st.postgres.schema.isidentifier() or not st.postgres.schema.islower():
-            problems.add("storage.postgres.schema", f"must be a lower-case identifier, got {st.postgres.schema!r}")
+            problems.add(
+                "storage.postgres.schema", f"must be a lower-case identifier, got {st.postgres.schema!r}"
+            )
         if st.postgres.min_pool < 1 or st.postgres.max_pool < st.postgres.min_pool:
             problems.add("storage.postgres.max_pool", "must be >= min_pool >= 1")
 
@@ -475,21 +479,20 @@ def _valid_prefix(prefix: str) -> bool:
 def _with_secrets(cfg: Config, env: Mapping[str, str], problems: _Problems) -> Config:
     sa = cfg.score_api
     token = _secret_from_env(env, sa.token_env, "score_api.token_env", problems, required=True)
-    admin_token = _secret_from_env(
-        env, cfg.admin.token_env, "admin.token_env", problems, required=False
-    )
+    admin_token = _secret_from_env(env, cfg.admin.token_env, "admin.token_env", problems, required=False)
     pg = cfg.storage.postgres
     dsn = _secret_from_env(
-        env, pg.dsn_env, "storage.postgres.dsn_env", problems,
+        env,
+        pg.dsn_env,
+        "storage.postgres.dsn_env",
+        problems,
         required=cfg.storage.backend == "postgres",
     )
     return dataclasses.replace(
         cfg,
         score_api=dataclasses.replace(sa, token=token),
         admin=dataclasses.replace(cfg.admin, token=admin_token),
-        storage=dataclasses.replace(
-            cfg.storage, postgres=dataclasses.replace(pg, dsn=dsn)
-        ),
+        storage=dataclasses.replace(cfg.storage, postgres=dataclasses.replace(pg, dsn=dsn)),
     )
 
 
@@ -507,7 +510,7 @@ def parse_config(
     cfg = _with_secrets(cfg, os.environ if env is None else env, problems)
     if problems.items:
         raise ConfigError(source, problems.items)
-    return typing.cast("Config", cfg)
+    return cfg
 
 
 def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Config:

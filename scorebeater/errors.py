@@ -47,7 +47,7 @@ class StorageError(ScorebeaterError):
     """A storage backend failed."""
 
 
-class StorageNotFound(StorageError, KeyError):  # noqa: N818 - reads as a condition, like KeyError
+class StorageNotFound(StorageError, KeyError):
     """The requested object does not exist."""
 
     def __str__(self) -> str:
@@ -55,7 +55,7 @@ class StorageNotFound(StorageError, KeyError):  # noqa: N818 - reads as a condit
         return str(self.args[0]) if self.args else ""
 
 
-class StorageUnavailable(StorageError, ConnectionError):  # noqa: N818
+class StorageUnavailable(StorageError, ConnectionError):
     """The backend cannot be reached (network, auth, server down)."""
 
 

@@ -121,6 +121,9 @@ PROGRESS_BUCKETS: tuple[str, ...] = ("0-25", "25-50", "50-75", "75-100")
 
 def progress_buckets(team_games: np.ndarray, season_games: np.ndarray) -> np.ndarray:
     """Vectorised :func:`progress_bucket` over arrays; returns an array of bucket strings."""
-    share = np.divide(team_games, season_games, out=np.zeros_like(team_games, dtype=float), where=season_games > 0)
+    share = np.divide(
+        team_games, season_games, out=np.zeros_like(team_games, dtype=float), where=season_games > 0
+    )
     idx = np.clip(np.floor(share * 4).astype(int), 0, 3)
-    return np.asarray(PROGRESS_BUCKETS, dtype=object)[idx]
+    buckets: np.ndarray = np.asarray(PROGRESS_BUCKETS, dtype=object)[idx]
+    return buckets

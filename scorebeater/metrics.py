@@ -12,6 +12,7 @@ Tests pass a fresh ``CollectorRegistry`` so nothing leaks between them.
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scorebeater.inputs import PROGRESS_BUCKETS
@@ -54,7 +55,10 @@ class Metrics:
             registry=r,
         )
         self.stage_in_progress = Gauge(
-            "scorebeater_stage_in_progress", "1 while the stage is running an iteration.", ["stage"], registry=r
+            "scorebeater_stage_in_progress",
+            "1 while the stage is running an iteration.",
+            ["stage"],
+            registry=r,
         )
         self.stage_missed_runs = Counter(
             "scorebeater_stage_missed_runs_total",
@@ -157,7 +161,9 @@ class Metrics:
             registry=r,
         )
         self.cache_requests = Counter(
-            "scorebeater_prediction_cache_requests_total", "Prediction cache lookups (one per row).", registry=r
+            "scorebeater_prediction_cache_requests_total",
+            "Prediction cache lookups (one per row).",
+            registry=r,
         )
         self.cache_hits = Counter(
             "scorebeater_prediction_cache_hits_total", "Prediction cache lookups that hit.", registry=r
@@ -176,7 +182,9 @@ class Metrics:
 
         # --- realized model quality (validation) --------------------------------------------
         q = ["model_version", "bucket"]
-        self.eval_roc_auc = Gauge("scorebeater_eval_roc_auc", "Realized ROC AUC (final labels).", q, registry=r)
+        self.eval_roc_auc = Gauge(
+            "scorebeater_eval_roc_auc", "Realized ROC AUC (final labels).", q, registry=r
+        )
         self.eval_brier = Gauge("scorebeater_eval_brier_score", "Realized Brier score.", q, registry=r)
         self.eval_log_loss = Gauge("scorebeater_eval_log_loss", "Realized log loss.", q, registry=r)
         self.eval_ece = Gauge(
@@ -186,7 +194,9 @@ class Metrics:
             "scorebeater_eval_accuracy", "Realized accuracy at threshold 0.5.", q, registry=r
         )
         self.eval_rows = Gauge(
-            "scorebeater_eval_rows", "Labelled prediction rows the realized metrics are computed on.", q,
+            "scorebeater_eval_rows",
+            "Labelled prediction rows the realized metrics are computed on.",
+            q,
             registry=r,
         )
         self.eval_outcomes = Gauge(
@@ -196,7 +206,10 @@ class Metrics:
             registry=r,
         )
         self.eval_positive_ratio = Gauge(
-            "scorebeater_eval_label_positive_ratio", "Share of labelled rows whose player beat.", q, registry=r
+            "scorebeater_eval_label_positive_ratio",
+            "Share of labelled rows whose player beat.",
+            q,
+            registry=r,
         )
         cb = ["model_version", "bin"]
         self.calibration_predicted = Gauge(
@@ -221,7 +234,10 @@ class Metrics:
             registry=r,
         )
         self.outcomes_stored = Gauge(
-            "scorebeater_outcomes_stored", "Stored ground-truth outcomes by resolution.", ["resolution"], registry=r
+            "scorebeater_outcomes_stored",
+            "Stored ground-truth outcomes by resolution.",
+            ["resolution"],
+            registry=r,
         )
         self.predictions_awaiting_label = Gauge(
             "scorebeater_predictions_awaiting_label",
@@ -254,3 +270,23 @@ class Metrics:
         for resolution in ("early", "final"):
             self.label_coverage.labels(resolution)
             self.outcomes_stored.labels(resolution)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """Observe every value of ``values`` in an unlabelled histogram, vectorised.
+
+    prometheus_client has no bulk observe, and a refeed stores a million probabilities: one
+    ``observe`` call each would cost seconds. This counts bucket hits with numpy and adds them
+    through the histogram's own counters (the same ones ``observe`` increments).
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)  # noqa: SLF001 - no public bulk API
+    # observe() counts a value in the first bucket whose upper bound is >= the value.
+    idx = np.searchsorted(bounds, finite, side="left")
+    counts = np.bincount(idx, minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts, strict=False):  # noqa: SLF001
+        if count:
+            bucket.inc(int(count))
+    histogram._sum.inc(float(finite.sum()))  # noqa: SLF001

@@ -36,7 +36,7 @@ def _s3_endpoint() -> Iterator[str]:
     try:
         ctx = run_moto()
         url = ctx.__enter__()
-    except Exception as exc:  # noqa: BLE001 - any failure to start means "unavailable"
+    except Exception as exc:  # any failure to start means "unavailable"
         service_unavailable("moto S3 server", repr(exc))
         return
     try:
@@ -53,7 +53,7 @@ def _pg_dsn() -> Iterator[str]:
     try:
         ctx = run_postgres()
         dsn = ctx.__enter__()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         service_unavailable("PostgreSQL 15", repr(exc))
         return
     try:

@@ -40,8 +40,12 @@ def make_session(
 
     The caller owns the session and must close it (``async with``).
     """
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections, keepalive_timeout=30)
-    timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s)
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=max_connections, keepalive_timeout=30
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+    )
     all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
     return aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers=all_headers, raise_for_status=raise_for_status

@@ -250,9 +250,43 @@ def _parse_player_game(row: dict[str, str]) -> PlayerGame:
 
 
 _COLUMNS = {
-    SEASON_TOTALS: ("season", "player_id", "player", "age", "experience", "team", "g", "mp", "ft", "fta", "pts"),
-    GAMES: ("season", "season_type", "game_seq", "game_id", "date", "date_estimated", "away", "home", "away_pts", "home_pts"),
-    PLAYER_GAMES: ("season", "season_type", "game_seq", "game_id", "date", "player_id", "player", "team", "ftm", "fta"),
+    SEASON_TOTALS: (
+        "season",
+        "player_id",
+        "player",
+        "age",
+        "experience",
+        "team",
+        "g",
+        "mp",
+        "ft",
+        "fta",
+        "pts",
+    ),
+    GAMES: (
+        "season",
+        "season_type",
+        "game_seq",
+        "game_id",
+        "date",
+        "date_estimated",
+        "away",
+        "home",
+        "away_pts",
+        "home_pts",
+    ),
+    PLAYER_GAMES: (
+        "season",
+        "season_type",
+        "game_seq",
+        "game_id",
+        "date",
+        "player_id",
+        "player",
+        "team",
+        "ftm",
+        "fta",
+    ),
 }
 
 T = TypeVar("T")
@@ -285,7 +319,9 @@ def _load(
     out: list[T] = []
     for line, row in _rows(source, name):
         if None in row or any(v is None for v in row.values()):
-            report.reject(name, line, "bad_field_count", "row has a different number of fields than the header")
+            report.reject(
+                name, line, "bad_field_count", "row has a different number of fields than the header"
+            )
             continue
         try:
             out.append(parse(row))
@@ -301,7 +337,7 @@ def bundled_data_dir() -> resources.abc.Traversable:
     return resources.files(__name__)
 
 
-def load_history(directory: Path | str | None = None) -> History:
+def load_history(directory: Path | str | None = None) -> History:  # noqa: PLR0912 - three files, one pass each
     """Load and check a data directory (``None``: the bundled copy).
 
     Rows are checked one by one; cross-file checks follow: a player-game whose game is not
@@ -345,18 +381,21 @@ def load_history(directory: Path | str | None = None) -> History:
     seen_pg: set[tuple[str, str]] = set()
     for pg in _load(source, PLAYER_GAMES, _parse_player_game, report):
         game = by_id.get(pg.game_id)
-        reason = ""
+        reason = detail = ""
         if game is None:
             reason, detail = "unknown_game", f"game_id {pg.game_id} is not in {GAMES}"
         elif (game.season, game.season_type, game.game_seq, game.date) != (
-            pg.season, pg.season_type, pg.game_seq, pg.date,
+            pg.season,
+            pg.season_type,
+            pg.game_seq,
+            pg.date,
         ):
             reason, detail = "game_mismatch", f"game_id {pg.game_id} disagrees with {GAMES}"
         else:
-            key = (pg.game_id, str(pg.player_id) if pg.player_id is not None else pg.player)
-            if key in seen_pg:
+            pg_key = (pg.game_id, str(pg.player_id) if pg.player_id is not None else pg.player)
+            if pg_key in seen_pg:
                 reason, detail = "duplicate", f"game_id {pg.game_id} player {pg.player!r}"
-            seen_pg.add(key)
+            seen_pg.add(pg_key)
         if reason:
             report.accepted[PLAYER_GAMES] -= 1
             report.reject(PLAYER_GAMES, 0, reason, detail)

@@ -190,9 +190,7 @@ class Storage(Protocol):
         """Every stored feature row (the as-of history training needs), in no fixed order."""
         ...
 
-    async def write_predictions(
-        self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None
-    ) -> None:
+    async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions (``PREDICTIONS_SCHEMA``) by ``(player_id, season, as_of_seq,
         model_version)``; a rerun replaces, never duplicates."""
         ...
