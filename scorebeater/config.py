@@ -372,6 +372,18 @@ def _secret_from_env(
     return Secret(value)
 
 
+def secret_from_env(var: str, *, env: Mapping[str, str] | None = None) -> Secret | None:
+    """The secret held by environment variable ``var`` (``None`` when unset or empty).
+
+    For commands that take no config file (``replay-api --token-env VAR``); config files go
+    through ``load_config``, which also validates the variable's name.
+    """
+    if not var:
+        return None
+    value = (os.environ if env is None else env).get(var, "")
+    return Secret(value) if value else None
+
+
 def _check_positive(problems: _Problems, path: str, value: float, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         problems.add(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

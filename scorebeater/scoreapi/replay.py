@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import hmac
 import math
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from scorebeater.config import Secret
+from scorebeater.config import Secret, secret_from_env
 from scorebeater.data import History, load_history
 from scorebeater.errors import ConfigError
 from scorebeater.scoreapi import timeline
@@ -539,8 +538,6 @@ def command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError("--start", [str(exc)]) from exc
     history = load_history(args.data)
-    # The token is read here, not through config.py: this command takes no config file.
-    value = os.environ.get(args.token_env, "") if args.token_env else ""
-    token = Secret(value) if value else None
+    token = secret_from_env(args.token_env)
     asyncio.run(_serve_until_signal(history, args, token, start))
     return 0
