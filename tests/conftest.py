@@ -8,6 +8,8 @@ never a silent skip there.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 from collections.abc import Iterator
 
@@ -43,6 +45,18 @@ def _s3_endpoint() -> Iterator[str]:
         yield url
     finally:
         ctx.__exit__(None, None, None)
+
+
+@pytest.fixture(name="s3_bucket", scope="session")
+def _s3_bucket(s3_endpoint: str) -> str:
+    """The session's bucket on the moto server (sync: session fixtures never share a loop)."""
+    from tests.services.storage import BUCKET, create_bucket
+
+    # May be first requested from inside a running test loop (getfixturevalue): run the
+    # creation on a loop of its own in a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, create_bucket(s3_endpoint, BUCKET)).result()
+    return BUCKET
 
 
 @pytest.fixture(name="pg_dsn", scope="session")

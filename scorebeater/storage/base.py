@@ -161,7 +161,8 @@ class Storage(Protocol):
     A read on an empty store yields nothing (never raises ``StorageNotFound``).
 
     Every write is atomic: it commits wholly or, on an exception or cancellation, leaves the
-    store exactly as it was. Errors: ``StorageError`` for bad input (schema, names),
+    store exactly as it was (a cancellation that arrives during the final commit request itself
+    may still commit, wholly, as a database COMMIT whose reply is lost: never partially). Errors: ``StorageError`` for bad input (schema, names),
     ``StorageUnavailable`` when the backend cannot be reached.
     """
 

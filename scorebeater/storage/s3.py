@@ -1,0 +1,274 @@
+"""The S3 backend: Parquet objects under a bucket prefix, through aiobotocore.
+
+Works against any S3 endpoint (AWS, MinIO, moto). ``open_s3(cfg)`` checks that the bucket
+exists and is reachable (it never creates one), then yields a ready :class:`S3Storage`. The
+layout and the commit protocol are :mod:`scorebeater.storage.objects`'s; commits are exclusive
+creates with ``If-None-Match: *`` (supported by AWS S3 since 2024, MinIO and moto 5).
+
+Credentials are botocore's standard chain, which reads the usual AWS environment variables
+first (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, or
+``AWS_PROFILE``/``AWS_WEB_IDENTITY_TOKEN_FILE``); they are never part of the config and never
+logged. Objects above ``multipart_threshold_bytes`` are uploaded in parts, and the upload is
+aborted if any part fails or the write is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import aiohttp
+import pyarrow as pa
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from scorebeater.errors import StorageError, StorageNotFound, StorageUnavailable
+from scorebeater.storage.objects import (
+    DEFAULT_GC_GRACE_S,
+    ObjectExists,
+    ObjectInfo,
+    ObjectTableStorage,
+    check_key,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Sequence
+
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+    from scorebeater.config import S3StorageConfig, StorageConfig
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+MIN_PART_BYTES = 8 * 1024 * 1024
+"""S3 needs parts of at least 5 MiB (but the last); larger parts mean fewer requests."""
+_DELETE_BATCH = 1000
+"""S3's limit of keys per DeleteObjects request."""
+_PREFIX = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
+_AUTH_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+)
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+
+
+def check_prefix(prefix: str) -> str:
+    """Return the prefix without surrounding slashes if safe (``""`` allowed), else raise."""
+    stripped = prefix.strip("/")
+    if stripped and (not _PREFIX.fullmatch(stripped) or any(p in {".", ".."} for p in stripped.split("/"))):
+        raise StorageError(f"unsafe S3 prefix {prefix!r}: use [A-Za-z0-9._-] segments separated by /")
+    return stripped
+
+
+class S3ObjectStore:
+    """``ObjectStore`` over ``s3://bucket/prefix/``; keys never leave the prefix."""
+
+    def __init__(self, client: S3Client, cfg: S3StorageConfig) -> None:
+        self._client = client
+        self.bucket = cfg.bucket
+        self.prefix = check_prefix(cfg.prefix)
+        self._multipart_threshold = cfg.multipart_threshold_bytes
+        self.where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        """Await a client call, translating driver errors at the boundary."""
+        try:
+            return await aw
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            message = f"{self.where}: {what}: {code or 'error'} (HTTP {status})"
+            if code in _CONFLICT_CODES or status in {409, 412}:
+                raise ObjectExists(message) from exc
+            if code in _NOT_FOUND_CODES or status == 404:  # noqa: PLR2004
+                raise StorageNotFound(message) from exc
+            if code in _AUTH_CODES or status in {401, 403} or status >= 500:  # noqa: PLR2004
+                raise StorageUnavailable(message) from exc
+            raise StorageError(message) from exc
+        except (
+            BotoConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            CredentialRetrievalError,
+            aiohttp.ClientError,
+            TimeoutError,
+        ) as exc:
+            raise StorageUnavailable(f"{self.where}: {what}: {type(exc).__name__}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{self.where}: {what}: {type(exc).__name__}: {exc}") from exc
+
+    async def check_bucket(self) -> None:
+        """``StorageUnavailable`` naming the bucket if it is missing or not ours to use."""
+        try:
+            await self._call("head bucket", self._client.head_bucket(Bucket=self.bucket))
+        except StorageNotFound as exc:
+            raise StorageUnavailable(f"S3 bucket {self.bucket!r} does not exist (create it first)") from exc
+        except StorageError as exc:
+            raise StorageUnavailable(f"S3 bucket {self.bucket!r} cannot be used: {exc}") from exc
+
+    async def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        """One PUT (``If-None-Match: *`` when ``exclusive``), or a multipart upload if large."""
+        full = self._key(key)
+        if len(data) > self._multipart_threshold and not exclusive:
+            await self._put_multipart(full, data)
+        elif exclusive:
+            await self._call(
+                f"put {key}",
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"),
+            )
+        else:
+            await self._call(f"put {key}", self._client.put_object(Bucket=self.bucket, Key=full, Body=data))
+
+    async def _put_multipart(self, full: str, data: bytes) -> None:
+        created = await self._call(
+            f"create multipart {full}", self._client.create_multipart_upload(Bucket=self.bucket, Key=full)
+        )
+        upload_id = created["UploadId"]
+        part_bytes = max(MIN_PART_BYTES, self._multipart_threshold)
+        view = memoryview(data)
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            for number, offset in enumerate(range(0, len(data), part_bytes), start=1):
+                part = await self._call(
+                    f"upload part {number} of {full}",
+                    self._client.upload_part(
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=bytes(view[offset : offset + part_bytes]),
+                    ),
+                )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+            await self._call(
+                f"complete multipart {full}",
+                self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                ),
+            )
+        except BaseException:
+            # Failed or cancelled: an unfinished upload keeps its parts (and bills them) until aborted.
+            await asyncio.shield(self._abort(full, upload_id))
+            raise
+
+    async def _abort(self, full: str, upload_id: str) -> None:
+        try:
+            await self._call(
+                f"abort multipart {full}",
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id),
+            )
+        except StorageError:
+            log.warning("storage.s3.abort_failed", key=full, exc_info=True)
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes; ``StorageNotFound`` if absent."""
+
+        async def fetch() -> bytes:
+            response = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            async with response["Body"] as body:
+                return await body.read()
+
+        return await self._call(f"get {key}", fetch())
+
+    async def open_input(self, key: str) -> pa.NativeFile:
+        """The whole object fetched into memory, as an Arrow buffer reader."""
+        return pa.BufferReader(pa.py_buffer(await self.get(key)))
+
+    async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        """Objects under ``prefix``, in key order (paginated ListObjectsV2)."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        full = root + (check_key(prefix.rstrip("/")) + "/" if prefix.strip("/") else "")
+
+        async def pages() -> list[ObjectInfo]:
+            found = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(root) :]
+                    found.append(ObjectInfo(key, item["Size"], item["LastModified"].timestamp()))
+            return found
+
+        return await self._call(f"list {prefix}", pages())
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Delete objects in batches of 1000; missing keys are not an error."""
+        full = [self._key(k) for k in keys]
+        for start in range(0, len(full), _DELETE_BATCH):
+            batch = full[start : start + _DELETE_BATCH]
+            response = await self._call(
+                "delete objects",
+                self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                ),
+            )
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise StorageError(
+                    f"{self.where}: could not delete {len(errors)} object(s), first {first.get('Key')!r}: "
+                    f"{first.get('Code')}"
+                )
+
+
+class S3Storage(ObjectTableStorage):
+    """``Storage`` in Parquet objects under an S3 prefix.
+
+    Single writer process: see :mod:`scorebeater.storage.objects`.
+    """
+
+
+@asynccontextmanager
+async def open_s3(cfg: StorageConfig, *, gc_grace_s: float = DEFAULT_GC_GRACE_S) -> AsyncIterator[S3Storage]:
+    """Yield a ready :class:`S3Storage` over ``s3://{bucket}/{prefix}``; close the client on exit.
+
+    Raises:
+        StorageUnavailable: the endpoint cannot be reached, the credentials are refused, or
+            the bucket does not exist (named in the message).
+        StorageError: the prefix is unsafe or the committed manifest is corrupt.
+    """
+    s3 = cfg.s3
+    if not s3.bucket:
+        raise StorageError("storage.s3.bucket is not set")
+    check_prefix(s3.prefix)
+    config = AioConfig(
+        region_name=s3.region,
+        s3={"addressing_style": s3.addressing_style},
+        max_pool_connections=s3.max_pool_connections,
+        connect_timeout=10,
+        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 3},
+    )
+    session = get_session()
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            session.create_client(
+                "s3", region_name=s3.region, endpoint_url=s3.endpoint_url or None, config=config
+            )
+        )
+        objects = S3ObjectStore(client, s3)
+        await objects.check_bucket()
+        storage = S3Storage(objects, batch_rows=cfg.batch_rows, gc_grace_s=gc_grace_s)
+        await storage.open()
+        yield storage

@@ -1,0 +1,578 @@
+"""The storage contract: every case runs against every backend (local files, S3 on moto, Postgres).
+
+Each test gets a fresh, empty backend through ``open_storage`` (see ``conftest.py``) with
+``batch_rows = 64``, so streaming is exercised with a few hundred rows. Cases stay to a few
+commits each: moto answers a few hundred requests per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from scorebeater.errors import StorageError, StorageUnavailable
+from scorebeater.inputs import INPUT_NAMES
+from scorebeater.storage import open_storage
+from scorebeater.storage.base import (
+    FEATURE_KEY,
+    FEATURES_SCHEMA,
+    OUTCOME_KEY,
+    OUTCOMES_SCHEMA,
+    PREDICTION_KEY,
+    PREDICTIONS_SCHEMA,
+    TRAINING_SCHEMA,
+    Storage,
+    conform,
+    feature_hashes,
+)
+from tests.contract.conftest import BATCH_ROWS
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+
+    from scorebeater.config import StorageConfig
+    from scorebeater.storage.local import LocalStorage
+    from scorebeater.storage.objects import ObjectInfo, ObjectStore, ObjectTableStorage
+    from scorebeater.storage.postgres import PostgresStorage
+    from scorebeater.storage.s3 import S3Storage
+
+T0 = dt.datetime(2024, 11, 1, 2, 30, tzinfo=dt.UTC)
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def features(keys: Iterable[tuple[int, int, int]], *, bump: float = 0.0) -> pa.Table:
+    """Feature rows for ``(player_id, season, as_of_seq)`` keys; ``bump`` changes every input."""
+    keys = list(keys)
+    n = len(keys)
+    player = np.array([k[0] for k in keys], dtype=np.int64)
+    seq = np.array([k[2] for k in keys], dtype=np.int32)
+    columns: dict[str, pa.Array] = {
+        "player_id": pa.array(player),
+        "season": pa.array([k[1] for k in keys], pa.int32()),
+        "as_of_seq": pa.array(seq),
+        "as_of_game_id": pa.array([f"00{k[1]}{k[2]:05d}" for k in keys]),
+        "as_of_time": pa.array([T0 + dt.timedelta(days=int(s)) for s in seq], pa.timestamp("us", tz="UTC")),
+        "player": pa.array([f"Player Ünïcode {p}" for p in player]),
+        "team": pa.array(["BOS" if p % 2 else "LAL" for p in player]),
+    }
+    for i, name in enumerate(INPUT_NAMES):
+        columns[name] = pa.array((player % 97 + seq * 0.25 + i + bump).astype(np.float32))
+    table = pa.table({**columns, "feature_hash": pa.array([""] * n)})
+    hashes = pa.array(feature_hashes(table), pa.string())
+    table = table.set_column(table.schema.get_field_index("feature_hash"), "feature_hash", hashes)
+    return conform(table, FEATURES_SCHEMA, "test features")
+
+
+def predictions(keys: Iterable[tuple[int, int, int, int]], *, probability: float = 0.25) -> pa.Table:
+    keys = list(keys)
+    ts = pa.timestamp("us", tz="UTC")
+    table = pa.table(
+        {
+            "player_id": pa.array([k[0] for k in keys], pa.int64()),
+            "season": pa.array([k[1] for k in keys], pa.int32()),
+            "as_of_seq": pa.array([k[2] for k in keys], pa.int32()),
+            "as_of_time": pa.array([T0 + dt.timedelta(days=k[2]) for k in keys], ts),
+            "model_version": pa.array([k[3] for k in keys], pa.int64()),
+            "probability": pa.array([probability + k[2] / 1000 for k in keys], pa.float64()),
+            "feature_hash": pa.array([f"{k[0]:08x}{k[2]:08x}" for k in keys]),
+            "progress": pa.array([k[2] / 82 for k in keys], pa.float32()),
+            "predicted_at": pa.array([T0 + dt.timedelta(hours=k[3]) for k in keys], ts),
+        }
+    )
+    return conform(table, PREDICTIONS_SCHEMA, "test predictions")
+
+
+def outcomes(rows: Iterable[tuple[int, int, bool, str]], *, seq: int = 40) -> pa.Table:
+    rows = list(rows)
+    table = pa.table(
+        {
+            "player_id": pa.array([r[0] for r in rows], pa.int64()),
+            "season": pa.array([r[1] for r in rows], pa.int32()),
+            "beat": pa.array([r[2] for r in rows]),
+            "resolution": pa.array([r[3] for r in rows]),
+            "resolved_seq": pa.array([seq] * len(rows), pa.int32()),
+            "resolved_at": pa.array([T0] * len(rows), pa.timestamp("us", tz="UTC")),
+            "ftm": pa.array([300 + r[0] for r in rows], pa.int32()),
+            "prev_ftm": pa.array([290] * len(rows), pa.int32()),
+        }
+    )
+    return conform(table, OUTCOMES_SCHEMA, "test outcomes")
+
+
+async def collect(batches: AsyncIterator[pa.Table], schema: pa.Schema) -> pa.Table:
+    """All batches of a read, checking each against the schema and ``batch_rows``."""
+    tables = []
+    async for table in batches:
+        assert table.schema.equals(schema), table.schema
+        assert 0 < table.num_rows <= BATCH_ROWS
+        tables.append(table)
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def canonical(table: pa.Table, key: Sequence[str]) -> pa.Table:
+    return table.sort_by([(k, "ascending") for k in key]).combine_chunks()
+
+
+def assert_rows(actual: pa.Table, expected: pa.Table, key: Sequence[str]) -> None:
+    """Exact equality of values and types, in key order."""
+    assert actual.schema.equals(expected.schema)
+    a, e = canonical(actual, key), canonical(expected, key)
+    assert a.num_rows == e.num_rows
+    assert a.equals(e), (a.slice(0, 3).to_pylist(), e.slice(0, 3).to_pylist())
+
+
+def upserted(old: pa.Table, new: pa.Table, key: Sequence[str]) -> pa.Table:
+    """``old`` with the rows of ``new`` replacing those with the same key."""
+    tuples = set(zip(*(new.column(k).to_pylist() for k in key), strict=True))
+    keep = [t not in tuples for t in zip(*(old.column(k).to_pylist() for k in key), strict=True)]
+    return pa.concat_tables([old.filter(pa.array(keep, pa.bool_())), new])
+
+
+def grid(players: Iterable[int], seasons: Iterable[int], seqs: Iterable[int]) -> list[tuple[int, int, int]]:
+    return [(p, s, q) for s in seasons for p in players for q in seqs]
+
+
+# --- the interface -----------------------------------------------------------------------------
+
+
+def _static_typing_check(local: LocalStorage, s3: S3Storage, postgres: PostgresStorage) -> list[Storage]:
+    """Checked by mypy only: each backend class satisfies the ``Storage`` protocol."""
+    backends: list[Storage] = [local, s3, postgres]
+    return backends
+
+
+async def test_backend_satisfies_protocol_and_pings(storage: Storage) -> None:
+    assert isinstance(storage, Storage)
+    await storage.ping()
+
+
+async def test_empty_store_reads_nothing(storage: Storage) -> None:
+    assert [t async for t in storage.read_feature_history()] == []
+    assert [t async for t in storage.read_latest_features()] == []
+    assert [t async for t in storage.read_predictions(latest_only=True)] == []
+    assert [t async for t in storage.read_outcomes()] == []
+    assert [t async for t in storage.export_training_set()] == []
+    assert await storage.cache_get(1, ["00ff"]) == {}
+    assert await storage.get_checkpoint("features") is None
+    assert await storage.cache_clear() == 0
+
+
+# --- round trips and upserts -----------------------------------------------------------------
+
+
+async def test_features_round_trip_streams_in_batches(storage: Storage) -> None:
+    rows = features(grid(range(1, 21), [2023, 2024], range(1, 8)))  # 280 rows
+    await storage.write_features(rows)
+    history = await collect(storage.read_feature_history(), FEATURES_SCHEMA)
+    assert_rows(history, rows, FEATURE_KEY)
+    only_2024 = await collect(storage.read_feature_history(seasons=[2024]), FEATURES_SCHEMA)
+    assert_rows(only_2024, rows.filter(pc.equal(rows.column("season"), 2024)), FEATURE_KEY)
+    assert (
+        await collect(storage.read_feature_history(seasons=[1999]), FEATURES_SCHEMA)
+        == FEATURES_SCHEMA.empty_table()
+    )
+
+
+async def test_features_upsert_is_idempotent_and_replaces(storage: Storage) -> None:
+    first = features(grid([1, 2, 3], [2024], [1, 2]))
+    await storage.write_features(first)
+    await storage.write_features(first)
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), first, FEATURE_KEY)
+    changed = features([(2, 2024, 2), (4, 2024, 1)], bump=10.0)
+    await storage.write_features(changed)
+    expected = upserted(first, changed, FEATURE_KEY)
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), expected, FEATURE_KEY)
+
+
+async def test_duplicate_keys_in_one_batch_keep_the_last(storage: Storage) -> None:
+    rows = pa.concat_tables([features([(1, 2024, 1)]), features([(1, 2024, 1)], bump=5.0)])
+    await storage.write_features(rows)
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), rows.slice(1), FEATURE_KEY)
+
+
+async def test_latest_features_per_player_and_season(storage: Storage) -> None:
+    await storage.write_features(features(grid([1, 2, 3], [2023, 2024], [1, 2, 3])))
+    # A late correction of an older game must not become the latest row; a newer game must.
+    await storage.write_features(features([(1, 2024, 2), (2, 2024, 4)], bump=1.0))
+    latest = await collect(storage.read_latest_features(), FEATURES_SCHEMA)
+    expected = pa.concat_tables(
+        [
+            features([(p, 2023, 3) for p in (1, 2, 3)]),
+            features([(1, 2024, 3), (3, 2024, 3)]),
+            features([(2, 2024, 4)], bump=1.0),
+        ]
+    )
+    assert_rows(latest, expected, FEATURE_KEY)
+    filtered = await collect(
+        storage.read_latest_features(season=2024, player_ids=[2, 3, 99]), FEATURES_SCHEMA
+    )
+    assert_rows(
+        filtered,
+        expected.filter(
+            pc.and_(pc.equal(expected["season"], 2024), pc.is_in(expected["player_id"], pa.array([2, 3])))
+        ),
+        FEATURE_KEY,
+    )
+    assert (
+        await collect(storage.read_latest_features(player_ids=[]), FEATURES_SCHEMA)
+        == FEATURES_SCHEMA.empty_table()
+    )
+
+
+async def test_predictions_round_trip_filters_and_latest(storage: Storage) -> None:
+    rows = predictions(
+        [(p, s, q, v) for p in (1, 2) for s in (2023, 2024) for q in (1, 2, 3) for v in (5, 6)]
+    )
+    await storage.write_predictions(rows)
+    await storage.write_predictions(rows)  # a rerun replaces, never duplicates
+    assert_rows(await collect(storage.read_predictions(), PREDICTIONS_SCHEMA), rows, PREDICTION_KEY)
+    one = await collect(storage.read_predictions(season=2024, player_id=2), PREDICTIONS_SCHEMA)
+    assert_rows(
+        one,
+        rows.filter(pc.and_(pc.equal(rows["season"], 2024), pc.equal(rows["player_id"], 2))),
+        PREDICTION_KEY,
+    )
+    rerun = predictions([(1, 2024, 3, 6)], probability=0.9)
+    older_version_later_game = predictions([(2, 2024, 4, 5)])
+    await storage.write_predictions(pa.concat_tables([rerun, older_version_later_game]))
+    latest = await collect(storage.read_predictions(latest_only=True), PREDICTIONS_SCHEMA)
+    expected = pa.concat_tables(
+        [predictions([(1, 2023, 3, 6), (2, 2023, 3, 6)]), rerun, older_version_later_game]
+    )
+    assert_rows(latest, expected, PREDICTION_KEY)
+    latest_one = await collect(
+        storage.read_predictions(season=2024, player_id=1, latest_only=True), PREDICTIONS_SCHEMA
+    )
+    assert_rows(latest_one, rerun, PREDICTION_KEY)
+
+
+async def test_outcomes_final_is_never_replaced_by_early(storage: Storage) -> None:
+    await storage.write_outcomes(
+        outcomes([(1, 2024, True, "early"), (2, 2024, False, "final"), (3, 2024, True, "early")])
+    )
+    await storage.write_outcomes(
+        outcomes([(1, 2024, True, "final"), (2, 2024, True, "early"), (3, 2024, True, "early")], seq=50)
+    )
+    got = await collect(storage.read_outcomes(), OUTCOMES_SCHEMA)
+    expected = pa.concat_tables(
+        [
+            outcomes([(1, 2024, True, "final"), (3, 2024, True, "early")], seq=50),
+            outcomes([(2, 2024, False, "final")]),
+        ]
+    )
+    assert_rows(got, expected, OUTCOME_KEY)
+    # A later final replaces a final (a correction); season filter.
+    await storage.write_outcomes(outcomes([(2, 2024, True, "final"), (9, 2023, False, "final")], seq=82))
+    got = await collect(storage.read_outcomes(season=2024), OUTCOMES_SCHEMA)
+    expected = upserted(expected, outcomes([(2, 2024, True, "final")], seq=82), OUTCOME_KEY)
+    assert_rows(got, expected, OUTCOME_KEY)
+
+
+async def test_outcomes_batch_with_both_resolutions_keeps_final(storage: Storage) -> None:
+    await storage.write_outcomes(outcomes([(1, 2024, True, "final"), (1, 2024, True, "early")]))
+    got = await collect(storage.read_outcomes(), OUTCOMES_SCHEMA)
+    assert got.column("resolution").to_pylist() == ["final"]
+
+
+async def test_export_training_set_joins_features_with_outcomes(storage: Storage) -> None:
+    rows = features(grid([1, 2, 3], [2023, 2024], [1, 2]))
+    await storage.write_features(rows)
+    await storage.write_outcomes(
+        outcomes([(1, 2024, True, "final"), (3, 2023, False, "early"), (7, 2024, True, "final")])
+    )
+    got = await collect(storage.export_training_set(), TRAINING_SCHEMA)
+    labelled = []
+    for player, season, beat, resolution in ((1, 2024, True, "final"), (3, 2023, False, "early")):
+        part = features(grid([player], [season], [1, 2]))
+        part = part.append_column(TRAINING_SCHEMA.field("beat"), pa.array([beat] * 2))
+        labelled.append(part.append_column(TRAINING_SCHEMA.field("resolution"), pa.array([resolution] * 2)))
+    expected = pa.Table.from_batches(pa.concat_tables(labelled).to_batches(), schema=TRAINING_SCHEMA)
+    assert_rows(got, expected, FEATURE_KEY)
+    only = await collect(storage.export_training_set(seasons=[2023]), TRAINING_SCHEMA)
+    assert_rows(only, expected.filter(pc.equal(expected["season"], 2023)), FEATURE_KEY)
+
+
+async def test_export_streams_large_history_in_batches(storage: Storage) -> None:
+    await storage.write_features(features(grid(range(1, 51), [2024], range(1, 7))))  # 300 rows
+    await storage.write_outcomes(outcomes([(p, 2024, p % 2 == 0, "final") for p in range(1, 51)]))
+    got = await collect(storage.export_training_set(), TRAINING_SCHEMA)
+    assert got.num_rows == 300
+
+
+# --- cache and checkpoints -------------------------------------------------------------------
+
+
+async def test_cache_get_put_clear(storage: Storage) -> None:
+    await storage.cache_put(7, {"aa": 0.25, "bb": 0.5})
+    await storage.cache_put(8, {"aa": 0.75})
+    await storage.cache_put(7, {"bb": 0.125, "cc": 1.0})
+    assert await storage.cache_get(7, ["aa", "bb", "cc", "zz"]) == {"aa": 0.25, "bb": 0.125, "cc": 1.0}
+    assert await storage.cache_get(8, ["aa", "bb"]) == {"aa": 0.75}
+    assert await storage.cache_get(9, ["aa"]) == {}
+    assert await storage.cache_get(7, []) == {}
+    assert await storage.cache_clear() == 4
+    assert await storage.cache_get(7, ["aa", "bb", "cc"]) == {}
+    assert await storage.cache_get(8, ["aa"]) == {}
+    await storage.cache_put(7, {"aa": 0.5})
+    assert await storage.cache_get(7, ["aa"]) == {"aa": 0.5}
+
+
+async def test_cache_large_lookup(storage: Storage) -> None:
+    entries = {f"{i:016x}": i / 5000 for i in range(5000)}
+    await storage.cache_put(3, entries)
+    wanted = [f"{i:016x}" for i in range(0, 10000, 3)]
+    got = await storage.cache_get(3, wanted)
+    assert got == {h: entries[h] for h in wanted if h in entries}
+
+
+async def test_checkpoint_put_get_and_names(storage: Storage) -> None:
+    await storage.put_checkpoint("features.2024", b"\x00\x01seq=12")
+    await storage.put_checkpoint("features.2024", b"seq=13")
+    assert await storage.get_checkpoint("features.2024") == b"seq=13"
+    assert await storage.get_checkpoint("predictions") is None
+    for bad in ("../x", "..", "a/b", "Upper", "", "x" * 65):
+        with pytest.raises(StorageError, match="checkpoint name"):
+            await storage.put_checkpoint(bad, b"1")
+        with pytest.raises(StorageError, match="checkpoint name"):
+            await storage.get_checkpoint(bad)
+
+
+async def test_checkpoint_commits_with_rows(storage: Storage) -> None:
+    rows = features(grid([1, 2], [2024], [1]))
+    await storage.write_features(rows, checkpoint=("features", b"game-1"))
+    assert await storage.get_checkpoint("features") == b"game-1"
+    await storage.write_predictions(predictions([(1, 2024, 1, 1)]), checkpoint=("predictions", b"p-1"))
+    await storage.write_outcomes(outcomes([(1, 2024, True, "early")]), checkpoint=("validation", b"v-1"))
+    assert await storage.get_checkpoint("predictions") == b"p-1"
+    assert await storage.get_checkpoint("validation") == b"v-1"
+    # An empty batch still commits its checkpoint.
+    await storage.write_features(features([]), checkpoint=("features", b"game-2"))
+    assert await storage.get_checkpoint("features") == b"game-2"
+    bad = rows.drop_columns(["team"])
+    with pytest.raises(StorageError, match="team"):
+        await storage.write_features(bad, checkpoint=("features", b"game-3"))
+    assert await storage.get_checkpoint("features") == b"game-2"
+    with pytest.raises(StorageError, match="checkpoint name"):
+        await storage.write_features(features(grid([5], [2024], [1])), checkpoint=("../escape", b"x"))
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), rows, FEATURE_KEY)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def _wrong_type(t: pa.Table) -> pa.Table:
+    return t.set_column(t.schema.get_field_index("as_of_seq"), "as_of_seq", pa.array([1.5] * t.num_rows))
+
+
+def _null_key(t: pa.Table) -> pa.Table:
+    return t.set_column(
+        t.schema.get_field_index("player_id"), "player_id", pa.array([None] * t.num_rows, pa.int64())
+    )
+
+
+def _extra(t: pa.Table) -> pa.Table:
+    return t.append_column("surprise", pa.array([1] * t.num_rows))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "column"),
+    [
+        (_wrong_type, "as_of_seq"),
+        (_null_key, "player_id"),
+        (_extra, "surprise"),
+        (lambda t: t.drop_columns(["ftm"]), "ftm"),
+    ],
+    ids=["wrong-type", "null-key", "extra-column", "missing-column"],
+)
+async def test_schema_violation_is_rejected_and_writes_nothing(
+    storage: Storage, mutate: Callable[[pa.Table], pa.Table], column: str
+) -> None:
+    good = features(grid([1], [2024], [1]))
+    await storage.write_features(good, checkpoint=("features", b"1"))
+    with pytest.raises(StorageError, match=column):
+        await storage.write_features(
+            mutate(features(grid([2, 3], [2024], [1]))), checkpoint=("features", b"2")
+        )
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), good, FEATURE_KEY)
+    assert await storage.get_checkpoint("features") == b"1"
+
+
+async def test_unknown_resolution_is_rejected(storage: Storage) -> None:
+    with pytest.raises(StorageError, match="resolution"):
+        await storage.write_outcomes(outcomes([(1, 2024, True, "maybe")]))
+    assert [t async for t in storage.read_outcomes()] == []
+
+
+async def test_predictions_schema_violation_names_column(storage: Storage) -> None:
+    rows = predictions([(1, 2024, 1, 1)])
+    rows = rows.set_column(rows.schema.get_field_index("model_version"), "model_version", pa.array(["v1"]))
+    with pytest.raises(StorageError, match="model_version"):
+        await storage.write_predictions(rows)
+
+
+# --- crash consistency -----------------------------------------------------------------------
+
+
+async def test_cancelled_write_is_all_or_nothing_and_rerun_does_not_duplicate(storage: Storage) -> None:
+    before = features(grid(range(1, 11), [2024], [1, 2]))
+    await storage.write_features(before, checkpoint=("features", b"before"))
+    batch = pa.concat_tables(
+        [features(grid(range(1, 6), [2024], [2]), bump=3.0), features(grid(range(1, 41), [2024], [3]))]
+    )
+    after = upserted(before, batch, FEATURE_KEY)
+    # Cancel at different moments: right away, after some loop turns, after some real time.
+    for delay in (None, 0, 2, 0.002, 0.01):
+        task = asyncio.create_task(storage.write_features(batch, checkpoint=("features", b"after")))
+        if isinstance(delay, int):
+            for _ in range(delay + 1):
+                await asyncio.sleep(0)
+        elif isinstance(delay, float):
+            await asyncio.sleep(delay)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        history = await collect(storage.read_feature_history(), FEATURES_SCHEMA)
+        checkpoint = await storage.get_checkpoint("features")
+        # Never a partial batch: the old state with the old watermark, or all of the new.
+        if checkpoint == b"before":
+            assert_rows(history, before, FEATURE_KEY)
+        else:
+            assert checkpoint == b"after"
+            assert_rows(history, after, FEATURE_KEY)
+    await storage.write_features(batch, checkpoint=("features", b"after"))
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), after, FEATURE_KEY)
+    latest = await collect(storage.read_latest_features(), FEATURES_SCHEMA)
+    assert latest.num_rows == 40
+
+
+async def test_data_survives_reopen(backend_config: StorageConfig) -> None:
+    rows = features(grid([1, 2], [2024], [1, 2]))
+    async with open_storage(backend_config) as storage:
+        await storage.write_features(rows, checkpoint=("features", b"1"))
+        await storage.cache_put(1, {"h": 0.5})
+    async with open_storage(backend_config) as storage:
+        assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), rows, FEATURE_KEY)
+        assert await storage.get_checkpoint("features") == b"1"
+        assert await storage.cache_get(1, ["h"]) == {"h": 0.5}
+
+
+# --- crash consistency, injected into the object store (local and S3) --------------------------
+
+
+class FaultyStore:
+    """An ``ObjectStore`` that fails or hangs on its n-th put, passing everything else through.
+
+    ``landed``: the failing put reaches the inner store first (the reply is what gets lost).
+    """
+
+    def __init__(
+        self, inner: ObjectStore, *, fail_at: int = 0, landed: bool = False, hang_at: int = 0
+    ) -> None:
+        self.inner = inner
+        self.where = inner.where
+        self.fail_at = fail_at
+        self.landed = landed
+        self.hang_at = hang_at
+        self.puts = 0
+        self.hanging = asyncio.Event()
+        self.uploaded: list[str] = []
+
+    async def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        self.puts += 1
+        number = self.puts
+        if number == self.hang_at:
+            self.hanging.set()
+            await asyncio.Event().wait()
+        if number == self.fail_at and not self.landed:
+            raise StorageUnavailable(f"injected failure on put {number} ({key})")
+        await self.inner.put(key, data, exclusive=exclusive)
+        self.uploaded.append(key)
+        if number == self.fail_at:
+            raise StorageUnavailable(f"injected failure on put {number} ({key}) after it landed")
+
+    async def get(self, key: str) -> bytes:
+        return await self.inner.get(key)
+
+    async def open_input(self, key: str) -> pa.NativeFile:
+        return await self.inner.open_input(key)
+
+    async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
+        return await self.inner.list_prefix(prefix)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        await self.inner.delete(keys)
+
+
+@pytest.mark.parametrize(("fail_at", "landed"), [(2, True), (3, False)], ids=["after-segments", "at-commit"])
+async def test_write_failing_midway_leaves_previous_state(
+    object_storage: ObjectTableStorage, fail_at: int, landed: bool
+) -> None:
+    before = features(grid([1, 2], [2024], [1]))
+    await object_storage.write_features(before, checkpoint=("features", b"before"))
+    inner = object_storage.objects
+    faulty = FaultyStore(inner, fail_at=fail_at, landed=landed)
+    object_storage.objects = faulty
+    batch = features(grid([1, 2, 3], [2024], [2]))
+    with pytest.raises(StorageUnavailable, match="injected"):
+        await object_storage.write_features(batch, checkpoint=("features", b"after"))
+    # Segments upload concurrently: the failing one landed, its sibling may have been cut short.
+    assert faulty.uploaded, "the failure came after a segment was uploaded"
+    assert_rows(await collect(object_storage.read_feature_history(), FEATURES_SCHEMA), before, FEATURE_KEY)
+    assert await object_storage.get_checkpoint("features") == b"before"
+    # Orphans are invisible, removed by garbage collection, and a rerun does not duplicate.
+    object_storage.objects = inner
+    assert await object_storage.collect_garbage(grace_s=0) >= len(faulty.uploaded)
+    objects_left = {o.key for o in await inner.list_prefix("features/")}
+    objects_left |= {o.key for o in await inner.list_prefix("features_latest/")}
+    assert not objects_left & set(faulty.uploaded)
+    await object_storage.write_features(batch, checkpoint=("features", b"after"))
+    after = pa.concat_tables([before, batch])
+    assert_rows(await collect(object_storage.read_feature_history(), FEATURES_SCHEMA), after, FEATURE_KEY)
+    assert await object_storage.get_checkpoint("features") == b"after"
+
+
+async def test_commit_whose_reply_is_lost_is_wholly_visible(object_storage: ObjectTableStorage) -> None:
+    before = features(grid([1, 2], [2024], [1]))
+    await object_storage.write_features(before)
+    inner = object_storage.objects
+    object_storage.objects = FaultyStore(inner, fail_at=3, landed=True)
+    batch = features(grid([1, 2, 3], [2024], [2]))
+    with pytest.raises(StorageUnavailable, match="after it landed"):
+        await object_storage.write_features(batch, checkpoint=("features", b"after"))
+    object_storage.objects = inner
+    after = pa.concat_tables([before, batch])
+    assert_rows(await collect(object_storage.read_feature_history(), FEATURES_SCHEMA), after, FEATURE_KEY)
+    assert await object_storage.get_checkpoint("features") == b"after"
+    # The caller retries (it saw an error): the rerun commits on top, without duplicates.
+    await object_storage.write_features(batch, checkpoint=("features", b"after"))
+    assert_rows(await collect(object_storage.read_feature_history(), FEATURES_SCHEMA), after, FEATURE_KEY)
+
+
+async def test_write_cancelled_while_uploading_leaves_previous_state(
+    object_storage: ObjectTableStorage,
+) -> None:
+    before = outcomes([(1, 2024, True, "early")])
+    await object_storage.write_outcomes(before, checkpoint=("validation", b"before"))
+    inner = object_storage.objects
+    faulty = FaultyStore(inner, hang_at=1)
+    object_storage.objects = faulty
+    final = outcomes([(1, 2024, True, "final")])
+    task = asyncio.create_task(object_storage.write_outcomes(final, checkpoint=("validation", b"after")))
+    await faulty.hanging.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    object_storage.objects = inner
+    assert_rows(await collect(object_storage.read_outcomes(), OUTCOMES_SCHEMA), before, OUTCOME_KEY)
+    assert await object_storage.get_checkpoint("validation") == b"before"
+    await object_storage.write_outcomes(final, checkpoint=("validation", b"after"))
+    assert_rows(await collect(object_storage.read_outcomes(), OUTCOMES_SCHEMA), final, OUTCOME_KEY)

@@ -1,0 +1,83 @@
+"""The object-store table engine's pure parts: keys, winners, compaction choice, manifests."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from scorebeater.errors import StorageError
+from scorebeater.storage.objects import (
+    Manifest,
+    Segment,
+    check_key,
+    compaction_run,
+    manifest_key,
+    winner_indices,
+)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../x", "a/../b", "/abs", "a//b", "a/./b", "", "a/", "a b", "a\\b", "features/season=1/..", "x\x00y"],
+)
+def test_unsafe_keys_are_rejected(key: str) -> None:
+    with pytest.raises(StorageError, match="unsafe object key"):
+        check_key(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["_manifest/00000000000000000001.json", "features/season=2024/part-a-0000.parquet"]
+)
+def test_safe_keys_pass(key: str) -> None:
+    assert check_key(key) == key
+
+
+def test_winners_last_write_wins_per_key() -> None:
+    keys = pa.table({"p": [1, 2, 1, 3, 2], "q": [1, 1, 1, 1, 2]})
+    assert winner_indices(keys, ["p", "q"]).tolist() == [1, 2, 3, 4]
+
+
+def test_winners_rank_beats_order() -> None:
+    keys = pa.table({"p": [1, 1, 1, 2, 2]})
+    rank = [pa.array([1, 0, 0, 0, 0], pa.int8())]  # a "final" first, "early" rows after it
+    assert winner_indices(keys, ["p"], rank).tolist() == [0, 4]
+
+
+def test_winners_on_strings_and_empty() -> None:
+    assert winner_indices(pa.table({"h": ["b", "a", "b"]}), ["h"]).tolist() == [1, 2]
+    assert winner_indices(pa.table({"h": pa.array([], pa.string())}), ["h"]).tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "start"),
+    [
+        ([25] * 17, 0),  # equal small segments: merge all
+        ([1_000_000, *[25] * 16], 1),  # a big base stays
+        ([1_000_000, 400, *[25] * 16], 1),  # the previous merge joins the new run
+        ([1000, 100, 10], 0),  # strictly shrinking: fall back to all
+    ],
+)
+def test_compaction_run(rows: list[int], start: int) -> None:
+    assert compaction_run(rows) == start
+
+
+def test_manifest_round_trip_and_corruption() -> None:
+    seg = Segment("features/season=2024/part-x-0000.parquet", 3, 100, "c1", {"player_id": (1, 9)})
+    manifest = Manifest(7, "c1", {"features": {"season=2024": (seg,)}}, {"features": b"\x00\xff"})
+    assert Manifest.from_json(manifest.to_json(), "m") == manifest
+    with pytest.raises(StorageError, match="corrupt manifest"):
+        Manifest.from_json(b"{not json", "m")
+    bad = manifest.to_json().replace(b"features/season", b"../features/season")
+    with pytest.raises(StorageError, match="unsafe object key"):
+        Manifest.from_json(bad, "m")
+    assert manifest_key(7) == "_manifest/00000000000000000007.json"
+
+
+def test_segment_disjointness() -> None:
+    a = Segment("a", 1, 1, "c1", {"player_id": (1, 5), "as_of_seq": (3, 3)})
+    b = Segment("b", 1, 1, "c2", {"player_id": (1, 5), "as_of_seq": (4, 4)})
+    c = Segment("c", 1, 1, "c3", {"player_id": (2, 9), "as_of_seq": (3, 9)})
+    assert a.disjoint(b)
+    assert not a.disjoint(c)
+    assert Segment("d", 1, 1, "c1").disjoint(a)  # same commit
+    assert not Segment("e", 1, 1, "c4").disjoint(a)  # no bounds: assume overlap

@@ -1,0 +1,124 @@
+"""S3 backend specifics, against moto's server: bucket checks, errors, multipart, prefix safety."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+from aiobotocore.session import get_session
+from structlog.testing import capture_logs
+
+from scorebeater.config import S3StorageConfig, StorageConfig
+from scorebeater.errors import StorageError, StorageNotFound, StorageUnavailable
+from scorebeater.storage.objects import ObjectExists
+from scorebeater.storage.s3 import MIN_PART_BYTES, S3ObjectStore, check_prefix, open_s3
+from tests.services.storage import DUMMY_KEY_ID, DUMMY_SECRET
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from types_aiobotocore_s3 import S3Client
+
+
+@pytest.fixture(name="aws_env")
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", DUMMY_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET)
+
+
+@pytest.fixture(name="client")
+async def _client(s3_endpoint: str, aws_env: None) -> AsyncIterator[S3Client]:
+    session = get_session()
+    async with session.create_client("s3", endpoint_url=s3_endpoint, region_name="us-east-1") as client:
+        yield client
+
+
+def s3_config(endpoint: str, bucket: str, prefix: str) -> StorageConfig:
+    s3 = S3StorageConfig(bucket=bucket, prefix=prefix, endpoint_url=endpoint, addressing_style="path")
+    return StorageConfig(backend="s3", s3=s3)
+
+
+@pytest.mark.parametrize("prefix", ["../x", "a/../b", "a//b", "a b", "./a"])
+def test_unsafe_prefix_is_rejected(prefix: str) -> None:
+    with pytest.raises(StorageError, match="unsafe S3 prefix"):
+        check_prefix(prefix)
+
+
+async def test_missing_bucket_is_unavailable_and_named(s3_endpoint: str, aws_env: None) -> None:
+    with pytest.raises(StorageUnavailable, match="no-such-bucket-here"):
+        async with open_s3(s3_config(s3_endpoint, "no-such-bucket-here", "p")):
+            pass
+
+
+async def test_unreachable_endpoint_is_unavailable(aws_env: None) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(StorageUnavailable):
+            async with open_s3(s3_config(f"http://127.0.0.1:{port}", "bucket", "p")):
+                pass
+
+
+async def test_objects_stay_under_the_prefix_and_secrets_are_not_logged(
+    s3_endpoint: str, client: S3Client
+) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    with capture_logs() as logs:
+        async with open_s3(s3_config(s3_endpoint, bucket, "team/store")) as storage:
+            await storage.put_checkpoint("features", b"1")
+            with pytest.raises(StorageError):
+                await storage.put_checkpoint("../../x", b"1")
+            await storage.cache_put(1, {"h": 0.5})
+    listed = await client.list_objects_v2(Bucket=bucket)
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert keys
+    assert all(k.startswith("team/store/") for k in keys)
+    assert DUMMY_SECRET not in repr(logs)
+    assert DUMMY_KEY_ID not in repr(logs)
+
+
+async def test_multipart_round_trip_and_not_found(s3_endpoint: str, client: S3Client) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    cfg = S3StorageConfig(bucket=bucket, prefix="mp", multipart_threshold_bytes=1024 * 1024)
+    store = S3ObjectStore(client, cfg)
+    data = bytes(range(256)) * ((MIN_PART_BYTES + 1024 * 1024) // 256)  # two parts
+    await store.put("features/big.parquet", data)
+    assert await store.get("features/big.parquet") == data
+    head = await client.head_object(Bucket=bucket, Key="mp/features/big.parquet")
+    assert head["ETag"].strip('"').endswith("-2")  # a multipart ETag names its part count
+    uploads = await client.list_multipart_uploads(Bucket=bucket)
+    assert not uploads.get("Uploads")
+    with pytest.raises(StorageNotFound):
+        await store.get("features/missing.parquet")
+
+
+async def test_cancelled_multipart_upload_is_aborted(s3_endpoint: str, client: S3Client) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    store = S3ObjectStore(client, S3StorageConfig(bucket=bucket, prefix="mp", multipart_threshold_bytes=1))
+    data = b"x" * (3 * MIN_PART_BYTES)
+    task = asyncio.create_task(store.put("features/big.parquet", data))
+    for _ in range(200):  # until the upload exists on the server
+        if (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads"):
+            break
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads")
+    with pytest.raises(StorageNotFound):
+        await store.get("features/big.parquet")
+
+
+async def test_exclusive_put_detects_an_existing_object(s3_endpoint: str, client: S3Client) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    store = S3ObjectStore(client, S3StorageConfig(bucket=bucket, prefix=""))
+    await store.put("_manifest/00000000000000000001.json", b"{}", exclusive=True)
+    with pytest.raises(ObjectExists, match=r"PreconditionFailed|HTTP 412"):
+        await store.put("_manifest/00000000000000000001.json", b"{}", exclusive=True)
