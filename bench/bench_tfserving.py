@@ -1,0 +1,188 @@
+"""Rows per second through TFServingClient + the stand-in, against the in-process signature call.
+
+Run: ``.venv/bin/python -m bench.bench_tfserving [--model-dir DIR] [--seconds S]``
+
+* The model: ``--model-dir`` (a SavedModel version directory), else the highest version under
+  ``model/score_beater``, else a small model with the production signature exported to a temp
+  directory (``tests/fakes/savedmodel.py``).
+* In-process: the SavedModel's ``serving_default`` concrete function called on float32 tensors
+  in this process (the ceiling: no HTTP, no JSON).
+* REST: the stand-in runs in a **separate process** (``scorebeater serve-model``, as TF Serving
+  would), on loopback; this process runs the client with ``max_batch_size`` = the batch size and
+  ``max_concurrency`` = 4, keep-alive, in the columnar and the row format.
+
+Both are measured in the same run on the same machine (client and server share its cores), and
+the table gives REST / in-process. Target: columnar REST >= 20% of in-process at batch 1,024.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scorebeater.clients.tfserving import TFServingClient
+from scorebeater.config import TFServingConfig
+from scorebeater.errors import ModelUnavailable
+from scorebeater.inputs import INPUT_NAMES
+from scorebeater.logs import configure_logging
+
+BATCHES = (1, 32, 1024, 8192)
+CONCURRENCY = 4
+TARGET_RATIO_AT_1024 = 0.20
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _model_dir(arg: Path | None, scratch: Path) -> Path:
+    if arg is not None:
+        return arg
+    base = REPO / "model" / "score_beater"
+    versions = sorted(
+        (int(p.name), p) for p in base.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()
+    )
+    if versions:
+        return versions[-1][1]
+    from tests.fakes.savedmodel import export_score_model
+
+    return export_score_model(scratch / "score_beater" / "1", seed=1)
+
+
+def _columns(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {name: rng.integers(0, 400, size=n).astype(np.float32) for name in INPUT_NAMES}
+
+
+def in_process_rate(model_dir: Path, batch: int, seconds: float) -> float:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    feed = {k: tf.constant(v) for k, v in _columns(batch).items()}
+    fn(**feed)  # warm-up
+    rows, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        out = fn(**feed)
+        next(iter(out.values())).numpy()
+        rows += batch
+    return rows / elapsed
+
+
+async def rest_rate(url: str, version: int, batch: int, fmt: str, seconds: float) -> float:
+    cfg = TFServingConfig(base_url=url, max_batch_size=batch, max_concurrency=CONCURRENCY, format=fmt)  # type: ignore[arg-type]
+    # One predict() call spans CONCURRENCY x 4 requests so the pipeline stays full.
+    columns = _columns(batch * CONCURRENCY * 4)
+    async with TFServingClient(cfg, "score_beater") as client:
+        await client.predict(columns, version=version)  # warm-up and metadata
+        rows, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            await client.predict(columns, version=version)
+            rows += len(columns["ftm"])
+    return rows / elapsed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    async with TFServingClient(TFServingConfig(base_url=url, max_attempts=1), "score_beater") as client:
+        while True:
+            try:
+                return await client.pin_version(None)
+            except ModelUnavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+
+
+def _fmt(rate: float) -> str:
+    return f"{rate:,.0f}"
+
+
+def _table(rows: list[dict[str, Any]], model_dir: Path) -> str:
+    lines = [
+        (
+            f"Model: `{model_dir}`; stand-in in a separate process; "
+            f"client concurrency {CONCURRENCY}, keep-alive."
+        ),
+        "",
+        (
+            "| batch | in-process rows/s | REST columnar rows/s | columnar / in-process "
+            "| REST row rows/s | row / in-process |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['batch']:,} | {_fmt(r['in'])} | {_fmt(r['col'])} | {r['col'] / r['in']:.0%} "
+        f"| {_fmt(r['row'])} | {r['row'] / r['in']:.0%} |"
+        for r in rows
+    ]
+    at_1024 = next(r for r in rows if r["batch"] == 1024)
+    ratio = at_1024["col"] / at_1024["in"]
+    verdict = "met" if ratio >= TARGET_RATIO_AT_1024 else "NOT met"
+    lines += [
+        "",
+        (
+            f"Target (columnar REST >= {TARGET_RATIO_AT_1024:.0%} of in-process at batch 1,024): "
+            f"{verdict} ({ratio:.0%})."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=None, help="SavedModel version directory to serve")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per cell (default 2)")
+    args = parser.parse_args(argv)
+    configure_logging("console", "error")  # the readiness poll's connection retries are expected
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-tfserving-") as tmp:
+        scratch = Path(tmp)
+        model_dir = _model_dir(args.model_dir, scratch)
+        base = scratch / "served"
+        base.mkdir()
+        (base / "1").symlink_to(model_dir.resolve(), target_is_directory=True)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+        command = [
+            sys.executable, "-m", "scorebeater", "--log-level", "warning", "serve-model",
+            "--model-base-path", str(base), "--port", str(port), "--max-batch-size", str(max(BATCHES)),
+        ]  # fmt: skip
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            version = asyncio.run(_wait_ready(url, server))
+            rows: list[dict[str, Any]] = []
+            for batch in BATCHES:
+                ceiling = in_process_rate(model_dir, batch, args.seconds)
+                columnar = asyncio.run(rest_rate(url, version, batch, "columnar", args.seconds))
+                row = asyncio.run(rest_rate(url, version, batch, "row", args.seconds))
+                rows.append({"batch": batch, "in": ceiling, "col": columnar, "row": row})
+                progress = (
+                    f"batch {batch}: in-process {_fmt(ceiling)}, columnar {_fmt(columnar)}, row {_fmt(row)}"
+                )
+                print(progress, file=sys.stderr)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(_table(rows, model_dir))
+    print(
+        f"Load average before the run: {load:.1f} on {os.cpu_count()} CPUs (other work skews both columns)."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
