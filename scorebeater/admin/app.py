@@ -1,0 +1,248 @@
+"""The admin API (aiohttp): health, readiness, metrics, predictions, status and control.
+
+Read endpoints are open (put the port behind your network policy). State-changing endpoints
+(``POST /v1/refeed``, ``POST /v1/stages/{stage}:run``) require ``Authorization: Bearer
+<token>`` with the token from the environment variable named by ``admin.token_env``; with no
+token configured they answer 403, never run unauthenticated. ``openapi.yaml`` beside this
+module documents every endpoint and is served at ``/openapi.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from scorebeater.config import Secret
+from scorebeater.errors import ScorebeaterError
+from scorebeater.scheduler import StageRunner
+from scorebeater.stages.base import StageContext
+from scorebeater.stages.features import FeaturesStage
+from scorebeater.stages.predictions import PredictionsStage
+
+log = structlog.get_logger(__name__)
+
+READY_CHECK_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminState:
+    """What the admin API reads and controls."""
+
+    ctx: StageContext
+    runners: dict[str, StageRunner]
+    features: FeaturesStage
+    predictions: PredictionsStage
+    token: Secret | None
+    started: asyncio.Event
+
+
+STATE = web.AppKey("state", AdminState)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _requires_token(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        token = request.app[STATE].token
+        if token is None:
+            return _error(
+                403,
+                "admin_token_not_configured",
+                "state-changing endpoints are disabled: "
+                "set the environment variable named by admin.token_env",
+            )
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.get().encode()):
+            return web.Response(
+                body=orjson.dumps(
+                    {"error": {"code": "unauthorized", "message": "missing or invalid bearer token"}}
+                ),
+                status=401,
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="scorebeater-admin"'},
+            )
+        return await handler(request)
+
+    return wrapped
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers."""
+    del request
+    return _json({"status": "ok"})
+
+
+async def _check(name: str, probe: Awaitable[object]) -> tuple[str, str | None]:
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            await probe
+    except (ScorebeaterError, OSError, TimeoutError) as exc:
+        return name, f"{type(exc).__name__}: {exc}"
+    return name, None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: storage reachable, the model AVAILABLE, the Score API reachable."""
+    state = request.app[STATE]
+    ctx = state.ctx
+    if not state.started.is_set():
+        return _json({"ready": False, "checks": {"daemon": "starting"}}, 503)
+    results = await asyncio.gather(
+        _check("storage", ctx.storage.ping()),
+        _check("model", ctx.model.pin_version(ctx.cfg.tfserving.version_label or None)),
+        _check("score_api", ctx.scores.ping()),
+    )
+    checks = {name: (error or "ok") for name, error in results}
+    ready = all(error is None for _, error in results)
+    ctx.metrics.model_available.set(1 if checks["model"] == "ok" else 0)
+    return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+def _iso(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+async def get_predictions(request: web.Request) -> web.Response:
+    """Latest probability (or the history) for one player and season."""
+    state = request.app[STATE]
+    try:
+        player_id = int(request.match_info["player_id"])
+    except ValueError:
+        return _error(400, "bad_player_id", "player_id must be an integer")
+    season_raw = request.query.get("season")
+    history = request.query.get("history", "false").lower() in {"1", "true", "yes"}
+    if season_raw is None:
+        if not state.features.seasons:
+            return _error(404, "no_season", "no season has been processed yet; pass ?season=S")
+        season = max(state.features.seasons)
+    else:
+        try:
+            season = int(season_raw)
+        except ValueError:
+            return _error(400, "bad_season", "season must be an integer (end year)")
+    rows: list[dict[str, Any]] = []
+    async for table in state.ctx.storage.read_predictions(
+        season=season, player_id=player_id, latest_only=not history
+    ):
+        rows.extend(table.to_pylist())
+    if not rows:
+        if player_id in state.features.known_without_previous(season):
+            return _error(
+                404,
+                "no_previous_season",
+                f"player {player_id} has no season {season - 1}: no prediction is made for him",
+            )
+        return _error(404, "not_found", f"no prediction for player {player_id} in season {season}")
+    rows.sort(key=lambda r: (r["as_of_seq"], r["model_version"]))
+    clean = [
+        {
+            "probability": r["probability"],
+            "as_of_seq": r["as_of_seq"],
+            "as_of_time": _iso(r["as_of_time"]),
+            "model_version": r["model_version"],
+            "season_progress": round(float(r["progress"]), 4),
+            "predicted_at": _iso(r["predicted_at"]),
+        }
+        for r in rows
+    ]
+    body: dict[str, Any] = {"player_id": player_id, "season": season, **clean[-1]}
+    if history:
+        body["history"] = clean
+    return _json(body)
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """Each stage's state, watermark, last success and last error."""
+    state = request.app[STATE]
+    stages = {name: runner.state.as_dict() for name, runner in state.runners.items()}
+    stages["features"]["watermark"] = {
+        str(season): {
+            "games_processed": len(s.processed),
+            "last_final_at": s.last_final_at,
+            "updated_since": s.updated_since,
+            "regular_season_complete": s.complete,
+        }
+        for season, s in state.features.seasons.items()
+    }
+    stages["predictions"]["watermark"] = {
+        "pinned_model_version": state.predictions.pinned_version,
+        "pending_rows": state.predictions.pending_rows,
+    }
+    return _json({"stages": stages, "model": state.ctx.cfg.model.name})
+
+
+@_requires_token
+async def post_refeed(request: web.Request) -> web.Response:
+    """Force a full re-prediction; ``{"clear_cache": true}`` drops the cache first."""
+    state = request.app[STATE]
+    clear_cache = False
+    if request.can_read_body:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "bad_json", "body must be a JSON object")
+        if not isinstance(body, dict) or not isinstance(body.get("clear_cache", False), bool):
+            return _error(400, "bad_body", 'body must be {"clear_cache": true|false}')
+        clear_cache = body.get("clear_cache", False)
+    state.predictions.request_refeed(clear_cache=clear_cache)
+    state.runners["predictions"].trigger()
+    log.info("admin.refeed_requested", clear_cache=clear_cache)
+    return _json({"accepted": True, "clear_cache": clear_cache}, 202)
+
+
+@_requires_token
+async def post_stage_run(request: web.Request) -> web.Response:
+    """Trigger one run of a stage as soon as it is free."""
+    state = request.app[STATE]
+    stage = request.match_info["stage"]
+    runner = state.runners.get(stage)
+    if runner is None:
+        return _error(404, "unknown_stage", f"unknown stage {stage!r}; one of {sorted(state.runners)}")
+    runner.trigger()
+    log.info("admin.stage_run_requested", stage=stage)
+    return _json({"accepted": True, "stage": stage}, 202)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    del request
+    text = resources.files("scorebeater.admin").joinpath("openapi.yaml").read_text("utf-8")
+    return web.Response(text=text, content_type="application/yaml")
+
+
+def create_app(state: AdminState) -> web.Application:
+    """The admin application over one daemon's state."""
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(state.ctx.metrics.registry))
+    app.router.add_get("/openapi.yaml", openapi)
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get(r"/v1/predictions/{player_id}", get_predictions)
+    app.router.add_post("/v1/refeed", post_refeed)
+    app.router.add_post(r"/v1/stages/{stage:[a-z_]+}:run", post_stage_run)
+    return app

@@ -1,0 +1,201 @@
+"""The prediction stage (the design note's ``predictions_updater_service``).
+
+Two modes share one scoring path:
+
+- **diff**: score exactly the feature rows the feature stage committed since the last run
+  (handed over in memory; rebuilt from storage after a restart by finding feature rows that
+  have no prediction yet), so every stored feature row gets one prediction, whatever the
+  timing of polls, crashes and restarts;
+- **refeed**: score every player's latest feature row. Unchanged (feature vector, model
+  version) pairs come from the prediction cache; clearing the cache first forces every row
+  through the model.
+
+Every run pins one model version at its start (the configured label's version, else the
+highest AVAILABLE one) and sends every request of the run to that version, so one refeed is
+never scored by two models; every prediction row records it. Writes are idempotent upserts
+keyed by (player, season, as-of, version).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+
+from scorebeater.inputs import INPUT_NAMES
+from scorebeater.metrics import observe_many
+from scorebeater.stages.base import CommittedFeatures, StageContext
+from scorebeater.storage.base import PREDICTIONS_SCHEMA, UTC_TS
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RefeedRequest:
+    clear_cache: bool = False
+
+
+class PredictionsStage:
+    """Scores feature rows through TF Serving and stores the probabilities."""
+
+    name = "predictions"
+
+    def __init__(self, ctx: StageContext) -> None:
+        self._ctx = ctx
+        self._pending: list[CommittedFeatures] = []
+        self._refeed: RefeedRequest | None = None
+        self._reconciled = False
+        self.pinned_version: int | None = None
+
+    def submit(self, batch: CommittedFeatures) -> None:
+        """Queue committed feature rows for the next diff run (called by the feature stage)."""
+        self._pending.append(batch)
+
+    def request_refeed(self, *, clear_cache: bool = False) -> None:
+        """Make the next run a full refeed; ``clear_cache`` drops the cache first."""
+        previous = self._refeed
+        self._refeed = RefeedRequest(clear_cache=clear_cache or bool(previous and previous.clear_cache))
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(b.rows.num_rows for b in self._pending)
+
+    async def run(self, run_id: str) -> dict[str, object]:
+        """One run: a refeed if one was requested, then the pending diff."""
+        del run_id
+        ctx = self._ctx
+        version = await ctx.model.pin_version(ctx.cfg.tfserving.version_label or None)
+        if version != self.pinned_version:
+            # The client exports model_info/model_available; a change of version is news.
+            log.info("predictions.version_changed", model_version=version, previous=self.pinned_version)
+            self.pinned_version = version
+        summary: dict[str, object] = {"model_version": version}
+        if not self._reconciled:
+            recovered = await self._reconcile()
+            self._reconciled = True
+            summary["recovered_rows"] = recovered
+        if self._refeed is not None:
+            request, self._refeed = self._refeed, None
+            try:
+                summary["refeed"] = await self._run_refeed(version, request)
+            except BaseException:
+                self.request_refeed(clear_cache=request.clear_cache)
+                raise
+        batches, self._pending = self._pending, []
+        try:
+            scored = 0
+            for batch in batches:
+                scored += await self._score_and_store(batch.rows, version, mode="diff")
+                ctx.metrics.update_latency.observe(time.monotonic() - batch.seen_at)
+        except BaseException:
+            # Put back what was not stored; re-storing a stored batch is an idempotent upsert.
+            self._pending[:0] = batches
+            raise
+        summary["diff_rows"] = scored
+        return summary
+
+    async def _run_refeed(self, version: int, request: RefeedRequest) -> dict[str, int]:
+        ctx = self._ctx
+        cleared = await ctx.storage.cache_clear() if request.clear_cache else 0
+        rows = 0
+        started = time.perf_counter()
+        async for table in ctx.storage.read_latest_features():
+            rows += await self._score_and_store(table, version, mode="refeed")
+        elapsed = time.perf_counter() - started
+        log.info(
+            "predictions.refeed_completed",
+            rows=rows,
+            cache_cleared=cleared,
+            duration_s=round(elapsed, 3),
+            rows_per_s=round(rows / elapsed) if elapsed > 0 else None,
+        )
+        return {"rows": rows, "cache_cleared": cleared}
+
+    async def _reconcile(self) -> int:
+        """After a restart: queue stored feature rows that have no prediction yet."""
+        ctx = self._ctx
+        predicted: set[tuple[int, int, int]] = set()
+        async for table in ctx.storage.read_predictions():
+            predicted.update(
+                zip(
+                    table.column("player_id").to_pylist(),
+                    table.column("season").to_pylist(),
+                    table.column("as_of_seq").to_pylist(),
+                    strict=True,
+                )
+            )
+        missing = 0
+        async for table in ctx.storage.read_feature_history():
+            keys = zip(
+                table.column("player_id").to_pylist(),
+                table.column("season").to_pylist(),
+                table.column("as_of_seq").to_pylist(),
+                strict=True,
+            )
+            mask = [k not in predicted for k in keys]
+            if any(mask):
+                todo = table.filter(pa.array(mask))
+                self._pending.append(CommittedFeatures(rows=todo))
+                missing += todo.num_rows
+        if missing:
+            log.info("predictions.reconciled", rows=missing)
+        return missing
+
+    async def _score_and_store(self, table: pa.Table, version: int, *, mode: str) -> int:
+        """Score ``table``'s feature rows (cache first) and upsert their predictions."""
+        ctx = self._ctx
+        n = table.num_rows
+        if n == 0:
+            return 0
+        hashes = table.column("feature_hash").to_pylist()
+        probs = np.full(n, np.nan)
+        cached = await ctx.storage.cache_get(version, hashes)
+        ctx.metrics.cache_requests.inc(n)
+        ctx.metrics.cache_hits.inc(len(cached))
+        if cached:
+            for i, h in enumerate(hashes):
+                hit = cached.get(h)
+                if hit is not None:
+                    probs[i] = hit
+        miss_idx = np.flatnonzero(np.isnan(probs))
+        if miss_idx.size:
+            subset = table.take(pa.array(miss_idx)) if miss_idx.size < n else table
+            columns = {
+                name: subset.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+                for name in INPUT_NAMES
+            }
+            scored = await ctx.model.predict(columns, version=version)
+            probs[miss_idx] = scored
+            await ctx.storage.cache_put(
+                version, dict(zip((hashes[i] for i in miss_idx), scored.tolist(), strict=True))
+            )
+        now = ctx.clock.now()
+        progress = pc.divide(
+            pc.cast(table.column("team_games"), pa.float32()),
+            pc.max_element_wise(
+                pc.cast(table.column("season_games"), pa.float32()), pa.scalar(1.0, pa.float32())
+            ),
+        )
+        predictions = pa.table(
+            {
+                "player_id": table.column("player_id"),
+                "season": table.column("season"),
+                "as_of_seq": table.column("as_of_seq"),
+                "as_of_time": table.column("as_of_time"),
+                "model_version": pa.array(np.full(n, version, dtype=np.int64)),
+                "probability": pa.array(probs),
+                "feature_hash": table.column("feature_hash"),
+                "progress": progress,
+                "predicted_at": pa.array([now] * n, UTC_TS),
+            },
+            schema=PREDICTIONS_SCHEMA,
+        )
+        await ctx.storage.write_predictions(predictions)
+        ctx.metrics.predictions.labels(mode).inc(n)
+        observe_many(ctx.metrics.prediction_score, probs)
+        ctx.metrics.predictions_last_written.set(time.time())
+        return int(n)

@@ -1,0 +1,286 @@
+"""The validation stage (the design note's ``predictions_validator_service``).
+
+Ground truth arrives two ways, and every stored outcome says which:
+
+- **early**: the moment a player's running FTM passes his previous season's total he has
+  beaten it, whatever happens next. Found from the stored feature history: the first as-of
+  point where ``ftm > prev_ftm``. (Running FTM is play-by-play; the official total can differ
+  by a free throw or two, so a season-final outcome replaces an early one.)
+- **final**: once the Score API says the regular season is final, its official season totals
+  decide every predicted player: ``FTM(S) > FTM(S-1)``.
+
+Realized model quality is computed on *final* labels only (early labels are all positive,
+and would flatter any model in-season), per model version and season-progress bucket, over
+every stored prediction of a season with final outcomes, and exported as gauges. Label
+coverage is exported per resolution, so a dashboard shows how much of the picture is known.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+
+from scorebeater import quality
+from scorebeater.errors import ScoreApiError
+from scorebeater.inputs import PROGRESS_BUCKETS
+from scorebeater.metrics import CALIBRATION_BINS
+from scorebeater.stages.base import StageContext
+from scorebeater.storage.base import OUTCOMES_SCHEMA, UTC_TS
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class SeasonLabels:
+    """Per-season bookkeeping the stage keeps between runs."""
+
+    final_stored: bool = False
+    retrain_requested: bool = False
+
+
+class ValidationStage:
+    """Stores outcomes and exports realized model quality."""
+
+    name = "validation"
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        *,
+        seasons: Callable[[], Awaitable[list[int]]],
+    ) -> None:
+        self._ctx = ctx
+        self._seasons = seasons
+        self._on_final_labels: list[Callable[[int], None]] = []
+        self._state: dict[int, SeasonLabels] = {}
+        self.last_report: dict[str, object] = {}
+
+    def on_final_labels(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(season)`` once, after a season's final outcomes are stored."""
+        self._on_final_labels.append(listener)
+
+    async def run(self, run_id: str) -> dict[str, object]:
+        """Store new outcomes for the followed seasons, then recompute realized metrics."""
+        del run_id
+        early = final = 0
+        for season in await self._seasons():
+            state = self._state.setdefault(season, SeasonLabels())
+            early += await self._early_positives(season)
+            if not state.final_stored:
+                stored = await self._final_outcomes(season)
+                if stored is not None:
+                    final += stored
+                    state.final_stored = True
+                    if not state.retrain_requested:
+                        state.retrain_requested = True
+                        for listener in self._on_final_labels:
+                            listener(season)
+        report = await self._export_metrics()
+        self.last_report = report
+        return {"early_outcomes": early, "final_outcomes": final, **report}
+
+    async def _early_positives(self, season: int) -> int:
+        """Store an ``early`` outcome for every player whose running FTM passed his previous total."""
+        ctx = self._ctx
+        known: set[int] = set()
+        async for table in ctx.storage.read_outcomes(season=season):
+            known.update(table.column("player_id").to_pylist())
+        first: dict[int, tuple[int, object, float, float]] = {}
+        async for table in ctx.storage.read_feature_history(seasons=[season]):
+            passed = pc.greater(table.column("ftm"), table.column("prev_ftm"))
+            hits = table.filter(passed)
+            for pid, seq, at, ftm, prev in zip(
+                hits.column("player_id").to_pylist(),
+                hits.column("as_of_seq").to_pylist(),
+                hits.column("as_of_time").to_pylist(),
+                hits.column("ftm").to_pylist(),
+                hits.column("prev_ftm").to_pylist(),
+                strict=True,
+            ):
+                if pid in known:
+                    continue
+                if pid not in first or seq < first[pid][0]:
+                    first[pid] = (seq, at, ftm, prev)
+        if not first:
+            return 0
+        pids = sorted(first)
+        table = pa.table(
+            {
+                "player_id": pa.array(pids, pa.int64()),
+                "season": pa.array([season] * len(pids), pa.int32()),
+                "beat": pa.array([True] * len(pids)),
+                "resolution": pa.array(["early"] * len(pids)),
+                "resolved_seq": pa.array([first[p][0] for p in pids], pa.int32()),
+                "resolved_at": pa.array([first[p][1] for p in pids], UTC_TS),
+                "ftm": pa.array([round(first[p][2]) for p in pids], pa.int32()),
+                "prev_ftm": pa.array([round(first[p][3]) for p in pids], pa.int32()),
+            },
+            schema=OUTCOMES_SCHEMA,
+        )
+        await ctx.storage.write_outcomes(table)
+        log.info("validation.early_positives", season=season, players=len(pids))
+        return len(pids)
+
+    async def _final_outcomes(self, season: int) -> int | None:
+        """Store final outcomes once the season is final; ``None`` while it is not."""
+        ctx = self._ctx
+        info = await ctx.scores.season(season)
+        if not info.regular_season_final:
+            return None
+        latest: dict[int, tuple[int, float]] = {}
+        async for table in ctx.storage.read_latest_features(season=season):
+            for pid, seq, prev in zip(
+                table.column("player_id").to_pylist(),
+                table.column("as_of_seq").to_pylist(),
+                table.column("prev_ftm").to_pylist(),
+                strict=True,
+            ):
+                latest[pid] = (seq, prev)
+        official: dict[int, int] = {}
+        try:
+            async for t in ctx.scores.season_totals(season):
+                official[t.player_id] = t.ftm
+        except ScoreApiError as exc:
+            log.warning("validation.totals_unavailable", season=season, error=str(exc))
+            return None
+        pids = sorted(p for p in latest if p in official)
+        missing = len(latest) - len(pids)
+        if missing:
+            log.warning("validation.players_without_official_totals", season=season, players=missing)
+        if not pids:
+            return 0
+        now = ctx.clock.now()
+        table = pa.table(
+            {
+                "player_id": pa.array(pids, pa.int64()),
+                "season": pa.array([season] * len(pids), pa.int32()),
+                "beat": pa.array([official[p] > latest[p][1] for p in pids]),
+                "resolution": pa.array(["final"] * len(pids)),
+                "resolved_seq": pa.array([latest[p][0] for p in pids], pa.int32()),
+                "resolved_at": pa.array([now] * len(pids), UTC_TS),
+                "ftm": pa.array([official[p] for p in pids], pa.int32()),
+                "prev_ftm": pa.array([round(latest[p][1]) for p in pids], pa.int32()),
+            },
+            schema=OUTCOMES_SCHEMA,
+        )
+        await ctx.storage.write_outcomes(table, checkpoint=(f"validation.{season}", b'{"final": true}'))
+        log.info("validation.final_outcomes", season=season, players=len(pids))
+        return len(pids)
+
+    async def _export_metrics(self) -> dict[str, object]:  # noqa: C901, PLR0912, PLR0915 - one pass, many gauges
+        ctx = self._ctx
+        m = ctx.metrics
+        labels: dict[tuple[int, int], tuple[bool, str]] = {}
+        async for table in ctx.storage.read_outcomes():
+            for pid, season, beat, resolution in zip(
+                table.column("player_id").to_pylist(),
+                table.column("season").to_pylist(),
+                table.column("beat").to_pylist(),
+                table.column("resolution").to_pylist(),
+                strict=True,
+            ):
+                labels[pid, season] = (beat, resolution)
+        predicted: set[tuple[int, int]] = set()
+        by_version: dict[int, tuple[list[float], list[bool], list[float]]] = {}
+        async for table in ctx.storage.read_predictions():
+            for pid, season, version, prob, progress in zip(
+                table.column("player_id").to_pylist(),
+                table.column("season").to_pylist(),
+                table.column("model_version").to_pylist(),
+                table.column("probability").to_pylist(),
+                table.column("progress").to_pylist(),
+                strict=True,
+            ):
+                predicted.add((pid, season))
+                label = labels.get((pid, season))
+                if label is None or label[1] != "final":
+                    continue
+                acc = by_version.setdefault(version, ([], [], []))
+                acc[0].append(prob)
+                acc[1].append(label[0])
+                acc[2].append(progress)
+
+        counts = {"early": 0, "final": 0}
+        for _, resolution in labels.values():
+            counts[resolution] += 1
+        covered = {"early": 0, "final": 0}
+        for player_season in predicted:
+            label = labels.get(player_season)
+            if label is not None:
+                covered[label[1]] += 1
+        for resolution in ("early", "final"):
+            m.outcomes_stored.labels(resolution).set(counts[resolution])
+            m.label_coverage.labels(resolution).set(
+                covered[resolution] / len(predicted) if predicted else 0.0
+            )
+        m.predictions_awaiting_label.set(len(predicted) - covered["final"])
+
+        gauges = (
+            m.eval_roc_auc,
+            m.eval_brier,
+            m.eval_log_loss,
+            m.eval_ece,
+            m.eval_accuracy,
+            m.eval_rows,
+            m.eval_positive_ratio,
+            m.eval_outcomes,
+            m.calibration_predicted,
+            m.calibration_observed,
+            m.calibration_count,
+        )
+        for g in gauges:
+            g.clear()
+        report: dict[str, object] = {}
+        for version, (probs_l, ys_l, prog_l) in sorted(by_version.items()):
+            probs = np.asarray(probs_l, dtype=np.float64)
+            ys = np.asarray(ys_l, dtype=np.bool_)
+            share = np.clip(np.floor(np.asarray(prog_l) * 4).astype(int), 0, 3)
+            v = str(version)
+            version_report: dict[str, dict[str, float]] = {}
+            for bucket in ("all", *PROGRESS_BUCKETS):
+                mask = (
+                    np.ones(probs.size, np.bool_)
+                    if bucket == "all"
+                    else share == PROGRESS_BUCKETS.index(bucket)
+                )
+                if not mask.any():
+                    continue
+                y, p = ys[mask], probs[mask]
+                scores = quality.summary(y, p)
+                version_report[bucket] = scores
+                for gauge, key in (
+                    (m.eval_roc_auc, "roc_auc"),
+                    (m.eval_brier, "brier"),
+                    (m.eval_log_loss, "log_loss"),
+                    (m.eval_ece, "ece"),
+                    (m.eval_accuracy, "accuracy"),
+                ):
+                    if not math.isnan(scores[key]):
+                        gauge.labels(v, bucket).set(scores[key])
+                m.eval_rows.labels(v, bucket).set(scores["n"])
+                m.eval_positive_ratio.labels(v, bucket).set(float(y.mean()))
+                c = quality.confusion(y, p)
+                for outcome in ("tp", "fp", "tn", "fn"):
+                    m.eval_outcomes.labels(v, bucket, outcome).set(getattr(c, outcome))
+            for name, b in zip(CALIBRATION_BINS, quality.reliability_bins(ys, probs), strict=True):
+                m.calibration_count.labels(v, name).set(b.count)
+                if b.count:
+                    m.calibration_predicted.labels(v, name).set(b.mean_prob)
+                    m.calibration_observed.labels(v, name).set(b.frac_positive)
+            report[v] = version_report
+        m.validation_last_success.set(time.time())
+        summary: dict[str, object] = {
+            "labelled_versions": sorted(by_version),
+            "outcomes": counts,
+            "predicted_player_seasons": len(predicted),
+        }
+        if report:
+            summary["metrics"] = report
+        return summary

@@ -1,0 +1,174 @@
+"""The daemon end to end on real parts: replay server over the real 2014 season, the TF Serving
+stand-in over a SavedModel, the daemon's stages and admin API, for every storage backend.
+
+Scenario:
+1. the replay clock passes three weeks of the season; the feature and prediction stages run;
+2. every active player with a previous season has a prediction as of his latest game, and his
+   stored running FTM equals the sum computed straight from the data files;
+3. the admin API serves that prediction, refuses unauthenticated control, accepts a refeed;
+4. the clock passes the end of the regular season; the stages catch up, validation stores
+   final outcomes for every predicted player, and /metrics shows realized AUC and Brier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from scorebeater.config import (
+    AdminConfig,
+    Config,
+    ModelConfig,
+    SchedulerConfig,
+    Secret,
+    StorageConfig,
+    TFServingConfig,
+)
+from scorebeater.daemon import Daemon, open_daemon
+from scorebeater.modelserver.app import serve_models
+from scorebeater.scoreapi import timeline
+from tests.fakes.score_api import RunningReplay, bundled_catalog, bundled_history, running_replay
+from tests.integration.daemon_support import BACKENDS, model_base_path, storage_config
+
+pytestmark = pytest.mark.slow
+
+SEASON = 2014
+ADMIN_TOKEN = "admin-test-token"
+
+
+def expected_running_ftm(until: dt.datetime) -> dict[int, int]:
+    """Each player's regular-season FTM in games final by ``until``, straight from the files."""
+    history = bundled_history()
+    previous = {t.player_id for t in history.season_totals if t.season == SEASON - 1}
+    totals: dict[int, int] = defaultdict(int)
+    for pg in history.player_games:
+        if pg.season != SEASON or pg.season_type != "regular" or pg.player_id is None:
+            continue
+        if timeline.final_at(pg.date) <= until and pg.player_id in previous:
+            totals[pg.player_id] += pg.ftm
+    return dict(totals)
+
+
+async def latest_predictions(daemon: Daemon) -> dict[int, dict[str, object]]:
+    out: dict[int, dict[str, object]] = {}
+    async for table in daemon.ctx.storage.read_predictions(season=SEASON, latest_only=True):
+        for row in table.to_pylist():
+            out[row["player_id"]] = row
+    return out
+
+
+async def latest_features(daemon: Daemon) -> dict[int, dict[str, object]]:
+    out: dict[int, dict[str, object]] = {}
+    async for table in daemon.ctx.storage.read_latest_features(season=SEASON):
+        for row in table.to_pylist():
+            out[row["player_id"]] = row
+    return out
+
+
+@pytest.fixture(name="replay")
+async def _replay() -> AsyncIterator[RunningReplay]:
+    catalog = bundled_catalog()
+    async with running_replay(catalog, catalog.default_start(SEASON)) as replay:
+        yield replay
+
+
+@pytest.fixture(name="model_url")
+async def _model_url(tmp_path: Path) -> AsyncIterator[str]:
+    base = tmp_path / "model" / "score_beater"
+    base.mkdir(parents=True)
+    shutil.copytree(model_base_path(), base / "1")
+    async with serve_models(model_name="score_beater", base_path=base, host="127.0.0.1", port=0) as server:
+        yield server.url
+
+
+def daemon_config(replay: RunningReplay, model_url: str, storage: StorageConfig) -> Config:
+    return Config(
+        score_api=replay.client_config(),
+        model=ModelConfig(name="score_beater"),
+        tfserving=TFServingConfig(base_url=model_url, max_batch_size=512),
+        storage=storage,
+        scheduler=SchedulerConfig(seasons=(SEASON,), poll_interval_s=0.5),
+        admin=AdminConfig(host="127.0.0.1", port=0, token=Secret(ADMIN_TOKEN)),
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_daemon_over_a_real_season(
+    backend: str,
+    replay: RunningReplay,
+    model_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = storage_config(backend, request, tmp_path, monkeypatch)
+    cfg = daemon_config(replay, model_url, storage)
+    start = replay.clock.now()
+    async with open_daemon(cfg) as daemon:
+        # 1. three weeks in
+        slice_end = start + dt.timedelta(days=21)
+        replay.clock.set(slice_end)
+        features = await daemon.runners["features"].run_once()
+        assert features["games"] > 100
+        await daemon.runners["predictions"].run_once()
+
+        # 2. every active player with a previous season has a prediction as of his latest game
+        expected = expected_running_ftm(slice_end)
+        preds = await latest_predictions(daemon)
+        feats = await latest_features(daemon)
+        assert set(preds) == set(expected)
+        for pid, ftm in expected.items():
+            assert feats[pid]["ftm"] == ftm
+            assert preds[pid]["as_of_seq"] == feats[pid]["as_of_seq"]
+            assert 0.0 <= preds[pid]["probability"] <= 1.0  # type: ignore[operator]
+            assert preds[pid]["model_version"] == 1
+
+        # 3. the admin API
+        assert daemon.admin_url is not None
+        some_player = next(iter(expected))
+        async with aiohttp.ClientSession(base_url=daemon.admin_url) as http:
+            async with http.get(f"/v1/predictions/{some_player}", params={"season": SEASON}) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+                assert body["probability"] == pytest.approx(preds[some_player]["probability"])
+                assert body["model_version"] == 1
+            async with http.get("/v1/predictions/1", params={"season": SEASON}) as resp:
+                assert resp.status == 404
+            async with http.post("/v1/refeed") as resp:
+                assert resp.status == 401
+            async with http.post(
+                "/v1/refeed", json={"clear_cache": False}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            ) as resp:
+                assert resp.status == 202
+            async with http.get("/v1/status") as resp:
+                status = await resp.json()
+                assert status["stages"]["features"]["runs"] == 1
+                assert status["stages"]["features"]["watermark"][str(SEASON)]["games_processed"] > 100
+        refeed = await daemon.runners["predictions"].run_once()
+        assert refeed["refeed"]["rows"] == len(expected)
+        hits = daemon.ctx.metrics.cache_hits._value.get()
+        assert hits >= len(expected)  # every refeed row was cached by the diff run
+
+        # 4. the season turns final
+        season = replay.catalog.seasons[SEASON]
+        assert season.last_regular_date is not None
+        replay.clock.set(timeline.final_at(season.last_regular_date) + dt.timedelta(hours=1))
+        await daemon.runners["features"].run_once()
+        await daemon.runners["predictions"].run_once()
+        result = await daemon.runners["validation"].run_once()
+        assert result["final_outcomes"] == len(await latest_features(daemon))
+        outcomes = []
+        async for table in daemon.ctx.storage.read_outcomes(season=SEASON):
+            outcomes.extend(table.to_pylist())
+        assert outcomes
+        assert {o["resolution"] for o in outcomes} == {"final"}
+        async with aiohttp.ClientSession(base_url=daemon.admin_url) as http, http.get("/metrics") as resp:
+            text = await resp.text()
+        assert 'scorebeater_eval_roc_auc{bucket="all",model_version="1"}' in text
+        assert 'scorebeater_eval_brier_score{bucket="all",model_version="1"}' in text
