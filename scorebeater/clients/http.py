@@ -113,9 +113,15 @@ def retrying(
     is spent, the last error propagates.
     """
 
+    failures = 0
+
     def hook(exc: Exception) -> bool | float:
+        nonlocal failures
+        failures += 1
         decision = _backoff_hook(exc)
-        if decision is not False:
+        # stamina asks before checking its attempt budget: after the last attempt nothing is
+        # retried, so nothing is logged or counted as a retry.
+        if decision is not False and failures < attempts:
             log.warning(
                 "upstream.retry_scheduled",
                 target=target,

@@ -299,7 +299,7 @@ async def test_gzip_bodies_and_concurrency_bound() -> None:
         # aiohttp decoded each gzip body on arrival, as TF Serving does.
         sizes = sorted(len(json.loads(b)["inputs"]["ftm"]) for b in fake.bodies)
         assert sizes == [5] + [10] * 9
-        assert fake.max_in_flight == 3
+        assert 2 <= fake.max_in_flight <= 3  # bounded; exact overlap depends on scheduling
     finally:
         await server.close()
 
