@@ -200,7 +200,22 @@ async def open_daemon(
         # A committed feature batch wakes the prediction stage; a season turning final wakes validation.
         features.on_commit(predictions.submit)
         features.on_commit(lambda _batch: runners["predictions"].trigger())
-        features.on_season_final(lambda _season: runners["validation"].trigger())
+        # A season turning final wakes validation once the prediction stage has stored that
+        # season's last predictions, so the first realized metrics cover every prediction.
+        finals: set[int] = set()
+
+        def season_final(season: int) -> None:
+            finals.add(season)
+            runners["predictions"].trigger()
+
+        features.on_season_final(season_final)
+
+        def validate_finished_seasons(_result: dict[str, Any]) -> None:
+            if finals:
+                finals.clear()
+                runners["validation"].trigger()
+
+        runners["predictions"].on_success(validate_finished_seasons)
         if cfg.training.retrain_on_season_final:
             validation.on_final_labels(lambda season: _schedule_retrain(daemon, season))
         daemon.admin_url = await _start_admin(daemon, stack)

@@ -176,8 +176,13 @@ class StageRunner:
         self._lock = asyncio.Lock()
         self._stopping = False
         self.state = StageState(name)
+        self._on_success: list[Callable[[dict[str, Any]], None]] = []
         self.completed = asyncio.Condition()
         """Notified after every iteration (success or failure); tests and the admin API wait on it."""
+
+    def on_success(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(result)`` after every successful iteration (e.g. to wake a next stage)."""
+        self._on_success.append(listener)
 
     def trigger(self) -> None:
         """Ask for a run as soon as possible; several triggers before it starts make one run."""
@@ -239,6 +244,8 @@ class StageRunner:
             self._metrics.stage_duration.labels(self.name).observe(elapsed)
             self._metrics.stage_last_success.labels(self.name).set(time.time())
             log.info("stage.run_completed", duration_s=round(elapsed, 4), **result)
+            for listener in self._on_success:
+                listener(result)
             return result
 
     def _next_deadline(self, after: datetime) -> datetime | None:
