@@ -1,0 +1,379 @@
+"""The score_beater Keras MLP, with every derived feature computed inside the graph.
+
+The model takes the raw inputs of :data:`scorebeater.inputs.MODEL_INPUTS` as named float32
+tensors of shape ``[batch]`` and returns ``{"probability": [batch, 1]}``. Inside the graph:
+
+1. :class:`DerivedFeatures` turns the raw counts into rates, pace projections, remaining
+   games, the deficit to beat and log transforms (:data:`DERIVED_NAMES`);
+2. a ``Normalization`` layer whose mean/variance are adapted on the training split only
+   (TF Transform's analyzers, baked in as constants);
+3. the MLP (``hidden_units``, ReLU, dropout) ending in one logit;
+4. :class:`PlattScaling`: ``sigmoid(a * logit + b)``; ``a, b`` can be fitted on the validation
+   season after training (:data:`CALIBRATE`, off for the reason given there: the layer is then
+   the identity ``a = 1, b = 0``).
+
+TensorFlow is imported here and only here (with ``evaluate``/``export``/``gate``): the daemon
+never imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import structlog
+from keras import ops
+
+from scorebeater.config import TrainingConfig
+from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
+from scorebeater.training.dataset import TrainingSet
+
+log = structlog.get_logger(__name__)
+
+PRIOR_GAMES = 10.0
+"""Team games of weight given to last season's rate when shrinking the current pace."""
+
+EARLY_STOPPING_PATIENCE = 6
+"""Epochs without validation-loss improvement before training stops (best weights restored)."""
+
+PREDICT_BATCH = 8192
+_NEWTON_TOLERANCE = 1e-8
+
+INPUT_NOISE_STD = 0.0
+"""Gaussian noise (in standard deviations) added to the normalised features while training.
+
+A player-season gives ~150 rows with identical previous-season inputs and one label, so a
+flexible network can memorise players; noise blurs that fingerprint (tuned on validation).
+"""
+
+WEIGHT_DECAY = 1e-4
+"""L2 penalty on the hidden layers' kernels (tuned on validation)."""
+
+CALIBRATE = False
+"""Fit the Platt layer on the validation season after training.
+
+Off: with the bundled data the validation season is 2013, right after the 66-game 2012
+lockout season, so its base rate (0.63 against 0.41-0.48 in normal seasons) is inflated by
+an effect no input can see (the previous season's schedule length). A Platt fit there learns
+that shift (bias +0.26 to +0.54 in tuning runs) and would miscalibrate every normal season.
+The network trained with log loss is calibrated without it (ECE 0.027 on 2011 held out,
+0.027 on 2013); the layer stays in the graph as an identity, recorded in the model card.
+"""
+
+WIDE = True
+"""Add a linear ("wide") logit on the normalised features to the MLP's ("deep") logit.
+
+The linear part carries the strong, smooth pace signal (a logistic regression on these
+features is a strong baseline); the hidden layers learn corrections to it.
+"""
+
+DERIVED_NAMES: tuple[str, ...] = (
+    "progress",
+    "log_remaining_games",
+    "log_prev_ftm",
+    "log_prev_fta",
+    "prev_games_share",
+    "log_prev_minutes",
+    "log_prev_ftm_per_game",
+    "prev_ft_pct",
+    "log_prev2_ftm",
+    "prev2_games_share",
+    "has_prev2",
+    "prev_trend",
+    "experience",
+    "age",
+    "age_known",
+    "log_ftm",
+    "log_fta",
+    "ft_pct",
+    "shoot_game_share",
+    "ftm_per_team_game",
+    "fta_per_team_game",
+    "pace_ratio",
+    "shrunk_ratio",
+    "shrunk_z",
+    "already_beat",
+    "signed_log_need",
+    "need_per_remaining_game",
+)
+
+
+def _log1p(x: Any) -> Any:
+    return ops.log1p(ops.maximum(x, 0.0))
+
+
+def derive(x: Mapping[str, Any]) -> Any:
+    """Derived features ``[batch, len(DERIVED_NAMES)]`` from raw inputs ``{name: [batch]}``.
+
+    Written with ``keras.ops`` so the same code runs in the served graph and on numpy arrays
+    (the baselines call it too). Every division is guarded: a row with zero games gives
+    finite values.
+    """
+    sg = ops.maximum(x["season_games"], 1.0)
+    tg = ops.clip(x["team_games"], 0.0, sg)
+    rem = sg - tg
+    prev_ftm, prev_fta, prev_games = x["prev_ftm"], x["prev_fta"], x["prev_games"]
+    ftm, fta = x["ftm"], x["fta"]
+    tg1 = ops.maximum(tg, 1.0)
+    has_prev2 = ops.cast(x["prev2_games"] > 0, "float32")
+    age_known = ops.cast(x["age"] > 0, "float32")
+    pace_total = ftm / tg1 * sg
+    prior_rate = prev_ftm / sg
+    shrunk_rate = (ftm + PRIOR_GAMES * prior_rate) / (tg + PRIOR_GAMES)
+    shrunk_remaining = shrunk_rate * rem
+    need = prev_ftm - ftm
+    features = [
+        tg / sg,
+        _log1p(rem),
+        _log1p(prev_ftm),
+        _log1p(prev_fta),
+        prev_games / sg,
+        _log1p(x["prev_minutes"]),
+        _log1p(prev_ftm / ops.maximum(prev_games, 1.0)),
+        (prev_ftm + 1.0) / (prev_fta + 2.0),
+        _log1p(x["prev2_ftm"]),
+        x["prev2_games"] / sg,
+        has_prev2,
+        (_log1p(prev_ftm) - _log1p(x["prev2_ftm"])) * has_prev2,
+        x["experience"],
+        x["age"] + (1.0 - age_known) * 27.0,
+        age_known,
+        _log1p(ftm),
+        _log1p(fta),
+        (ftm + 1.0) / (fta + 2.0),
+        x["games_with_fta"] / tg1,
+        ftm / tg1,
+        fta / tg1,
+        ops.log((pace_total + 1.0) / (prev_ftm + 1.0)),
+        ops.log((ftm + shrunk_remaining + 1.0) / (prev_ftm + 1.0)),
+        (ftm + shrunk_remaining - prev_ftm - 0.5) / ops.sqrt(shrunk_remaining + 1.0),
+        ops.cast(ftm > prev_ftm, "float32"),
+        ops.sign(need) * ops.log1p(ops.abs(need)),
+        need / (rem + 1.0),
+    ]
+    return ops.stack([ops.cast(f, "float32") for f in features], axis=-1)
+
+
+def derive_numpy(ts: TrainingSet) -> np.ndarray:
+    """:func:`derive` on a training set, as a float32 numpy matrix (for the baselines)."""
+    out = derive({n: ts.inputs[n].astype(np.float32) for n in INPUT_NAMES})
+    return np.asarray(ops.convert_to_numpy(out), dtype=np.float32)
+
+
+@keras.saving.register_keras_serializable(package="scorebeater")
+class DerivedFeatures(keras.layers.Layer):  # type: ignore[misc]
+    """Raw named inputs -> the derived feature matrix (see :func:`derive`)."""
+
+    def call(self, inputs: Mapping[str, Any]) -> Any:
+        return derive(inputs)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, int]:  # noqa: ARG002 - Keras API
+        return (None, len(DERIVED_NAMES))
+
+
+@keras.saving.register_keras_serializable(package="scorebeater")
+class PlattScaling(keras.layers.Layer):  # type: ignore[misc]
+    """``sigmoid(scale * logit + bias)``; ``scale``/``bias`` are set by :func:`fit_platt`, never trained."""
+
+    def build(self, input_shape: Any) -> None:  # noqa: ARG002 - Keras API
+        self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=False)
+        self.bias = self.add_weight(name="bias", shape=(), initializer="zeros", trainable=False)
+
+    def call(self, logit: Any) -> Any:
+        return ops.sigmoid(self.scale * logit + self.bias)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedModel:
+    """A trained network and how it got there."""
+
+    model: keras.Model
+    """The serving model: raw inputs -> ``{"probability": [batch, 1]}``."""
+    epochs_run: int
+    best_epoch: int
+    """1-based epoch whose weights were kept (lowest validation loss)."""
+    platt_scale: float
+    platt_bias: float
+    train_seconds: float
+    history: Mapping[str, list[float]]
+
+
+def _inputs_dict(ts: TrainingSet) -> dict[str, np.ndarray]:
+    return {n: ts.inputs[n].astype(np.float32) for n in INPUT_NAMES}
+
+
+def build_model(
+    cfg: TrainingConfig,
+    train: TrainingSet,
+    *,
+    noise_std: float = INPUT_NOISE_STD,
+    weight_decay: float = WEIGHT_DECAY,
+    wide: bool = WIDE,
+) -> tuple[keras.Model, keras.Model]:
+    """The serving model and the logit model sharing its layers (normalisation adapted on ``train``)."""
+    inputs = {n: keras.Input(shape=(), name=n, dtype="float32") for n in INPUT_NAMES}
+    derived = DerivedFeatures(name="derived_features")(inputs)
+    norm = keras.layers.Normalization(name="normalize")
+    norm.adapt(derive_numpy(train))
+    normalized = norm(derived)
+    h = normalized
+    if noise_std > 0:
+        # active only in training; an identity in the served graph
+        h = keras.layers.GaussianNoise(noise_std, seed=cfg.seed, name="input_noise")(h)
+    reg = keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
+    for i, units in enumerate(cfg.hidden_units):
+        h = keras.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"hidden_{i}")(h)
+        if cfg.dropout > 0:
+            h = keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(h)
+    logit = keras.layers.Dense(1, name="deep_logit")(h)
+    if wide:
+        linear = keras.layers.Dense(1, name="wide_logit")(normalized)
+        logit = keras.layers.Add(name="logit")([logit, linear])
+    prob = PlattScaling(name=OUTPUT_NAME)(logit)
+    serving = keras.Model(inputs, {OUTPUT_NAME: prob}, name="score_beater")
+    logit_model = keras.Model(inputs, logit, name="score_beater_logit")
+    return serving, logit_model
+
+
+class _EpochLine(keras.callbacks.Callback):  # type: ignore[misc]
+    """One compact line per epoch on stderr: the training progress display."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self._epochs = epochs
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:  # noqa: ARG002
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        logs = logs or {}
+        parts = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
+        elapsed = time.perf_counter() - self._start
+        print(f"epoch {epoch + 1}/{self._epochs} {parts} ({elapsed:.1f}s)", file=sys.stderr, flush=True)  # noqa: T201
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """Platt scaling: ``a, b`` minimising the log loss of ``sigmoid(a * logit + b)`` (Newton's method).
+
+    Returns ``(1.0, 0.0)`` (identity) when the labels hold a single class.
+    """
+    z = logits.astype(np.float64).ravel()
+    y = labels.astype(np.float64).ravel()
+    if y.size == 0 or y.min() == y.max():
+        return 1.0, 0.0
+    a, b = 1.0, 0.0
+    design = np.column_stack([z, np.ones_like(z)])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        grad = design.T @ (p - y)
+        w = p * (1.0 - p) + 1e-9
+        hess = design.T @ (design * w[:, None]) + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        a, b = a - float(step[0]), b - float(step[1])
+        if float(np.abs(step).max()) < _NEWTON_TOLERANCE:
+            break
+    return a, b
+
+
+def predict_logits(model: keras.Model, ts: TrainingSet) -> np.ndarray:
+    """Logits of the logit model on every row, shape ``[rows]``."""
+    out = model.predict(_inputs_dict(ts), batch_size=PREDICT_BATCH, verbose=0)
+    return np.asarray(out, dtype=np.float64).ravel()
+
+
+def train_mlp(
+    cfg: TrainingConfig,
+    train: TrainingSet,
+    validation: TrainingSet,
+    *,
+    epochs: int | None = None,
+    calibrate: bool = CALIBRATE,
+    noise_std: float = INPUT_NOISE_STD,
+    weight_decay: float = WEIGHT_DECAY,
+    wide: bool = WIDE,
+) -> TrainedModel:
+    """Train the MLP on ``train``; early-stop and calibrate on ``validation``.
+
+    With ``epochs`` given, train exactly that many epochs without early stopping (a refit
+    with a tuned epoch count); otherwise stop when the validation loss has not improved for
+    ``EARLY_STOPPING_PATIENCE`` epochs and keep the best weights. Deterministic for a given
+    ``cfg.seed`` on the same machine.
+
+    Raises:
+        ValueError: ``train`` is empty, or ``validation`` is empty while early stopping.
+    """
+    if len(train) == 0:
+        raise ValueError("the training split has no rows")
+    if epochs is None and len(validation) == 0:
+        raise ValueError("the validation split has no rows: cannot early-stop")
+    keras.utils.set_random_seed(cfg.seed)
+    serving, logit_model = build_model(cfg, train, noise_std=noise_std, weight_decay=weight_decay, wide=wide)
+    logit_model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    max_epochs = epochs if epochs is not None else cfg.epochs
+    callbacks: list[keras.callbacks.Callback] = [_EpochLine(max_epochs)]
+    if epochs is None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
+            )
+        )
+    val_data = (_inputs_dict(validation), validation.label.astype(np.float32)) if len(validation) else None
+    started = time.perf_counter()
+    hist = logit_model.fit(
+        _inputs_dict(train),
+        train.label.astype(np.float32),
+        batch_size=cfg.batch_size,
+        epochs=max_epochs,
+        validation_data=val_data,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    epochs_run = len(history.get("loss", []))
+    val_loss = history.get("val_loss", [])
+    best_epoch = int(np.argmin(val_loss)) + 1 if (val_loss and epochs is None) else epochs_run
+    scale, bias = 1.0, 0.0
+    if calibrate and len(validation):
+        scale, bias = fit_platt(predict_logits(logit_model, validation), validation.label)
+        if not (math.isfinite(scale) and math.isfinite(bias)):
+            scale, bias = 1.0, 0.0
+        platt = serving.get_layer(OUTPUT_NAME)
+        platt.scale.assign(scale)
+        platt.bias.assign(bias)
+    log.info(
+        "training.mlp_trained",
+        rows=len(train),
+        validation_rows=len(validation),
+        epochs_run=epochs_run,
+        best_epoch=best_epoch,
+        platt_scale=round(scale, 4),
+        platt_bias=round(bias, 4),
+        seconds=round(seconds, 1),
+    )
+    return TrainedModel(
+        model=serving,
+        epochs_run=epochs_run,
+        best_epoch=best_epoch,
+        platt_scale=scale,
+        platt_bias=bias,
+        train_seconds=seconds,
+        history=history,
+    )
+
+
+def predict(model: keras.Model, ts: TrainingSet) -> np.ndarray:
+    """P(beat) of the in-memory serving model on every row, shape ``[rows]`` (float64)."""
+    out = model.predict(_inputs_dict(ts), batch_size=PREDICT_BATCH, verbose=0)
+    return np.asarray(out[OUTPUT_NAME], dtype=np.float64).ravel()
