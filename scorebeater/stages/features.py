@@ -51,7 +51,19 @@ class PlayerState:
 
     player: str
     team: str
+    """His team: that of his latest box-score line with a known team ("" if none yet)."""
     totals: RunningTotals
+    last_game_teams: tuple[str, str] = ("", "")
+    """Home and away of his latest game: while ``team`` is unknown, his team is whichever of
+    the two has played more (the same rule the training set uses)."""
+
+    def team_games(self, counts: dict[str, int]) -> int:
+        if self.team:
+            return counts.get(self.team, 0)
+        return max(counts.get(t, 0) for t in self.last_game_teams)
+
+    def plays_for_one_of(self, teams: set[str]) -> bool:
+        return self.team in teams if self.team else bool(teams.intersection(self.last_game_teams))
 
 
 @dataclass(slots=True)
@@ -68,6 +80,8 @@ class SeasonState:
     players: dict[int, PlayerState] = field(default_factory=dict)
     previous: dict[int, PreviousSeasons] = field(default_factory=dict)
     no_previous: set[int] = field(default_factory=set)
+    last_game_teams: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """Restored from the checkpoint; moved into ``players`` once their rows are loaded."""
     loaded: bool = False
 
     @property
@@ -85,6 +99,8 @@ class SeasonState:
                 "last_final_at": self.last_final_at,
                 "complete": self.complete,
                 "no_previous": sorted(self.no_previous),
+                # Not derivable from the stored rows, unlike the running totals.
+                "last_game_teams": {str(pid): list(ps.last_game_teams) for pid, ps in self.players.items()},
             }
         )
 
@@ -97,6 +113,9 @@ class SeasonState:
         self.last_final_at = data["last_final_at"]
         self.complete = bool(data["complete"])
         self.no_previous = {int(p) for p in data.get("no_previous", [])}
+        self.last_game_teams = {
+            int(p): (str(t[0]), str(t[1])) for p, t in data.get("last_game_teams", {}).items()
+        }
 
 
 CommitListener = Callable[[CommittedFeatures], None]
@@ -181,6 +200,7 @@ class FeaturesStage:
                         games_with_fta=round(row["games_with_fta"]),
                         team_games=round(row["team_games"]),
                     ),
+                    last_game_teams=state.last_game_teams.get(int(row["player_id"]), ("", "")),
                 )
         state.loaded = True
         log.info(
@@ -302,23 +322,20 @@ class FeaturesStage:
                     games_with_fta=base.games_with_fta + (1 if line.fta > 0 else 0),
                     team_games=base.team_games,
                 )
-                state.players[pid] = PlayerState(player=line.player, team=team, totals=totals)
+                state.players[pid] = PlayerState(
+                    player=line.player, team=team, totals=totals, last_game_teams=(game.home, game.away)
+                )
                 affected.add(pid)
             teams = {game.home, game.away}
-            affected.update(pid for pid, ps in state.players.items() if ps.team in teams)
+            affected.update(pid for pid, ps in state.players.items() if ps.plays_for_one_of(teams))
             final_at = game.final_at or game.updated_at
             for pid in sorted(affected):
                 ps = state.players[pid]
-                team_games = (
-                    state.team_games.get(ps.team, 0)
-                    if ps.team
-                    else max(state.team_games.get(game.home, 0), state.team_games.get(game.away, 0))
-                )
                 ps.totals = RunningTotals(
                     ftm=ps.totals.ftm,
                     fta=ps.totals.fta,
                     games_with_fta=ps.totals.games_with_fta,
-                    team_games=team_games,
+                    team_games=ps.team_games(state.team_games),
                 )
                 values = as_of_inputs(state.previous[pid], ps.totals, state.season_games)
                 columns["player_id"].append(pid)
@@ -348,6 +365,7 @@ class FeaturesStage:
         for state in self.seasons.values():
             state.loaded = False
             state.players.clear()
+            state.last_game_teams.clear()
             state.processed.clear()
             state.team_games.clear()
             state.updated_since = state.last_final_at = None

@@ -138,7 +138,8 @@ async def snapshot(store: Path) -> dict[str, list[tuple[object, ...]]]:
                 (r["player_id"], r["beat"], r["resolution"], r["ftm"], r["prev_ftm"], r["resolved_seq"])
                 for r in table.to_pylist()
             )
-    return {k: sorted(v, key=repr) for k, v in out.items()}
+    out["predictions"].sort(key=lambda p: p[:3])
+    return {k: v if k == "predictions" else sorted(v, key=repr) for k, v in out.items()}
 
 
 def season_done(value: dict[str, Any]) -> bool:
@@ -191,8 +192,13 @@ async def test_sigkill_and_restart_store_the_same_results(tmp_path: Path) -> Non
     assert len(clean["features"]) > 10_000
     assert len(clean["predictions"]) == len(clean["features"])
     assert clean["outcomes"]
-    for table in ("features", "predictions", "outcomes"):
-        assert crashed[table] == clean[table], table
+    assert crashed["features"] == clean["features"]
+    assert crashed["outcomes"] == clean["outcomes"]
+    # The same keys and feature vectors; probabilities to float32 precision (TensorFlow's CPU
+    # kernels may round differently for different batch sizes, and a restart re-batches).
+    assert [p[:3] + p[4:] for p in crashed["predictions"]] == [p[:3] + p[4:] for p in clean["predictions"]]
+    for got, want in zip(crashed["predictions"], clean["predictions"], strict=True):
+        assert got[3] == pytest.approx(want[3], abs=1e-6)
 
 
 def _mk(path: Path) -> Path:
