@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -452,9 +453,11 @@ def _validate(cfg: Config, problems: _Problems) -> None:  # noqa: C901, PLR0912,
                 "storage.s3.prefix", f"must be slash-separated [A-Za-z0-9._-] segments, got {st.s3.prefix!r}"
             )
     if st.backend == "postgres":
-        if not st.postgres.schema.isidentifier() or not st.postgres.schema.islower():
+        schema = st.postgres.schema
+        if not _PG_SCHEMA.fullmatch(schema) or schema.startswith("pg_"):
             problems.add(
-                "storage.postgres.schema", f"must be a lower-case identifier, got {st.postgres.schema!r}"
+                "storage.postgres.schema",
+                f"must match [a-z_][a-z0-9_]* (at most 63 characters, not pg_*), got {schema!r}",
             )
         if st.postgres.min_pool < 1 or st.postgres.max_pool < st.postgres.min_pool:
             problems.add("storage.postgres.max_pool", "must be >= min_pool >= 1")
@@ -476,6 +479,9 @@ def _validate(cfg: Config, problems: _Problems) -> None:  # noqa: C901, PLR0912,
         problems.add("training.hidden_units", "must be a non-empty array of positive integers")
     _check_positive(problems, "training.holdout_seasons", tr.holdout_seasons, allow_zero=True)
     _check_positive(problems, "training.validation_seasons", tr.validation_seasons)
+
+
+_PG_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def _valid_bucket(name: str) -> bool:
