@@ -18,6 +18,7 @@ keyed by (player, season, as-of, version).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -103,8 +104,10 @@ class PredictionsStage:
         cleared = await ctx.storage.cache_clear() if request.clear_cache else 0
         rows = 0
         started = time.perf_counter()
-        async for table in ctx.storage.read_latest_features():
-            rows += await self._score_and_store(table, version, mode="refeed")
+        # A failed chunk must release the backend's cursor now, not at garbage collection.
+        async with contextlib.aclosing(ctx.storage.read_latest_features()) as tables:
+            async for table in tables:
+                rows += await self._score_and_store(table, version, mode="refeed")
         elapsed = time.perf_counter() - started
         log.info(
             "predictions.refeed_completed",

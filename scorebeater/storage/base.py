@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -156,14 +156,18 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 class Storage(Protocol):
     """What the stages store and read. Every backend implements every method.
 
-    Reads stream: each ``read_*``/``export_*`` method is an async iterator of Arrow tables of
-    at most the configured ``batch_rows`` rows, so no call loads a whole table into memory.
+    Reads stream: each ``read_*``/``export_*`` method is an async generator of Arrow tables of
+    at most the configured ``batch_rows`` rows, so no call loads a whole table into memory. A
+    caller that may stop early wraps it in ``contextlib.aclosing`` so the backend releases its
+    connection or files at once, not at garbage collection.
     A read on an empty store yields nothing (never raises ``StorageNotFound``).
 
     Every write is atomic: it commits wholly or, on an exception or cancellation, leaves the
     store exactly as it was (a cancellation that arrives during the final commit request itself
-    may still commit, wholly, as a database COMMIT whose reply is lost: never partially). Errors: ``StorageError`` for bad input (schema, names),
-    ``StorageUnavailable`` when the backend cannot be reached.
+    may still commit, wholly, as a database COMMIT whose reply is lost: never partially).
+
+    Errors: ``StorageError`` for bad input (schema, names), ``StorageUnavailable`` when the
+    backend cannot be reached.
     """
 
     async def ping(self) -> None:
@@ -180,14 +184,16 @@ class Storage(Protocol):
 
     def read_latest_features(
         self, *, season: int | None = None, player_ids: Collection[int] | None = None
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Each player's latest feature row per season (highest ``as_of_seq``).
 
         Filtered by season and/or player ids when given; order is unspecified.
         """
         ...
 
-    def read_feature_history(self, *, seasons: Collection[int] | None = None) -> AsyncIterator[pa.Table]:
+    def read_feature_history(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
         """Every stored feature row (the as-of history training needs), in no fixed order."""
         ...
 
@@ -202,7 +208,7 @@ class Storage(Protocol):
         season: int | None = None,
         player_id: int | None = None,
         latest_only: bool = False,
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Stored predictions, filtered when given.
 
         ``latest_only`` keeps one row per ``(player_id, season)``: the highest ``as_of_seq``,
@@ -232,7 +238,7 @@ class Storage(Protocol):
         """
         ...
 
-    def read_outcomes(self, *, season: int | None = None) -> AsyncIterator[pa.Table]:
+    def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
         """Stored outcomes, filtered by season when given."""
         ...
 
@@ -244,7 +250,9 @@ class Storage(Protocol):
         """Atomically replace a checkpoint's value."""
         ...
 
-    def export_training_set(self, *, seasons: Collection[int] | None = None) -> AsyncIterator[pa.Table]:
+    def export_training_set(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
         """Feature history joined with outcomes (``TRAINING_SCHEMA``): every stored feature row
         of a player-season that has an outcome, labelled with it."""
         ...

@@ -39,7 +39,7 @@ import operator
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -816,7 +816,7 @@ class ObjectTableStorage:
 
     async def read_latest_features(
         self, *, season: int | None = None, player_ids: Collection[int] | None = None
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Each player's highest-``as_of_seq`` feature row per season (from ``features_latest``)."""
         row_filter = None
         if player_ids is not None:
@@ -827,7 +827,7 @@ class ObjectTableStorage:
 
     async def read_feature_history(
         self, *, seasons: Collection[int] | None = None
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Every live feature row, season by season."""
         async for table in self._scan(FEATURES, seasons):
             yield table
@@ -839,7 +839,7 @@ class ObjectTableStorage:
 
     async def read_predictions(
         self, *, season: int | None = None, player_id: int | None = None, latest_only: bool = False
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Live predictions, filtered; ``latest_only``: one per player-season."""
         row_filter = None
         if player_id is not None:
@@ -858,12 +858,14 @@ class ObjectTableStorage:
             raise StorageError(f"outcomes: column resolution must be one of {RESOLUTIONS}, got {sample!r}")
         await self._write([(OUTCOMES, rows)], checkpoint)
 
-    async def read_outcomes(self, *, season: int | None = None) -> AsyncIterator[pa.Table]:
+    async def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
         """Live outcomes, filtered by season when given."""
         async for table in self._scan(OUTCOMES, None if season is None else [season]):
             yield table
 
-    async def export_training_set(self, *, seasons: Collection[int] | None = None) -> AsyncIterator[pa.Table]:
+    async def export_training_set(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
         """Feature history inner-joined with outcomes on ``(player_id, season)``."""
         labels = [
             t.select(["player_id", "season", "beat", "resolution"])
