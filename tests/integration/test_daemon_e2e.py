@@ -6,12 +6,16 @@ Scenario:
 2. every active player with a previous season has a prediction as of his latest game, and his
    stored running FTM equals the sum computed straight from the data files;
 3. the admin API serves that prediction, refuses unauthenticated control, accepts a refeed;
-4. the clock passes the end of the regular season; the stages catch up, validation stores
-   final outcomes for every predicted player, and /metrics shows realized AUC and Brier.
+4. a new model version is dropped into the model directory: the stand-in loads it and the
+   next prediction run pins and records it, without a restart;
+5. the clock passes the end of the regular season; the stages catch up, validation stores
+   final outcomes for every predicted player, and /metrics shows realized AUC and Brier per
+   model version.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import shutil
 from collections import defaultdict
@@ -78,12 +82,19 @@ async def _replay() -> AsyncIterator[RunningReplay]:
         yield replay
 
 
-@pytest.fixture(name="model_url")
-async def _model_url(tmp_path: Path) -> AsyncIterator[str]:
+@pytest.fixture(name="model_base")
+def _model_base(tmp_path: Path) -> Path:
     base = tmp_path / "model" / "score_beater"
     base.mkdir(parents=True)
     shutil.copytree(model_base_path(), base / "1")
-    async with serve_models(model_name="score_beater", base_path=base, host="127.0.0.1", port=0) as server:
+    return base
+
+
+@pytest.fixture(name="model_url")
+async def _model_url(model_base: Path) -> AsyncIterator[str]:
+    async with serve_models(
+        model_name="score_beater", base_path=model_base, host="127.0.0.1", port=0, poll_interval_s=0.2
+    ) as server:
         yield server.url
 
 
@@ -103,6 +114,7 @@ async def test_daemon_over_a_real_season(
     backend: str,
     replay: RunningReplay,
     model_url: str,
+    model_base: Path,
     request: pytest.FixtureRequest,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -155,7 +167,20 @@ async def test_daemon_over_a_real_season(
         hits = daemon.ctx.metrics.cache_hits._value.get()
         assert hits >= len(expected)  # every refeed row was cached by the diff run
 
-        # 4. the season turns final
+        # 4. a new model version is published (atomically) and picked up without a restart
+        shutil.copytree(model_base / "1", model_base / ".tmp-2")
+        (model_base / ".tmp-2").rename(model_base / "2")
+        for _ in range(100):
+            if await daemon.ctx.model.pin_version(None) == 2:
+                break
+            await asyncio.sleep(0.1)
+        replay.clock.set(slice_end + dt.timedelta(days=3))
+        await daemon.runners["features"].run_once()
+        result = await daemon.runners["predictions"].run_once()
+        assert result["model_version"] == 2
+        assert result["diff_rows"] > 0
+
+        # 5. the season turns final
         season = replay.catalog.seasons[SEASON]
         assert season.last_regular_date is not None
         replay.clock.set(timeline.final_at(season.last_regular_date) + dt.timedelta(hours=1))
@@ -170,5 +195,6 @@ async def test_daemon_over_a_real_season(
         assert {o["resolution"] for o in outcomes} == {"final"}
         async with aiohttp.ClientSession(base_url=daemon.admin_url) as http, http.get("/metrics") as resp:
             text = await resp.text()
-        assert 'scorebeater_eval_roc_auc{bucket="all",model_version="1"}' in text
-        assert 'scorebeater_eval_brier_score{bucket="all",model_version="1"}' in text
+        for version in ("1", "2"):
+            assert f'scorebeater_eval_roc_auc{{bucket="all",model_version="{version}"}}' in text
+            assert f'scorebeater_eval_brier_score{{bucket="all",model_version="{version}"}}' in text
