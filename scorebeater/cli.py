@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the daemon (and, per config, the embedded replay Score API and model server)",
         description="Run the long-lived daemon: feature, prediction and validation stages, admin API "
         "and metrics. With the embedded defaults it also starts the replay Score API and the TF "
-        "Serving stand-in, trains a first model if model/ has none, and needs no other service.",
+        "Serving stand-in over the published model in model/ (publish one with `scorebeater train`), "
+        "and needs no other service.",
     )
     _add_config(p)
     _add_data(p)
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from-storage",
         action="store_true",
-        help="build the training set from stored feature history and outcomes instead of files",
+        help="train on the stored feature history and final outcomes, plus the data files' rows "
+        "for the seasons storage does not hold",
     )
     p.add_argument("--force", action="store_true", help="publish even if the gate fails (recorded as forced)")
 

@@ -89,6 +89,25 @@ async def _from_configured_storage(cfg: Config) -> TrainingSet:
         return await training_set_from_storage(storage)
 
 
+def _with_file_history(stored: TrainingSet, args: argparse.Namespace, cfg: Config) -> tuple[TrainingSet, str]:
+    """Stored seasons (the daemon's own point-in-time rows and outcomes) plus, for every season
+    storage does not hold, the rows built from the data files: a daemon that has labelled one
+    season retrains on all of history, and its own seasons take precedence."""
+    data_dir = _data_dir(args, cfg)
+    history_rows = dataset.build_training_set(load_history(data_dir))
+    stored_seasons = set(stored.seasons())
+    older = history_rows.for_seasons([s for s in history_rows.seasons() if s not in stored_seasons])
+    log.info(
+        "train.from_storage",
+        stored_seasons=sorted(stored_seasons),
+        stored_rows=len(stored),
+        file_seasons=older.seasons(),
+        file_rows=len(older),
+    )
+    source = f"storage:{cfg.storage.backend}+{data_dir if data_dir is not None else 'bundled'}"
+    return dataset.concat([older, stored]), source
+
+
 def _data_dir(args: argparse.Namespace, cfg: Config) -> Path | None:
     data: Path | None = getattr(args, "data", None)
     return data if data is not None else cfg.data.dir
@@ -250,8 +269,8 @@ def train_command(args: argparse.Namespace) -> int:
     """``scorebeater train``: exit 0 when a version was published, 1 when the gate rejected it."""
     cfg = load_config(args.config)
     if args.from_storage:
-        rows = asyncio.run(_from_configured_storage(cfg))
-        source = f"storage:{cfg.storage.backend}"
+        stored = asyncio.run(_from_configured_storage(cfg))
+        rows, source = _with_file_history(stored, args, cfg)
     else:
         data_dir = _data_dir(args, cfg)
         rows = dataset.build_training_set(load_history(data_dir))

@@ -9,6 +9,7 @@ labels. One real season, end to end: replay server, stand-in, daemon, local stor
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import datetime as dt
 import shutil
@@ -32,7 +33,7 @@ from scorebeater.inputs import INPUT_NAMES
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
 from scorebeater.training.dataset import build_training_set
-from scorebeater.training.pipeline import training_set_from_storage
+from scorebeater.training.pipeline import _with_file_history, training_set_from_storage
 from tests.fakes.score_api import bundled_catalog, bundled_history, running_replay
 from tests.integration.daemon_support import model_base_path
 
@@ -97,3 +98,9 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
     assert len(exported) == sum(len(rows) for pid, rows in served.items() if pid in label_of)
     for pid, label in zip(exported.player_id, exported.label, strict=True):
         assert label_of[int(pid)] == bool(label)
+
+    # `train --from-storage`: the stored season plus the files' rows for every other season.
+    combined, source = _with_file_history(exported, argparse.Namespace(data=None), cfg)
+    assert source == "storage:local+bundled"
+    assert combined.seasons() == list(range(2007, 2015))
+    assert len(combined.for_seasons([SEASON])) == len(exported)
