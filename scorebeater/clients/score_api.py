@@ -62,7 +62,7 @@ _SEASON_STATUSES: tuple[SeasonStatus, ...] = ("scheduled", "in_progress", "regul
 _SEASON_TYPES: tuple[SeasonType, ...] = ("regular", "playoffs")
 
 
-class ScoreApiNotFinal(ScoreApiError):  # noqa: N818 - a condition, like the other Score API errors
+class ScoreApiNotFinal(ScoreApiError):
     """409: the resource exists but is not final yet; ask again later. ``code`` is the API's."""
 
     def __init__(self, message: str, *, code: str) -> None:
