@@ -70,8 +70,14 @@ class ValidationStage:
         """Store new outcomes for the followed seasons, then recompute realized metrics."""
         del run_id
         early = final = 0
-        for season in await self._seasons():
-            state = self._state.setdefault(season, SeasonLabels())
+        seasons = await self._seasons()
+        for season in seasons:
+            state = self._state.get(season)
+            if state is None:
+                # After a restart: a season whose final outcomes were committed stays done (and
+                # is not retrained again).
+                done = await self._ctx.storage.get_checkpoint(f"validation.{season}") is not None
+                state = self._state[season] = SeasonLabels(final_stored=done, retrain_requested=done)
             early += await self._early_positives(season)
             if not state.final_stored:
                 stored = await self._final_outcomes(season)
@@ -82,7 +88,7 @@ class ValidationStage:
                         state.retrain_requested = True
                         for listener in self._on_final_labels:
                             listener(season)
-        report = await self._export_metrics()
+        report = await self._export_metrics(seasons)
         self.last_report = report
         return {"early_outcomes": early, "final_outcomes": final, **report}
 
@@ -174,25 +180,37 @@ class ValidationStage:
         log.info("validation.final_outcomes", season=season, players=len(pids))
         return len(pids)
 
-    async def _export_metrics(self) -> dict[str, object]:  # noqa: C901, PLR0912, PLR0915 - one pass, many gauges
-        ctx = self._ctx
-        m = ctx.metrics
+    async def _export_metrics(self, seasons: list[int]) -> dict[str, object]:
+        """Recompute and export realized quality over the followed seasons' predictions."""
         labels: dict[tuple[int, int], tuple[bool, str]] = {}
-        async for table in ctx.storage.read_outcomes():
-            for pid, season, beat, resolution in zip(
+        for season in seasons:
+            await self._collect_labels(season, labels)
+        predicted: set[tuple[int, int]] = set()
+        by_version: dict[int, tuple[list[float], list[bool], list[float]]] = {}
+        for season in seasons:
+            await self._collect_predictions(season, labels, predicted, by_version)
+        return self._export(labels, predicted, by_version)
+
+    async def _collect_labels(self, season: int, labels: dict[tuple[int, int], tuple[bool, str]]) -> None:
+        async for table in self._ctx.storage.read_outcomes(season=season):
+            for pid, beat, resolution in zip(
                 table.column("player_id").to_pylist(),
-                table.column("season").to_pylist(),
                 table.column("beat").to_pylist(),
                 table.column("resolution").to_pylist(),
                 strict=True,
             ):
                 labels[pid, season] = (beat, resolution)
-        predicted: set[tuple[int, int]] = set()
-        by_version: dict[int, tuple[list[float], list[bool], list[float]]] = {}
-        async for table in ctx.storage.read_predictions():
-            for pid, season, version, prob, progress in zip(
+
+    async def _collect_predictions(
+        self,
+        season: int,
+        labels: dict[tuple[int, int], tuple[bool, str]],
+        predicted: set[tuple[int, int]],
+        by_version: dict[int, tuple[list[float], list[bool], list[float]]],
+    ) -> None:
+        async for table in self._ctx.storage.read_predictions(season=season):
+            for pid, version, prob, progress in zip(
                 table.column("player_id").to_pylist(),
-                table.column("season").to_pylist(),
                 table.column("model_version").to_pylist(),
                 table.column("probability").to_pylist(),
                 table.column("progress").to_pylist(),
@@ -207,6 +225,13 @@ class ValidationStage:
                 acc[1].append(label[0])
                 acc[2].append(progress)
 
+    def _export(  # noqa: C901, PLR0912 - one pass, many gauges
+        self,
+        labels: dict[tuple[int, int], tuple[bool, str]],
+        predicted: set[tuple[int, int]],
+        by_version: dict[int, tuple[list[float], list[bool], list[float]]],
+    ) -> dict[str, object]:
+        m = self._ctx.metrics
         counts = {"early": 0, "final": 0}
         for _, resolution in labels.values():
             counts[resolution] += 1
