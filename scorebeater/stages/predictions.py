@@ -18,6 +18,7 @@ keyed by (player, season, as-of, version).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -104,10 +105,25 @@ class PredictionsStage:
         cleared = await ctx.storage.cache_clear() if request.clear_cache else 0
         rows = 0
         started = time.perf_counter()
-        # A failed chunk must release the backend's cursor now, not at garbage collection.
-        async with contextlib.aclosing(ctx.storage.read_latest_features()) as tables:
-            async for table in tables:
-                rows += await self._score_and_store(table, version, mode="refeed")
+        # Right after a clear every lookup would miss: skip them. Batch k's writes overlap
+        # batch k+1's read and scoring, with at most one batch of writes in flight.
+        use_cache = not request.clear_cache
+        storing: asyncio.Task[None] | None = None
+        try:
+            # A failed batch must release the backend's cursor now, not at garbage collection.
+            async with contextlib.aclosing(ctx.storage.read_latest_features()) as tables:
+                async for table in tables:
+                    scored = await self._score(table, version, use_cache=use_cache)
+                    if storing is not None:
+                        await storing
+                    storing = asyncio.create_task(self._store(scored, version, mode="refeed"))
+                    rows += scored.rows
+            if storing is not None:
+                await storing
+        finally:
+            if storing is not None and not storing.done():
+                storing.cancel()
+                await asyncio.gather(storing, return_exceptions=True)
         elapsed = time.perf_counter() - started
         log.info(
             "predictions.refeed_completed",
@@ -148,35 +164,40 @@ class PredictionsStage:
             log.info("predictions.reconciled", rows=missing)
         return missing
 
-    async def _score_and_store(self, table: pa.Table, version: int, *, mode: str) -> int:
+    async def _score_and_store(
+        self, table: pa.Table, version: int, *, mode: str, use_cache: bool = True
+    ) -> int:
         """Score ``table``'s feature rows (cache first) and upsert their predictions."""
+        scored = await self._score(table, version, use_cache=use_cache)
+        await self._store(scored, version, mode=mode)
+        return scored.rows
+
+    async def _score(self, table: pa.Table, version: int, *, use_cache: bool) -> _Scored:
+        """Probabilities for ``table``'s rows: cache hits, the rest from the model."""
         ctx = self._ctx
         n = table.num_rows
-        if n == 0:
-            return 0
         hashes = table.column("feature_hash").to_pylist()
         probs = np.full(n, np.nan)
-        cached = await ctx.storage.cache_get(version, hashes)
-        ctx.metrics.cache_requests.inc(n)
-        ctx.metrics.cache_hits.inc(len(cached))
-        if cached:
-            for i, h in enumerate(hashes):
-                hit = cached.get(h)
-                if hit is not None:
-                    probs[i] = hit
+        if use_cache and n:
+            cached = await ctx.storage.cache_get(version, hashes)
+            ctx.metrics.cache_requests.inc(n)
+            ctx.metrics.cache_hits.inc(len(cached))
+            if cached:
+                for i, h in enumerate(hashes):
+                    hit = cached.get(h)
+                    if hit is not None:
+                        probs[i] = hit
         miss_idx = np.flatnonzero(np.isnan(probs))
+        new_entries: dict[str, float] = {}
         if miss_idx.size:
             subset = table.take(pa.array(miss_idx)) if miss_idx.size < n else table
             columns = {
                 name: subset.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
                 for name in INPUT_NAMES
             }
-            scored = await ctx.model.predict(columns, version=version)
-            probs[miss_idx] = scored
-            await ctx.storage.cache_put(
-                version, dict(zip((hashes[i] for i in miss_idx), scored.tolist(), strict=True))
-            )
-        now = ctx.clock.now()
+            from_model = await ctx.model.predict(columns, version=version)
+            probs[miss_idx] = from_model
+            new_entries = dict(zip((hashes[i] for i in miss_idx), from_model.tolist(), strict=True))
         progress = pc.divide(
             pc.cast(table.column("team_games"), pa.float32()),
             pc.max_element_wise(
@@ -193,12 +214,34 @@ class PredictionsStage:
                 "probability": pa.array(probs),
                 "feature_hash": table.column("feature_hash"),
                 "progress": progress,
-                "predicted_at": pa.array([now] * n, UTC_TS),
+                "predicted_at": pa.array([ctx.clock.now()] * n, UTC_TS),
             },
             schema=PREDICTIONS_SCHEMA,
         )
-        await ctx.storage.write_predictions(predictions)
-        ctx.metrics.predictions.labels(mode).inc(n)
-        observe_many(ctx.metrics.prediction_score, probs)
+        return _Scored(predictions=predictions, probabilities=probs, new_cache_entries=new_entries)
+
+    async def _store(self, scored: _Scored, version: int, *, mode: str) -> None:
+        """Upsert the predictions and the new cache entries (concurrently: independent writes)."""
+        ctx = self._ctx
+        if scored.rows == 0:
+            return
+        writes = [ctx.storage.write_predictions(scored.predictions)]
+        if scored.new_cache_entries:
+            writes.append(ctx.storage.cache_put(version, scored.new_cache_entries))
+        async with asyncio.TaskGroup() as tg:
+            for write in writes:
+                tg.create_task(write)
+        ctx.metrics.predictions.labels(mode).inc(scored.rows)
+        observe_many(ctx.metrics.prediction_score, scored.probabilities)
         ctx.metrics.predictions_last_written.set(time.time())
-        return int(n)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    predictions: pa.Table
+    probabilities: np.ndarray
+    new_cache_entries: dict[str, float]
+
+    @property
+    def rows(self) -> int:
+        return int(self.predictions.num_rows)
