@@ -227,6 +227,10 @@ async def migrate(conn: asyncpg.Connection[asyncpg.Record] | Connection, schema:
 # --- tables, rows and Arrow --------------------------------------------------------------------
 
 
+DIRECT_RETRY_EVERY = 16
+"""After a unique violation, writes of that table skip the direct COPY this many times."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Table:
     name: str
@@ -236,6 +240,8 @@ class _Table:
     """SQL ordering placed before the batch position when duplicates in one batch are resolved."""
     keep: str = ""
     """Extra ``ON CONFLICT ... WHERE`` condition: when a stored row may be replaced."""
+    not_compared: tuple[str, ...] = ()
+    """Columns that alone do not make a stored row "changed" (bookkeeping timestamps)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -243,7 +249,9 @@ class _Table:
 
 
 _FEATURES = _Table("features", FEATURES_SCHEMA, FEATURE_KEY)
-_PREDICTIONS = _Table("predictions", PREDICTIONS_SCHEMA, PREDICTION_KEY)
+# Re-storing the same probability for the same key (a refeed with the cache) rewrites nothing:
+# ``predicted_at`` keeps the time that prediction was first stored.
+_PREDICTIONS = _Table("predictions", PREDICTIONS_SCHEMA, PREDICTION_KEY, not_compared=("predicted_at",))
 _CACHE = _Table("prediction_cache", CACHE_SCHEMA, ("model_version", "feature_hash"))
 _OUTCOMES = _Table(
     "outcomes",
@@ -443,6 +451,7 @@ class PostgresStorage:
         self._schema = check_schema_name(schema)
         self._q = _quote(self._schema)
         self._batch_rows = batch_rows
+        self._skip_direct: dict[str, int] = {}
         self._timeout_s = timeout_s
         self._redact = redactor
 
@@ -505,7 +514,13 @@ class PostgresStorage:
     async def _copy_chunks(self, conn: Connection, spec: _Table, rows: pa.Table) -> None:
         chunks = [rows.slice(off, self._batch_rows) for off in range(0, rows.num_rows, self._batch_rows)]
         columns = copy_columns(spec.schema)
-        direct = True
+        # After a conflict, the next writes of the table (a refeed, a rerun) likely conflict
+        # too: send them straight to staging instead of copying each chunk twice, and try the
+        # direct path again every DIRECT_RETRY_EVERY writes.
+        skips = self._skip_direct.get(spec.name, 0)
+        direct = skips == 0
+        if skips:
+            self._skip_direct[spec.name] = skips - 1
         staged = False
         pending: asyncio.Future[bytes] | None = None
         try:
@@ -532,6 +547,7 @@ class PostgresStorage:
                         # Keys already stored (a rerun, an update): this chunk and the rest of
                         # the batch, likely alike, go through staging.
                         direct = False
+                        self._skip_direct[spec.name] = DIRECT_RETRY_EVERY
                         log.debug("storage.postgres.copy_conflict", table=spec.name, chunk=i)
                 if not staged:
                     await conn.execute(
@@ -555,8 +571,9 @@ class PostgresStorage:
         keys = ", ".join(spec.key)
         values = [c for c in spec.columns if c not in spec.key]
         assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
-        stored = ", ".join(f"t.{c}" for c in values)
-        incoming = ", ".join(f"EXCLUDED.{c}" for c in values)
+        compared = [c for c in values if c not in spec.not_compared]
+        stored = ", ".join(f"t.{c}" for c in compared)
+        incoming = ", ".join(f"EXCLUDED.{c}" for c in compared)
         await conn.copy_to_table(stage, source=_once(payload), columns=columns, format="binary")
         await conn.execute(
             f"INSERT INTO {self._t(spec.name)} AS t ({cols})"  # noqa: S608
