@@ -330,6 +330,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 async def _once(cfg: Config, stage: str, data_dir: Path | None) -> dict[str, Any]:
+    # One iteration serves no one: no admin port (a running daemon may hold it).
+    cfg = dataclasses.replace(cfg, admin=dataclasses.replace(cfg.admin, enabled=False))
     async with open_daemon(cfg, data_dir=data_dir) as daemon:
         if stage == "refeed":
             daemon.predictions.request_refeed()
