@@ -367,6 +367,17 @@ def pyarrow_ceiling(table: pa.Table, directory: Path, batch_rows: int) -> tuple[
     return write, read, data
 
 
+def backend_settings_write(table: pa.Table, directory: Path) -> Phase:
+    """For context: pyarrow writing one file with the object backends' encoding settings."""
+    from scorebeater.storage.objects import FEATURES, ROW_GROUP_ROWS, parquet_options
+
+    path = directory / "settings.parquet"
+    with measure() as write:
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **parquet_options(FEATURES))
+    path.unlink()
+    return write
+
+
 async def backend_phases(storage: Storage, table: pa.Table) -> tuple[Phase, Phase]:
     write = await timed(lambda: storage.write_features(table, checkpoint=("bench", b"1")))
     read = await timed(lambda: drain(storage.read_feature_history()))
@@ -395,6 +406,8 @@ async def bench_objects(table: pa.Table, batch_rows: int, backends: list[str], r
             write, read, parquet = pyarrow_ceiling(table, Path(tmp), batch_rows)
             keep("pyarrow write", write)
             keep("pyarrow read", read)
+            if available:
+                keep("pyarrow write, backend settings", backend_settings_write(table, Path(tmp)))
             if "local" in available:
                 from scorebeater.storage.local import open_local
 
@@ -421,6 +434,15 @@ async def bench_objects(table: pa.Table, batch_rows: int, backends: list[str], r
         Row("pyarrow", "ceiling: write_table (local disk)", n, b["pyarrow write"]),
         Row("pyarrow", "ceiling: iter_batches (local disk)", n, b["pyarrow read"], rss=True),
     ]
+    if "pyarrow write, backend settings" in b:
+        out.append(
+            Row(
+                "pyarrow",
+                "context: write_table with the backends' encoding settings",
+                n,
+                b["pyarrow write, backend settings"],
+            )
+        )
     if "local" in available:
         out += [
             Row("local", "write_features", n, b["local write"], write_ceiling, "pyarrow write_table"),

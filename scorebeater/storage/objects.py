@@ -35,6 +35,7 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import itertools
 import operator
 import re
 import time
@@ -78,6 +79,16 @@ DEFAULT_GC_GRACE_S = 3600.0
 older manifest may still need them."""
 _COMMIT_ATTEMPTS = 8
 _UPLOAD_CONCURRENCY = 4
+"""Segments encoded and stored at once by one write: each encodes in a worker thread (pyarrow
+releases the GIL) while the others upload, so encoding overlaps I/O on every backend."""
+SEGMENT_MAX_ROWS = 262_144
+"""A partition larger than this is written as several segments (disjoint by key, one commit),
+so a single large partition still encodes on every core and uploads in parallel."""
+ROW_GROUP_ROWS = 65_536
+"""Rows per Parquet row group: a reader holds one group at a time, and a streamed upload can
+send a part as soon as enough groups are encoded."""
+_UNIQUE_STRINGS = frozenset({"feature_hash"})
+"""String columns with (nearly) one value per row: a dictionary would only cost time."""
 _SOURCE_REUSE_BYTES = 64 * 1024 * 1024
 """A deduplicating scan keeps segments it already fetched up to this size for its second pass."""
 
@@ -105,6 +116,41 @@ class ObjectExists(StorageError):
     """An exclusive create found the key already present (another commit got there first)."""
 
 
+class ObjectSource(Protocol):
+    """An object's bytes, produced on demand into an output stream."""
+
+    size: int
+    """Bytes written by the last ``write_to`` (0 before)."""
+
+    def write_to(self, sink: pa.NativeFile) -> None:
+        """Write the whole object into ``sink`` (leaving it open). CPU-bound: called in a
+        worker thread; raises whatever the encoder or the sink raises."""
+        ...
+
+
+class ParquetSource:
+    """A table encoded as one Parquet object with :func:`parquet_options` when stored."""
+
+    def __init__(self, table: pa.Table, spec: TableSpec) -> None:
+        self.table = table
+        self.spec = spec
+        self.size = 0
+
+    def write_to(self, sink: pa.NativeFile) -> None:
+        start = sink.tell()
+        pq.write_table(self.table, sink, row_group_size=ROW_GROUP_ROWS, **parquet_options(self.spec))
+        self.size = sink.tell() - start
+
+
+def render(data: bytes | ObjectSource) -> bytes:
+    """The object's bytes in memory (for a store that needs them whole). CPU: worker thread."""
+    if isinstance(data, bytes):
+        return data
+    sink = pa.BufferOutputStream()
+    data.write_to(sink)
+    return bytes(sink.getvalue())
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -125,9 +171,13 @@ class ObjectStore(Protocol):
     where: str
     """Human-readable location for logs and errors (no credentials)."""
 
-    async def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+    async def put(self, key: str, data: bytes | ObjectSource, *, exclusive: bool = False) -> None:
         """Store ``data`` at ``key``, atomically: readers see the old object or the new one.
 
+        ``data`` is bytes, or an :class:`ObjectSource` whose ``write_to`` the store calls once,
+        in a worker thread, with the stream the object's bytes go to (a temporary file, or the
+        parts of an S3 upload), so a large object is never held whole. If the source raises or
+        the put is cancelled, nothing appears at ``key`` (an S3 multipart upload is aborted).
         With ``exclusive`` the put fails with ``ObjectExists`` if ``key`` exists.
         """
         ...
@@ -334,8 +384,11 @@ _LATEST_PREDICTION = (("player_id",), ("as_of_seq", "model_version"))
 """``latest_only`` predictions: per player (in a season partition), highest seq, then version."""
 
 
-def winner_indices(keys: pa.Table, key_columns: Sequence[str], rank: Sequence[pa.Array] = ()) -> np.ndarray:
-    """Row indices (ascending) of the row that wins for each distinct key.
+def winner_indices(
+    keys: pa.Table, key_columns: Sequence[str], rank: Sequence[pa.Array] = (), *, key_order: bool = False
+) -> np.ndarray:
+    """Row indices of the row that wins for each distinct key: ascending, or with
+    ``key_order`` in ascending order of the key columns (compared in the order given).
 
     Highest ``rank`` values (compared in order) win; ties go to the later row. Vectorised:
     one Arrow sort, then a comparison of neighbours.
@@ -355,15 +408,63 @@ def winner_indices(keys: pa.Table, key_columns: Sequence[str], rank: Sequence[pa
     for i in range(len(key_columns)):
         col = table.column(f"k{i}").take(idx)
         first[1:] |= pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    winners: np.ndarray = np.sort(idx.to_numpy()[first])
-    return winners
+    winners: np.ndarray = idx.to_numpy()[first]
+    return winners if key_order else np.sort(winners)
 
 
-def dedup(table: pa.Table, spec: TableSpec) -> pa.Table:
-    """``table`` with one row per key of ``spec`` (the winner), in the original order."""
+def _presorted_winners(columns: Sequence[pa.ChunkedArray | pa.Array], n_key: int) -> np.ndarray | None:
+    """Winners of rows already in non-decreasing order of ``columns`` (the ``n_key`` key
+    columns, then the ranks), or ``None`` if they are not (or a column is not an integer).
+
+    Rows usually arrive grouped and sorted (a stage writes player by player, game by game):
+    a comparison of neighbours then replaces the sort. In such an order the last row of each
+    key wins: it has the highest rank, and among equal ranks it is the later row.
+    """
+    if not all(pa.types.is_integer(c.type) for c in columns):
+        return None
+    arrays = [np.asarray(c.to_numpy()) for c in columns]
+    n = len(arrays[0])
+    undecided = np.ones(max(n - 1, 0), dtype=bool)
+    key_equal = undecided
+    for i, values in enumerate(arrays):
+        before, after = values[:-1], values[1:]
+        if (undecided & (after < before)).any():
+            return None
+        undecided = undecided & (after == before)
+        if i == n_key - 1:
+            key_equal = undecided
+    return np.flatnonzero(np.append(~key_equal, True)) if n else np.empty(0, dtype=np.int64)
+
+
+def ordered_winners(table: pa.Table, spec: TableSpec) -> pa.Table:
+    """``table`` with one row per key of ``spec`` (the winner), ordered by partition, then key.
+
+    CPU: runs in a worker thread. Already ordered input (the usual case) costs one pass.
+    """
+    keys = [spec.partition, *spec.local_key]
     rank = spec.rank(table) if spec.rank else []
-    winners = winner_indices(table, spec.key, rank)
-    return table if len(winners) == table.num_rows else table.take(pa.array(winners))
+    winners = _presorted_winners([*(table.column(k) for k in keys), *rank], len(keys))
+    if winners is None:
+        winners = winner_indices(table, keys, rank, key_order=True)
+    elif len(winners) == table.num_rows:
+        return table  # ordered, and no key twice
+    return table.take(pa.array(winners))
+
+
+def split_segments(spec: TableSpec, rows: pa.Table, max_rows: int) -> list[tuple[int, pa.Table]]:
+    """Deduplicate ``rows`` and cut them into ``(partition value, slice)`` segments of at most
+    ``max_rows`` rows: zero-copy slices of one ordered table, disjoint by key."""
+    rows = ordered_winners(rows, spec)
+    values = np.asarray(rows.column(spec.partition).to_numpy())
+    edges = [0, *(np.flatnonzero(values[1:] != values[:-1]) + 1).tolist(), len(values)]
+    segments = []
+    for start, end in itertools.pairwise(edges):
+        step = -(-(end - start) // -(-(end - start) // max_rows))  # fewest pieces, even sizes
+        segments += [
+            (int(values[start]), rows.slice(offset, min(step, end - offset)))
+            for offset in range(start, end, step)
+        ]
+    return segments
 
 
 def compaction_run(rows: Sequence[int]) -> int:
@@ -383,20 +484,22 @@ def compaction_run(rows: Sequence[int]) -> int:
     return start if len(rows) - start >= 2 else 0  # noqa: PLR2004 - a merge needs two segments
 
 
-def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """Writer options: dictionary encoding only for string columns.
+def parquet_options(spec: TableSpec) -> dict[str, Any]:
+    """Writer options for ``spec``'s segments.
 
-    Dictionaries pay off for repeated names and ids; for float columns they cost about half
-    the encoding time of a batch and save little once compressed.
+    Dictionaries only for repeated strings (names, ids; not hashes), byte-stream-split floats
+    (they compress better and faster than with dictionaries), LZ4, and statistics only for
+    the key columns (what readers prune on; the engine keeps its own key bounds).
     """
-    strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    return {"use_dictionary": strings, "compression": "snappy"}
-
-
-def encode_parquet(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **parquet_options(table.schema))
-    return bytes(sink.getvalue())
+    schema = spec.schema
+    strings = [f.name for f in schema if pa.types.is_string(f.type) and f.name not in _UNIQUE_STRINGS]
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    return {
+        "use_dictionary": strings,
+        "use_byte_stream_split": floats or False,
+        "compression": "lz4",
+        "write_statistics": list(spec.key),
+    }
 
 
 def key_bounds(table: pa.Table, columns: Sequence[str]) -> dict[str, tuple[Any, Any]]:
@@ -461,8 +564,9 @@ async def first_error(calls: Sequence[Callable[[], Awaitable[None]]], limit: int
 class _Pending:
     spec: TableSpec
     partition: str
-    segment: Segment
-    data: bytes
+    key: str
+    rows: pa.Table
+    bounds: dict[str, tuple[Any, Any]]
 
 
 class _Abandon(Exception):
@@ -572,20 +676,34 @@ class ObjectTableStorage:
 
     # --- writing --------------------------------------------------------------------------
 
-    def _prepare(self, spec: TableSpec, rows: pa.Table, commit_id: str) -> list[_Pending]:
-        """Deduplicate, split by partition and encode (CPU: runs in a worker thread)."""
-        rows = dedup(rows, spec)
-        column = rows.column(spec.partition)
-        values = pc.unique(column).to_pylist()
+    @staticmethod
+    def _prepare(spec: TableSpec, rows: pa.Table, commit_id: str) -> list[_Pending]:
+        """Deduplicate and cut into segments (CPU: runs in a worker thread; no encoding yet)."""
         pending = []
-        for n, value in enumerate(sorted(values)):
-            part = rows if len(values) == 1 else rows.filter(pc.equal(column, value))
-            data = encode_parquet(part)
+        for n, (value, part) in enumerate(split_segments(spec, rows, SEGMENT_MAX_ROWS)):
             partition = spec.partition_name(value)
             key = check_key(f"{spec.name}/{partition}/part-{commit_id}-{n:04d}.parquet")
-            segment = Segment(key, part.num_rows, len(data), commit_id, key_bounds(part, spec.local_key))
-            pending.append(_Pending(spec, partition, segment, data))
+            pending.append(_Pending(spec, partition, key, part, key_bounds(part, spec.local_key)))
         return pending
+
+    async def _store_segments(self, pending: Sequence[_Pending], commit_id: str) -> list[Segment]:
+        """Encode and store every segment, ``_UPLOAD_CONCURRENCY`` at a time; first error wins.
+
+        Each put encodes in a worker thread straight into the store's output stream (a
+        temporary file, or an upload), so encoding overlaps the other segments' I/O and no
+        segment is held encoded in memory beyond what the store buffers.
+        """
+        segments: dict[str, Segment] = {}
+
+        async def store(p: _Pending) -> None:
+            source = ParquetSource(p.rows, p.spec)
+            await self.objects.put(p.key, source)
+            segments[p.key] = Segment(p.key, p.rows.num_rows, source.size, commit_id, p.bounds)
+
+        # Largest first: the long encodes start early instead of trailing at the end.
+        order = sorted(pending, key=lambda p: -p.rows.num_rows)
+        await first_error([functools.partial(store, p) for p in order], _UPLOAD_CONCURRENCY)
+        return [segments[p.key] for p in pending]
 
     async def _write(
         self, tables: Sequence[tuple[TableSpec, pa.Table]], checkpoint: CheckpointWrite | None
@@ -602,15 +720,14 @@ class ObjectTableStorage:
                 pending += await asyncio.to_thread(self._prepare, spec, rows, commit_id)
         if not pending and checkpoint is None:
             return
-        await first_error(
-            [functools.partial(self.objects.put, p.segment.key, p.data) for p in pending], _UPLOAD_CONCURRENCY
-        )
+        segments = await self._store_segments(pending, commit_id)
+        added = [(p.spec, p.partition, s) for p, s in zip(pending, segments, strict=True)]
 
         def mutate(base: Manifest) -> Manifest:
             manifest = base
-            for p in pending:
-                segments = manifest.partitions(p.spec.name).get(p.partition, ())
-                manifest = manifest.with_partition(p.spec.name, p.partition, (*segments, p.segment))
+            for spec, partition, segment in added:
+                current = manifest.partitions(spec.name).get(partition, ())
+                manifest = manifest.with_partition(spec.name, partition, (*current, segment))
             if checkpoint is not None:
                 manifest = dataclasses.replace(
                     manifest, checkpoints={**manifest.checkpoints, checkpoint[0]: checkpoint[1]}
@@ -621,8 +738,8 @@ class ObjectTableStorage:
         log.debug(
             "storage.committed",
             generation=manifest.generation,
-            segments=len(pending),
-            rows=sum(p.segment.rows for p in pending),
+            segments=len(segments),
+            rows=sum(s.rows for s in segments),
             checkpoint=checkpoint[0] if checkpoint else None,
         )
         for spec, partition in dict.fromkeys((p.spec, p.partition) for p in pending):
@@ -686,12 +803,12 @@ class ObjectTableStorage:
         Returns the bytes, the row count and the key bounds.
         """
         sink = pa.BufferOutputStream()
-        writer = pq.ParquetWriter(sink, spec.schema, **parquet_options(spec.schema))
+        writer = pq.ParquetWriter(sink, spec.schema, **parquet_options(spec))
         rows = 0
         bounds: dict[str, tuple[Any, Any]] = {}
         try:
             async for table in tables:
-                await asyncio.to_thread(writer.write_table, table)
+                await asyncio.to_thread(writer.write_table, table, ROW_GROUP_ROWS)
                 rows += table.num_rows
                 bounds = merge_bounds(bounds, key_bounds(table, spec.local_key))
         finally:

@@ -15,8 +15,11 @@ aborted if any part fails or the write is cancelled.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import threading
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
@@ -41,8 +44,10 @@ from scorebeater.storage.objects import (
     DEFAULT_GC_GRACE_S,
     ObjectExists,
     ObjectInfo,
+    ObjectSource,
     ObjectTableStorage,
     check_key,
+    render,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +64,12 @@ T = TypeVar("T")
 
 MIN_PART_BYTES = 8 * 1024 * 1024
 """S3 needs parts of at least 5 MiB (but the last); larger parts mean fewer requests."""
+_PARTS_IN_FLIGHT = 4
+"""Parts of one upload sent at once (and encoded ahead of the uploads, at most)."""
+_SINK_BUFFER_BYTES = 1024 * 1024
+"""The encoder's writes are gathered into this much before they cross into Python."""
+_STOP_POLL_S = 0.05
+"""How often an encoder waiting for a free part slot checks whether the upload was given up."""
 _DELETE_BATCH = 1000
 """S3's limit of keys per DeleteObjects request."""
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
@@ -129,50 +140,95 @@ class S3ObjectStore:
         except StorageError as exc:
             raise StorageUnavailable(f"S3 bucket {self.bucket!r} cannot be used: {exc}") from exc
 
-    async def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        """One PUT (``If-None-Match: *`` when ``exclusive``), or a multipart upload if large."""
+    async def put(self, key: str, data: bytes | ObjectSource, *, exclusive: bool = False) -> None:
+        """One PUT (``If-None-Match: *`` when ``exclusive``), or a multipart upload if large.
+
+        A source is encoded in a worker thread into parts that upload while it encodes (at
+        most ``_PARTS_IN_FLIGHT`` at once); if it stays under the threshold it is one PUT.
+        """
         full = self._key(key)
-        if len(data) > self._multipart_threshold and not exclusive:
-            await self._put_multipart(full, data)
-        elif exclusive:
+        if exclusive:
+            body = data if isinstance(data, bytes) else await asyncio.to_thread(render, data)
             await self._call(
                 f"put {key}",
-                self._client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*"),
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=body, IfNoneMatch="*"),
             )
-        else:
+        elif isinstance(data, bytes) and len(data) <= self._multipart_threshold:
             await self._call(f"put {key}", self._client.put_object(Bucket=self.bucket, Key=full, Body=data))
+        else:
+            await self._put_streamed(key, full, _BytesSource(data) if isinstance(data, bytes) else data)
 
-    async def _put_multipart(self, full: str, data: bytes) -> None:
-        created = await self._call(
-            f"create multipart {full}", self._client.create_multipart_upload(Bucket=self.bucket, Key=full)
+    async def _put_streamed(self, key: str, full: str, source: ObjectSource) -> None:
+        sink = _PartSink(
+            asyncio.get_running_loop(), max(MIN_PART_BYTES, self._multipart_threshold), _PARTS_IN_FLIGHT
         )
-        upload_id = created["UploadId"]
-        part_bytes = max(MIN_PART_BYTES, self._multipart_threshold)
-        view = memoryview(data)
+        producer = asyncio.ensure_future(asyncio.to_thread(sink.produce, source))
+        upload_id = ""
         try:
-            parts: list[CompletedPartTypeDef] = []
-            for number, offset in enumerate(range(0, len(data), part_bytes), start=1):
-                part = await self._call(
-                    f"upload part {number} of {full}",
-                    self._client.upload_part(
-                        Bucket=self.bucket,
-                        Key=full,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=bytes(view[offset : offset + part_bytes]),
-                    ),
+            chunk = await sink.next_part(producer)
+            if chunk.last:  # the whole object fitted under the threshold
+                await producer
+                await self._call(
+                    f"put {key}", self._client.put_object(Bucket=self.bucket, Key=full, Body=chunk.data)
                 )
-                parts.append({"ETag": part["ETag"], "PartNumber": number})
+                return
+            created = await self._call(
+                f"create multipart {key}",
+                self._client.create_multipart_upload(Bucket=self.bucket, Key=full),
+            )
+            upload_id = created["UploadId"]
+            parts = await self._upload_parts(key, full, upload_id, sink=sink, producer=producer, chunk=chunk)
+            await producer
             await self._call(
-                f"complete multipart {full}",
+                f"complete multipart {key}",
                 self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ),
             )
         except BaseException:
-            # Failed or cancelled: an unfinished upload keeps its parts (and bills them) until aborted.
-            await asyncio.shield(self._abort(full, upload_id))
+            # Failed or cancelled: stop the encoder and wait for its thread, so that no part
+            # is sent after the abort (an unfinished upload keeps its parts, billed, until then).
+            sink.stop()
+            await asyncio.shield(_settle(producer))
+            if upload_id:
+                await asyncio.shield(self._abort(full, upload_id))
             raise
+
+    async def _upload_parts(
+        self,
+        key: str,
+        full: str,
+        upload_id: str,
+        *,
+        sink: _PartSink,
+        producer: asyncio.Future[None],
+        chunk: _Chunk,
+    ) -> list[CompletedPartTypeDef]:
+        """Upload parts as the encoder hands them over, concurrently; the first error wins."""
+        etags: dict[int, str] = {}
+
+        async def upload(number: int, data: bytes) -> None:
+            try:
+                part = await self._call(
+                    f"upload part {number} of {key}",
+                    self._client.upload_part(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=data
+                    ),
+                )
+            finally:
+                sink.release()
+            etags[number] = part["ETag"]
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in itertools.count(1):
+                    group.create_task(upload(number, chunk.data))
+                    if chunk.last:
+                        break
+                    chunk = await sink.next_part(producer)
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [{"ETag": etags[n], "PartNumber": n} for n in sorted(etags)]
 
     async def _abort(self, full: str, upload_id: str) -> None:
         try:
@@ -230,6 +286,121 @@ class S3ObjectStore:
                     f"{self.where}: could not delete {len(errors)} object(s), first {first.get('Key')!r}: "
                     f"{first.get('Code')}"
                 )
+
+
+class _BytesSource:
+    """Bytes already in memory, through the streamed multipart path."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = 0
+
+    def write_to(self, sink: pa.NativeFile) -> None:
+        sink.write(self.data)
+        self.size = len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    data: bytes
+    last: bool
+
+
+_FAILED = _Chunk(b"", last=True)
+"""Put on the queue by the encoder thread when it stops on an error."""
+
+
+class _Stopped(Exception):
+    """Raised in the encoder thread once the upload has been given up."""
+
+
+async def _settle(producer: asyncio.Future[None]) -> None:
+    """Wait for the encoder thread to end; its error, if any, is the caller's to report."""
+    await asyncio.wait([producer])
+    if not producer.cancelled():
+        producer.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+class _PartSink:
+    """A file-like sink, written by the encoder thread, that hands multipart parts to the loop.
+
+    It holds at most one part being filled; each full part (``part_bytes``) waits for one of
+    ``in_flight`` slots, so the encoder runs ahead of the uploads by at most that many parts
+    (memory stays bounded by about ``(in_flight + 1) * part_bytes``). A part is handed over
+    only once more data follows it, so an object of at most ``part_bytes`` arrives as one
+    ``last`` chunk: a single PUT. ``stop()`` makes the encoder's next write raise.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, part_bytes: int, in_flight: int) -> None:
+        self._loop = loop
+        self._part_bytes = part_bytes
+        self._slots = threading.Semaphore(in_flight)
+        self._queue: asyncio.Queue[_Chunk] = asyncio.Queue()
+        self._buffer = bytearray()
+        self._position = 0
+        self._stopped = threading.Event()
+        self.closed = False
+
+    # --- the encoder thread's side (a Python file object for pa.PythonFile) ---
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._stopped.is_set():
+            raise _Stopped
+        self._buffer += data
+        self._position += len(data)
+        while len(self._buffer) > self._part_bytes:
+            part = bytes(self._buffer[: self._part_bytes])
+            del self._buffer[: self._part_bytes]
+            self._hand_over(_Chunk(part, last=False))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: parts leave when full."""
+
+    def close(self) -> None:
+        self.closed = True
+
+    def produce(self, source: ObjectSource) -> None:
+        """Run ``source`` into this sink, then hand over the last part (worker thread)."""
+        try:
+            out = pa.BufferedOutputStream(pa.PythonFile(self, mode="w"), buffer_size=_SINK_BUFFER_BYTES)
+            source.write_to(out)
+            out.flush()
+            self._hand_over(_Chunk(bytes(self._buffer), last=True))
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, _FAILED)
+            raise
+
+    def _hand_over(self, chunk: _Chunk) -> None:
+        while not self._slots.acquire(timeout=_STOP_POLL_S):
+            if self._stopped.is_set():
+                raise _Stopped
+        if self._stopped.is_set():
+            raise _Stopped
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+
+    # --- the event loop's side ---
+
+    async def next_part(self, producer: asyncio.Future[None]) -> _Chunk:
+        """The next part; if the encoder failed, its error."""
+        chunk = await self._queue.get()
+        if chunk is _FAILED:
+            await producer
+            raise StorageError("the encoder stopped without an error")  # unreachable in practice
+        return chunk
+
+    def release(self) -> None:
+        """A part has been sent (or failed): the encoder may hand over another."""
+        self._slots.release()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class S3Storage(ObjectTableStorage):

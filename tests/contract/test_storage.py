@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from scorebeater.config import StorageConfig
     from scorebeater.storage.local import LocalStorage
-    from scorebeater.storage.objects import ObjectInfo, ObjectStore, ObjectTableStorage
+    from scorebeater.storage.objects import ObjectInfo, ObjectSource, ObjectStore, ObjectTableStorage
     from scorebeater.storage.postgres import PostgresStorage
     from scorebeater.storage.s3 import S3Storage
 
@@ -486,7 +486,7 @@ class FaultyStore:
         self.hanging = asyncio.Event()
         self.uploaded: list[str] = []
 
-    async def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+    async def put(self, key: str, data: bytes | ObjectSource, *, exclusive: bool = False) -> None:
         self.puts += 1
         number = self.puts
         if number == self.hang_at:

@@ -1,4 +1,5 @@
-"""Local backend specifics: paths stay under the root, garbage collection, compaction, two writers."""
+"""Local backend specifics: paths stay under the root, sources written in place, garbage
+collection, compaction, two writers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from structlog.testing import capture_logs
 
@@ -14,7 +16,7 @@ from scorebeater.errors import StorageError, StorageUnavailable
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.storage.base import FEATURES_SCHEMA, conform
 from scorebeater.storage.local import LocalObjectStore, open_local
-from scorebeater.storage.objects import FEATURES, MANIFEST_DIR, ObjectTableStorage
+from scorebeater.storage.objects import FEATURES, MANIFEST_DIR, ObjectTableStorage, ParquetSource
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -138,3 +140,26 @@ async def test_old_manifests_are_pruned(tmp_path: Path) -> None:
             await storage.put_checkpoint("n", str(seq).encode())
         assert len(list((tmp_path / MANIFEST_DIR).iterdir())) <= 5
         assert await storage.get_checkpoint("n") == b"9"
+
+
+class FailingSource:
+    """An ``ObjectSource`` that writes some bytes, then fails (an encoder error)."""
+
+    size = 0
+
+    def write_to(self, sink: pa.NativeFile) -> None:
+        sink.write(b"half a segment" * 1000)
+        raise ValueError("encoder failed midway")
+
+
+async def test_source_is_written_in_place_and_a_failing_one_leaves_nothing(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    table = rows([1, 2, 3], 1)
+    source = ParquetSource(table, FEATURES)
+    await store.put("features/season=2024/seg.parquet", source)
+    path = tmp_path / "features" / "season=2024" / "seg.parquet"
+    assert source.size == path.stat().st_size
+    assert pq.read_table(path).equals(table)
+    with pytest.raises(ValueError, match="encoder failed midway"):
+        await store.put("features/season=2024/bad.parquet", FailingSource())
+    assert sorted(p.name for p in path.parent.iterdir()) == ["seg.parquet"]  # no temporary file left

@@ -1,17 +1,27 @@
-"""The object-store table engine's pure parts: keys, winners, compaction choice, manifests."""
+"""The object-store table engine's pure parts: keys, winners, segments, compaction choice, manifests."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from scorebeater.errors import StorageError
 from scorebeater.storage.objects import (
+    CACHE,
+    FEATURES,
+    FEATURES_LATEST,
     Manifest,
+    ParquetSource,
     Segment,
     check_key,
     compaction_run,
     manifest_key,
+    ordered_winners,
+    render,
+    split_segments,
     winner_indices,
 )
 
@@ -81,3 +91,75 @@ def test_segment_disjointness() -> None:
     assert not a.disjoint(c)
     assert Segment("d", 1, 1, "c1").disjoint(a)  # same commit
     assert not Segment("e", 1, 1, "c4").disjoint(a)  # no bounds: assume overlap
+
+
+def _keys(table: pa.Table) -> list[tuple[int, ...]]:
+    return list(zip(*(table.column(n).to_pylist() for n in table.column_names), strict=True))
+
+
+def _latest_rows(triples: list[tuple[int, int, int]]) -> pa.Table:
+    """``(season, player_id, as_of_seq)`` rows; ``as_of_seq`` is also the rank of FEATURES_LATEST."""
+    seasons, players, seqs = zip(*triples, strict=True)
+    return pa.table(
+        {
+            "season": pa.array(seasons, pa.int32()),
+            "player_id": pa.array(players, pa.int64()),
+            "as_of_seq": pa.array(seqs, pa.int32()),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "triples",
+    [
+        [(2023, 1, 1), (2023, 1, 2), (2023, 2, 1), (2024, 1, 5), (2024, 1, 7)],  # ordered: fast path
+        [(2024, 1, 7), (2023, 2, 1), (2023, 1, 2), (2024, 1, 5), (2023, 1, 1)],  # shuffled: sort
+        [(2023, 1, 3), (2023, 1, 3), (2023, 2, 1), (2023, 2, 1)],  # ordered with duplicates
+    ],
+    ids=["ordered", "shuffled", "duplicates"],
+)
+def test_ordered_winners_match_the_sort_and_come_in_key_order(triples: list[tuple[int, int, int]]) -> None:
+    table = _latest_rows(triples)
+    for spec, winners in (
+        (FEATURES, sorted(set(triples))),
+        (FEATURES_LATEST, sorted({(s, p): (s, p, q) for s, p, q in sorted(triples)}.values())),
+    ):
+        got = ordered_winners(table, dataclasses.replace(spec, schema=table.schema))
+        assert sorted(_keys(got)) == winners
+        order = [(s, p, q) for s, p, q in _keys(got)]
+        assert order == sorted(order)  # partition first, then key: segments are slices
+
+
+def test_ordered_winners_ties_go_to_the_later_row() -> None:
+    table = pa.table(
+        {
+            "season": pa.array([2024, 2024], pa.int32()),
+            "player_id": pa.array([1, 1], pa.int64()),
+            "as_of_seq": pa.array([3, 3], pa.int32()),
+            "value": [1.0, 2.0],
+        }
+    )
+    got = ordered_winners(table, dataclasses.replace(FEATURES, schema=table.schema))
+    assert got.column("value").to_pylist() == [2.0]
+
+
+def test_split_segments_cuts_partitions_into_bounded_slices() -> None:
+    triples = [(2023, p, 1) for p in range(10)] + [(2024, p, 1) for p in range(3)]
+    table = _latest_rows(triples)
+    segments = split_segments(dataclasses.replace(FEATURES, schema=table.schema), table, max_rows=4)
+    assert [(value, part.num_rows) for value, part in segments] == [
+        (2023, 4),
+        (2023, 4),
+        (2023, 2),
+        (2024, 3),
+    ]
+    assert [key for _, part in segments for key in _keys(part)] == sorted(triples)
+
+
+def test_parquet_source_records_its_size_and_round_trips() -> None:
+    table = pa.table({"feature_hash": ["a", "b"], "model_version": [1, 1], "probability": [0.5, 0.25]})
+    table = table.cast(CACHE.schema)
+    source = ParquetSource(table, CACHE)
+    data = render(source)
+    assert source.size == len(data) > 0
+    assert pq.read_table(pa.BufferReader(data)).equals(table)

@@ -1,12 +1,15 @@
-"""S3 backend specifics, against moto's server: bucket checks, errors, multipart, prefix safety."""
+"""S3 backend specifics, against moto's server: bucket checks, errors, multipart (streamed while
+encoding, aborted on failure or cancellation), prefix safety."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import uuid
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pytest
 from aiobotocore.session import get_session
 from structlog.testing import capture_logs
@@ -122,3 +125,75 @@ async def test_exclusive_put_detects_an_existing_object(s3_endpoint: str, client
     await store.put("_manifest/00000000000000000001.json", b"{}", exclusive=True)
     with pytest.raises(ObjectExists, match=r"PreconditionFailed|HTTP 412"):
         await store.put("_manifest/00000000000000000001.json", b"{}", exclusive=True)
+
+
+class ChunkSource:
+    """An ``ObjectSource`` writing ``chunks`` pieces of ``chunk_bytes``; can fail or block midway."""
+
+    def __init__(self, chunk_bytes: int, chunks: int, *, fail_after: int = -1) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.chunks = chunks
+        self.fail_after = fail_after
+        self.size = 0
+        self.written = threading.Event()
+
+    def expected(self) -> bytes:
+        return b"".join(bytes([i % 251]) * self.chunk_bytes for i in range(self.chunks))
+
+    def write_to(self, sink: pa.NativeFile) -> None:
+        for i in range(self.chunks):
+            if i == self.fail_after:
+                raise ValueError("encoder failed midway")
+            sink.write(bytes([i % 251]) * self.chunk_bytes)
+            self.size += self.chunk_bytes
+            self.written.set()
+
+
+async def test_streamed_source_uploads_parts_while_encoding(s3_endpoint: str, client: S3Client) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    store = S3ObjectStore(client, S3StorageConfig(bucket=bucket, prefix="st", multipart_threshold_bytes=1))
+    source = ChunkSource(1024 * 1024, 2 * MIN_PART_BYTES // (1024 * 1024) + 3)  # 3 parts
+    await store.put("features/big.parquet", source)
+    assert await store.get("features/big.parquet") == source.expected()
+    head = await client.head_object(Bucket=bucket, Key="st/features/big.parquet")
+    assert head["ETag"].strip('"').endswith("-3")
+    small = ChunkSource(1000, 3)  # under one part: a single PUT, no multipart upload
+    await store.put("features/small.parquet", small)
+    assert await store.get("features/small.parquet") == small.expected()
+    head = await client.head_object(Bucket=bucket, Key="st/features/small.parquet")
+    assert "-" not in head["ETag"]
+    assert not (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads")
+
+
+async def test_source_failing_midway_aborts_the_upload(s3_endpoint: str, client: S3Client) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    store = S3ObjectStore(client, S3StorageConfig(bucket=bucket, prefix="st", multipart_threshold_bytes=1))
+    source = ChunkSource(1024 * 1024, 40, fail_after=2 * MIN_PART_BYTES // (1024 * 1024) + 1)
+    with pytest.raises(ValueError, match="encoder failed midway"):
+        await store.put("features/big.parquet", source)
+    assert not (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads")
+    with pytest.raises(StorageNotFound):
+        await store.get("features/big.parquet")
+
+
+async def test_cancelled_streamed_upload_stops_the_encoder_and_aborts(
+    s3_endpoint: str, client: S3Client
+) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    await client.create_bucket(Bucket=bucket)
+    store = S3ObjectStore(client, S3StorageConfig(bucket=bucket, prefix="st", multipart_threshold_bytes=1))
+    source = ChunkSource(1024 * 1024, 10_000)  # ~10 GB if it ran to the end: it must be stopped
+    task = asyncio.create_task(store.put("features/big.parquet", source))
+    for _ in range(400):  # until the upload exists on the server
+        if (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads"):
+            break
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.size < 100 * MIN_PART_BYTES  # the encoder thread was stopped, not run out
+    assert not (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads")
+    with pytest.raises(StorageNotFound):
+        await store.get("features/big.parquet")
