@@ -243,7 +243,9 @@ class StageRunner:
             self._metrics.stage_runs.labels(self.name, "success").inc()
             self._metrics.stage_duration.labels(self.name).observe(elapsed)
             self._metrics.stage_last_success.labels(self.name).set(time.time())
-            log.info("stage.run_completed", duration_s=round(elapsed, 4), **result)
+            # An idle poll every second would drown the log: idle runs are debug events.
+            busy = any(v for k, v in result.items() if isinstance(v, int) and k != "model_version")
+            (log.info if busy else log.debug)("stage.run_completed", duration_s=round(elapsed, 4), **result)
             for listener in self._on_success:
                 listener(result)
             return result
