@@ -290,7 +290,6 @@ async def run(
     clock: Clock | None = None,
     data_dir: Path | None = None,
     config_path: Path | None = None,
-    on_ready: Any = None,
 ) -> None:
     """Run the daemon until SIGTERM/SIGINT or ``stop`` is set."""
     stop = stop or asyncio.Event()
@@ -313,8 +312,6 @@ async def run(
             loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with open_daemon(cfg, clock=clock, data_dir=data_dir, config_path=config_path) as daemon:
-            if on_ready is not None:
-                on_ready(daemon)
             await serve(daemon, stop)
     finally:
         if handle_signals:
