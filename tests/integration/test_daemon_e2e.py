@@ -34,7 +34,7 @@ from scorebeater.config import (
     StorageConfig,
     TFServingConfig,
 )
-from scorebeater.daemon import Daemon, open_daemon
+from scorebeater.daemon import Daemon, open_daemon, serve
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
 from tests.fakes.score_api import RunningReplay, bundled_catalog, bundled_history, running_replay
@@ -198,3 +198,38 @@ async def test_daemon_over_a_real_season(
         for version in ("1", "2"):
             assert f'scorebeater_eval_roc_auc{{bucket="all",model_version="{version}"}}' in text
             assert f'scorebeater_eval_brier_score{{bucket="all",model_version="{version}"}}' in text
+
+
+async def test_serve_runs_the_stages_concurrently_and_drains_on_stop(
+    replay: RunningReplay,
+    model_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop as `scorebeater run` drives it: stages on their own triggers, then a clean drain.
+
+    1. the replay is a week into the season; `serve` starts every stage;
+    2. without any manual run, the feature stage polls and the prediction stage follows it;
+    3. `stop` is set: no stage starts again, `serve` returns within the grace period.
+    """
+    storage = storage_config("local", request, tmp_path, monkeypatch)
+    cfg = daemon_config(replay, model_url, storage)
+    replay.clock.set(replay.clock.now() + dt.timedelta(days=7))
+    stop = asyncio.Event()
+    async with open_daemon(cfg) as daemon:
+        task = asyncio.create_task(serve(daemon, stop))
+        try:
+            await asyncio.wait_for(daemon.started.wait(), 10)
+            for _ in range(200):
+                if daemon.runners["predictions"].state.runs and not daemon.predictions.pending_rows:
+                    preds = await latest_predictions(daemon)
+                    if preds:
+                        break
+                await asyncio.sleep(0.05)
+            assert await latest_predictions(daemon)
+            assert daemon.runners["features"].state.runs >= 1
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, cfg.scheduler.shutdown_grace_s + 5)
+    assert {runner.state.state for runner in daemon.runners.values()} == {"stopped"}
