@@ -1,6 +1,7 @@
 """Rows per second through TFServingClient + the stand-in, against the in-process signature call.
 
-Run: ``.venv/bin/python -m bench.bench_tfserving [--model-dir DIR] [--seconds S]``
+Run: ``.venv/bin/python -m bench.bench_tfserving [--model-dir DIR] [--seconds S] [--repeat N]
+[--batches 1,32,1024,8192]``
 
 * The model: ``--model-dir`` (a SavedModel version directory), else the highest version under
   ``model/score_beater``, else a small model with the production signature exported to a temp
@@ -13,6 +14,9 @@ Run: ``.venv/bin/python -m bench.bench_tfserving [--model-dir DIR] [--seconds S]
 
 Both are measured in the same run on the same machine (client and server share its cores), and
 the table gives REST / in-process. Target: columnar REST >= 20% of in-process at batch 1,024.
+On a shared machine other work skews every cell: ``--repeat N`` measures every cell N times
+(the sweeps interleaved, so load swings hit all columns alike) and reports medians, with the
+load average seen by each sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,11 +115,12 @@ def _fmt(rate: float) -> str:
     return f"{rate:,.0f}"
 
 
-def _table(rows: list[dict[str, Any]], model_dir: Path) -> str:
+def _table(rows: list[dict[str, Any]], model_dir: Path, repeat: int, loads: list[float]) -> str:
+    runs = f"median of {repeat} runs" if repeat > 1 else "one run"
     lines = [
         (
             f"Model: `{model_dir}`; stand-in in a separate process; "
-            f"client concurrency {CONCURRENCY}, keep-alive."
+            f"client concurrency {CONCURRENCY}, keep-alive; {runs} per cell."
         ),
         "",
         (
@@ -128,26 +134,73 @@ def _table(rows: list[dict[str, Any]], model_dir: Path) -> str:
         f"| {_fmt(r['row'])} | {r['row'] / r['in']:.0%} |"
         for r in rows
     ]
-    at_1024 = next(r for r in rows if r["batch"] == 1024)
-    ratio = at_1024["col"] / at_1024["in"]
-    verdict = "met" if ratio >= TARGET_RATIO_AT_1024 else "NOT met"
-    lines += [
-        "",
-        (
-            f"Target (columnar REST >= {TARGET_RATIO_AT_1024:.0%} of in-process at batch 1,024): "
-            f"{verdict} ({ratio:.0%})."
-        ),
-    ]
+    at_1024 = next((r for r in rows if r["batch"] == 1024), None)
+    if at_1024 is not None:
+        ratio = at_1024["col"] / at_1024["in"]
+        verdict = "met" if ratio >= TARGET_RATIO_AT_1024 else "NOT met"
+        lines += [
+            "",
+            (
+                f"Target (columnar REST >= {TARGET_RATIO_AT_1024:.0%} of in-process at batch 1,024): "
+                f"{verdict} ({ratio:.0%})."
+            ),
+        ]
+    shown = ", ".join(f"{load:.1f}" for load in loads)
+    lines.append(f"Load average (1 min) at the start of each sweep: {shown} on {os.cpu_count()} CPUs.")
     return "\n".join(lines)
+
+
+def _sweep(
+    url: str, version: int, model_dir: Path, batches: list[int], seconds: float
+) -> list[dict[str, Any]]:
+    """One measurement of every cell: in-process, columnar and row, batch by batch."""
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        ceiling = in_process_rate(model_dir, batch, seconds)
+        columnar = asyncio.run(rest_rate(url, version, batch, "columnar", seconds))
+        row = asyncio.run(rest_rate(url, version, batch, "row", seconds))
+        rows.append({"batch": batch, "in": ceiling, "col": columnar, "row": row})
+        progress = f"batch {batch}: in-process {_fmt(ceiling)}, columnar {_fmt(columnar)}, row {_fmt(row)}"
+        print(progress, file=sys.stderr)
+    return rows
+
+
+def _medians(sweeps: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each cell's median over the sweeps (each ratio is then a ratio of medians)."""
+    return [
+        {
+            "batch": cells[0]["batch"],
+            **{key: statistics.median(c[key] for c in cells) for key in ("in", "col", "row")},
+        }
+        for cells in zip(*sweeps, strict=True)
+    ]
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: not a comma-separated list of integers") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: batch sizes must be >= 1")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="SavedModel version directory to serve")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per cell (default 2)")
+    parser.add_argument("--repeat", type=int, default=1, help="sweeps to take the median of (default 1)")
+    parser.add_argument(
+        "--batches",
+        type=_batches,
+        default=list(BATCHES),
+        help="comma-separated batch sizes (default 1,32,1024,8192)",
+    )
     args = parser.parse_args(argv)
     configure_logging("console", "error")  # the readiness poll's connection retries are expected
-    load = os.getloadavg()[0]
+    loads: list[float] = []
+    sweeps: list[list[dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tfserving-") as tmp:
         scratch = Path(tmp)
         model_dir = _model_dir(args.model_dir, scratch)
@@ -159,28 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
         command = [
             sys.executable, "-m", "scorebeater", "--log-level", "warning", "serve-model",
-            "--model-base-path", str(base), "--port", str(port), "--max-batch-size", str(max(BATCHES)),
+            "--model-base-path", str(base), "--port", str(port), "--max-batch-size", str(max(args.batches)),
         ]  # fmt: skip
         server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             version = asyncio.run(_wait_ready(url, server))
-            rows: list[dict[str, Any]] = []
-            for batch in BATCHES:
-                ceiling = in_process_rate(model_dir, batch, args.seconds)
-                columnar = asyncio.run(rest_rate(url, version, batch, "columnar", args.seconds))
-                row = asyncio.run(rest_rate(url, version, batch, "row", args.seconds))
-                rows.append({"batch": batch, "in": ceiling, "col": columnar, "row": row})
-                progress = (
-                    f"batch {batch}: in-process {_fmt(ceiling)}, columnar {_fmt(columnar)}, row {_fmt(row)}"
-                )
-                print(progress, file=sys.stderr)
+            for _ in range(max(args.repeat, 1)):
+                loads.append(os.getloadavg()[0])
+                sweeps.append(_sweep(url, version, model_dir, args.batches, args.seconds))
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(_table(rows, model_dir))
-    print(
-        f"Load average before the run: {load:.1f} on {os.cpu_count()} CPUs (other work skews both columns)."
-    )
+    print(_table(_medians(sweeps), model_dir, len(sweeps), loads))
     return 0
 
 

@@ -12,7 +12,8 @@ Works against the official ``tensorflow/serving`` image and the embedded stand-i
 * **Batches below the server's limit**, ``cfg.max_batch_size`` rows per request, at most
   ``cfg.max_concurrency`` in flight over keep-alive connections; row (``instances``) or
   columnar (``inputs``) format; optional gzip request bodies; orjson both ways (a reply holding
-  the ``NaN``/``Infinity`` tokens TF Serving may print is read with the standard library).
+  the ``NaN``/``Infinity`` tokens TF Serving may print is read with the standard library);
+  float inputs that hold whole numbers (counts) are written as JSON integers, the same numbers.
 * **Typed errors by HTTP status**, never by message: 404 :class:`ModelNotFound`, 400
   :class:`BadModelRequest`, 429/503/504 and connection failures :class:`ModelUnavailable`
   (the only ones retried, with backoff, bounded by ``cfg.max_attempts`` and
@@ -58,6 +59,7 @@ _GZIP_OFF_LOOP_BYTES = 256 * 1024
 """Bodies larger than this are compressed in a worker thread, not on the event loop."""
 _NUMERIC = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64}
 _INTEGER = {"DT_INT8", "DT_INT16", "DT_INT32", "DT_INT64", "DT_UINT8", "DT_UINT16", "DT_UINT32", "DT_UINT64"}
+_EXACT_INT_IN_DOUBLE = 2**53
 Api = Literal["predict", "status", "metadata"]
 
 
@@ -114,6 +116,21 @@ def _floats(value: Any, rows: int) -> np.ndarray:
             if flat.size == rows:
                 return flat.reshape(rows, 1)
     return np.asarray(value, dtype=np.float32)
+
+
+def _whole_as_int(array: np.ndarray) -> np.ndarray:
+    """A float array of whole numbers as int64, else unchanged.
+
+    JSON ``3`` and ``3.0`` are the same number, and TF Serving reads any JSON number for a
+    float input, but orjson writes int64 about three times faster than float32 and shorter
+    (the model's inputs are counts). Kept as floats: values beyond 2**53 (not exact as a
+    double) and ``-0.0`` (its sign would be lost).
+    """
+    if array.size == 0 or not np.array_equal(array, np.trunc(array)):
+        return array
+    if np.abs(array).max() > _EXACT_INT_IN_DOUBLE or (np.signbit(array) & (array == 0)).any():
+        return array
+    return array.astype(np.int64)
 
 
 def _error_for(status: int, message: str, retry_after_s: float | None) -> TFServingError:
@@ -333,7 +350,7 @@ class TFServingClient:
         if self._metrics is not None:
             self._metrics.model_info.clear()
             self._metrics.model_info.labels(self.model_name, str(version)).set(1)
-        log.info("tfserving.version_pinned", model=self.model_name, version=version, label=label or None)
+        log.debug("tfserving.version_pinned", model=self.model_name, version=version, label=label or None)
         return version
 
     async def _latest_available(self) -> int:
@@ -414,6 +431,7 @@ class TFServingClient:
                         TARGET,
                         f"{where}: input {name!r} is not finite at row {int(bad[0])} ({bad.size} rows)",
                     )
+                array = _whole_as_int(array)
             arrays[name] = array
             lengths.add(array.shape[0])
         if len(lengths) != 1:

@@ -157,10 +157,13 @@ def predict_job(
     if not signature.inputs:
         raise RequestError(f"Failed to get input map for signature: {signature_name}")
     row_format = "instances" in doc
+    # JSON true/false can only be spelled so: without either token no value is a bool (the
+    # one value numpy would take for a number), and tensors are converted in one numpy pass.
+    bools_possible = b"true" in body or b"false" in body
     if row_format:
-        arrays = rows_to_arrays(doc["instances"], signature.inputs)
+        arrays = rows_to_arrays(doc["instances"], signature.inputs, bools_possible=bools_possible)
     else:
-        arrays = columnar_to_arrays(doc["inputs"], signature.inputs)
+        arrays = columnar_to_arrays(doc["inputs"], signature.inputs, bools_possible=bools_possible)
     check_shapes(arrays, signature.inputs, signature_name)
     check_batch(arrays, max_batch_size)
     started = time.perf_counter()

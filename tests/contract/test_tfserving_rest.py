@@ -335,6 +335,21 @@ CASES: list[Case] = [
         "JSON Value: true Type: True is not of expected type: float",
     ),
     Case(
+        "wrong-dtype-bool-for-float-columnar",
+        "POST",
+        f"{SB}:predict",
+        _body({"inputs": {**{n: [1.0, 2.0] for n in INPUT_NAMES}, "ftm": [1.0, False]}}),
+        400,
+        error="JSON Value: false Type: False is not of expected type: float",
+    ),
+    Case(
+        "integers-for-float-inputs",
+        "POST",
+        f"{SB}:predict",
+        _body({"inputs": {n: [10, 11, 12] for n in INPUT_NAMES}}),
+        check=_predictions(3, key="outputs"),
+    ),
+    Case(
         "wrong-dtype-null",
         "POST",
         "/v1/models/single:predict",

@@ -325,3 +325,28 @@ async def test_reply_of_the_wrong_shape_is_an_error() -> None:
                 await client.predict(random_columns(3), version=1)
     finally:
         await server.close()
+
+
+async def test_whole_number_floats_are_sent_as_json_integers() -> None:
+    """The same numbers, written shorter: whole columns as integers, the rest untouched."""
+    fake = FaultyServing([])
+    server = await serve(fake)
+    columns = {name: np.arange(4, dtype=np.float64) * 3 for name in INPUT_NAMES}
+    columns["ftm"] = np.array([0.5, 1.0, 2.0, 3.0])  # not all whole: stays float
+    columns["fta"] = np.array([-0.0, 1.0, 2.0, 3.0])  # -0.0 would lose its sign as an integer
+    columns["age"] = np.array([2.0**54, 1.0, 2.0, 3.0])  # beyond 2**53: not exact as a double
+    try:
+        async with TFServingClient(cfg(str(server.make_url(""))), "score_beater") as client:
+            await client.predict(columns, version=1)
+        (body,) = fake.bodies
+        sent = json.loads(body)["inputs"]
+        assert body.count(b'"prev_ftm":[0,3,6,9]') == 1
+        assert all(type(v) is int for v in sent["team_games"])
+        assert sent["ftm"] == [0.5, 1.0, 2.0, 3.0]
+        assert all(type(v) is float for v in sent["fta"])
+        assert str(sent["fta"][0]) == "-0.0"
+        assert all(type(v) is float for v in sent["age"])
+        for name, column in columns.items():
+            np.testing.assert_array_equal(np.asarray(sent[name], dtype=np.float32), column.astype(np.float32))
+    finally:
+        await server.close()

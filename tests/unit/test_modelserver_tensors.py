@@ -211,3 +211,78 @@ def test_row_replies_need_one_batch_size() -> None:
     assert json.loads(predict_reply({"a": np.zeros(2), "b": np.zeros(1)}, row_format=False))["outputs"][
         "b"
     ] == [0.0]
+
+
+# --- the one-pass numeric conversion (no true/false in the body) gives the checked results ------
+
+
+def _outcome(convert: Any) -> tuple[Any, ...]:
+    try:
+        arrays = convert()
+    except RequestError as exc:
+        return ("error", exc.http_status, exc.message)
+    return ("ok", {k: (a.dtype.str, a.shape, a.tobytes()) for k, a in arrays.items()})
+
+
+NUMERIC_CASES: list[tuple[str, Any]] = [
+    ("DT_FLOAT", [1, 2.5, -3e3, 0.1, 1e39, -0.0]),
+    ("DT_FLOAT", [2**53, -(2**53), 2**53 + 1, 2**63, 2**64, 2**70]),
+    ("DT_FLOAT", [float("nan"), float("inf"), 7]),
+    ("DT_FLOAT", [1.0, "1.5"]),
+    ("DT_FLOAT", [1.0, None]),
+    ("DT_FLOAT", [1.0, {"b64": "AA=="}]),
+    ("DT_FLOAT", []),
+    ("DT_DOUBLE", [0.1, 2**60 + 1, 3]),
+    ("DT_INT8", [1, -128, 127]),
+    ("DT_INT8", [1, 300]),
+    ("DT_INT32", [1, 2.0]),
+    ("DT_INT64", [2**63 - 1, -(2**63)]),
+    ("DT_INT64", [2**63]),
+    ("DT_UINT64", [2**64 - 1, 0]),
+    ("DT_UINT8", [-1]),
+    ("DT_INT32", []),
+]
+
+
+@pytest.mark.parametrize(("dtype", "values"), NUMERIC_CASES)
+def test_one_pass_columnar_conversion_matches_the_checked_path(dtype: str, values: list[Any]) -> None:
+    specs = {"a": info(dtype, shape=None)}
+    checked = _outcome(lambda: columnar_to_arrays({"a": values}, specs))
+    assert _outcome(lambda: columnar_to_arrays({"a": values}, specs, bools_possible=False)) == checked
+
+
+@pytest.mark.parametrize(("dtype", "values"), NUMERIC_CASES)
+def test_one_pass_row_conversion_matches_the_checked_path(dtype: str, values: list[Any]) -> None:
+    if not values:
+        return  # an empty instances list is its own error, covered above
+    specs = {"a": info(dtype, shape=None), "b": info(shape=None, alias="b")}
+    instances = [{"a": v, "b": [float(i), 1]} for i, v in enumerate(values)]
+    checked = _outcome(lambda: rows_to_arrays(instances, specs))
+    assert _outcome(lambda: rows_to_arrays(instances, specs, bools_possible=False)) == checked
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[[1, 2], [3, 4]], [[1, 2], [3]], [[1, 2], 3], [[[1], [2]], [[3], [4]]], [[], []], [[1, "x"], [2, 3]]],
+)
+def test_one_pass_nested_values_match_the_checked_path(values: Any) -> None:
+    spec = {"x": info(alias="x", shape=None)}
+    checked_rows = _outcome(lambda: rows_to_arrays(values, spec))
+    assert _outcome(lambda: rows_to_arrays(values, spec, bools_possible=False)) == checked_rows
+    checked_cols = _outcome(lambda: columnar_to_arrays(values, spec))
+    assert _outcome(lambda: columnar_to_arrays(values, spec, bools_possible=False)) == checked_cols
+
+
+@pytest.mark.parametrize(("dtype", "values"), NUMERIC_CASES)
+@pytest.mark.parametrize("other", ["same", "shorter", "nested", "missing"])
+def test_stacked_columnar_conversion_matches_the_checked_path(
+    dtype: str, values: list[Any], other: str
+) -> None:
+    """Several inputs of one dtype go through numpy together; the result is the checked one."""
+    specs = {"a": info(dtype, shape=None), "b": info(dtype, shape=None, alias="b")}
+    second = {"same": [1] * len(values), "shorter": [1], "nested": [[1]] * len(values), "missing": None}[
+        other
+    ]
+    doc = {"a": values} if second is None else {"a": values, "b": second}
+    checked = _outcome(lambda: columnar_to_arrays(doc, specs))
+    assert _outcome(lambda: columnar_to_arrays(doc, specs, bools_possible=False)) == checked
