@@ -54,7 +54,6 @@ import io
 import json
 import os
 import pstats
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry
 
+from bench.standin import MODEL_NAME, REPO, model_dir, standin
 from scorebeater.clients.score_api import ScoreApiClient
 from scorebeater.clients.tfserving import TFServingClient
 from scorebeater.config import (
@@ -83,7 +83,6 @@ from scorebeater.config import (
     TFServingConfig,
 )
 from scorebeater.daemon import open_daemon, serve
-from scorebeater.errors import ModelUnavailable
 from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
 from scorebeater.logs import configure_logging
 from scorebeater.metrics import Metrics
@@ -96,9 +95,7 @@ if TYPE_CHECKING:
 
     from scorebeater.scoreapi.catalog import ReplayCatalog
 
-REPO = Path(__file__).resolve().parents[1]
 SEASON = 2014
-MODEL_NAME = "score_beater"
 
 TARGET_SEASON_S = 60.0
 TARGET_P99_S = 0.5
@@ -213,64 +210,6 @@ def ms(seconds: float) -> str:
 
 
 # --- the stand-in ----------------------------------------------------------------------------------
-
-
-def model_dir(scratch: Path) -> Path:
-    """The repository's highest published version, else a freshly exported stand-in model."""
-    base = REPO / "model" / MODEL_NAME
-    versions = sorted(
-        (int(p.name), p) for p in base.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()
-    )
-    if versions:
-        return versions[-1][1]
-    from tests.fakes.savedmodel import export_score_model
-
-    return export_score_model(scratch / "exported" / "1", seed=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    cfg = TFServingConfig(base_url=url, max_attempts=1)
-    async with TFServingClient(cfg, MODEL_NAME) as client:
-        while True:
-            try:
-                return await client.pin_version(None)
-            except ModelUnavailable:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
-
-
-@contextlib.contextmanager
-def standin(model: Path, scratch: Path) -> Iterator[str]:
-    """Run ``scorebeater serve-model`` over ``model`` (as version 1) in a child process."""
-    base = scratch / "served"
-    base.mkdir()
-    (base / "1").symlink_to(model.resolve(), target_is_directory=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "scorebeater", "--log-level", "warning", "serve-model",
-        "--model-base-path", str(base), "--port", str(port), "--max-batch-size", "8192",
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        asyncio.run(_wait_ready(url, proc))
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- 1. full season ----------------------------------------------------------------------------
@@ -813,7 +752,8 @@ def main(argv: list[str] | None = None) -> int:
         from tests.fakes.score_api import bundled_catalog
 
         catalog = bundled_catalog()
-        with standin(model, scratch) as url:
+        with standin(model, scratch) as served:
+            url = served.url
             if "season" in only:
                 print("full season ...", file=sys.stderr, flush=True)
                 tables.append(season_table(bench_season(catalog, model, url, scratch, profile=args.profile)))

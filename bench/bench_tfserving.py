@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.standin import model_dir, standin
 from scorebeater.clients.tfserving import TFServingClient
 from scorebeater.config import TFServingConfig
-from scorebeater.errors import ModelUnavailable
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.logs import configure_logging
 
@@ -45,20 +43,6 @@ BATCHES = (1, 32, 1024, 8192)
 CONCURRENCY = 4
 TARGET_RATIO_AT_1024 = 0.20
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _model_dir(arg: Path | None, scratch: Path) -> Path:
-    if arg is not None:
-        return arg
-    base = REPO / "model" / "score_beater"
-    versions = sorted(
-        (int(p.name), p) for p in base.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()
-    )
-    if versions:
-        return versions[-1][1]
-    from tests.fakes.savedmodel import export_score_model
-
-    return export_score_model(scratch / "score_beater" / "1", seed=1)
 
 
 def _columns(n: int) -> dict[str, np.ndarray]:
@@ -91,24 +75,6 @@ async def rest_rate(url: str, version: int, batch: int, fmt: str, seconds: float
             await client.predict(columns, version=version)
             rows += len(columns["ftm"])
     return rows / elapsed
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    async with TFServingClient(TFServingConfig(base_url=url, max_attempts=1), "score_beater") as client:
-        while True:
-            try:
-                return await client.pin_version(None)
-            except ModelUnavailable:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
 
 
 def _fmt(rate: float) -> str:
@@ -203,27 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     sweeps: list[list[dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-tfserving-") as tmp:
         scratch = Path(tmp)
-        model_dir = _model_dir(args.model_dir, scratch)
-        base = scratch / "served"
-        base.mkdir()
-        (base / "1").symlink_to(model_dir.resolve(), target_is_directory=True)
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-        command = [
-            sys.executable, "-m", "scorebeater", "--log-level", "warning", "serve-model",
-            "--model-base-path", str(base), "--port", str(port), "--max-batch-size", str(max(args.batches)),
-        ]  # fmt: skip
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            version = asyncio.run(_wait_ready(url, server))
+        model = args.model_dir if args.model_dir is not None else model_dir(scratch)
+        with standin(model, scratch, max_batch_size=max(args.batches)) as served:
             for _ in range(max(args.repeat, 1)):
                 loads.append(os.getloadavg()[0])
-                sweeps.append(_sweep(url, version, model_dir, args.batches, args.seconds))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    print(_table(_medians(sweeps), model_dir, len(sweeps), loads))
+                sweeps.append(_sweep(served.url, served.version, model, args.batches, args.seconds))
+    print(_table(_medians(sweeps), model, len(sweeps), loads))
     return 0
 
 
