@@ -79,9 +79,8 @@ class PredictionsStage:
             self.pinned_version = version
         summary: dict[str, object] = {"model_version": version}
         if not self._reconciled:
-            recovered = await self._reconcile()
+            summary["recovered_rows"] = await self._reconcile(version)
             self._reconciled = True
-            summary["recovered_rows"] = recovered
         if self._refeed is not None:
             request, self._refeed = self._refeed, None
             try:
@@ -136,11 +135,12 @@ class PredictionsStage:
         )
         return {"rows": rows, "cache_cleared": cleared}
 
-    async def _reconcile(self) -> int:
-        """After a restart: queue stored feature rows that have no prediction yet.
+    async def _reconcile(self, version: int) -> int:
+        """After a restart: score every stored feature row that has no prediction yet.
 
-        An anti-join in Arrow: the predicted keys are held as three columns (16 bytes a row),
-        not as Python tuples, so a million-row store costs megabytes, not hundreds of them.
+        An anti-join in Arrow (the predicted keys are held as three columns, 16 bytes a row),
+        and the missing rows are scored batch by batch as the history streams by, so memory
+        stays bounded by one batch however much was left unpredicted.
         """
         ctx = self._ctx
         key = ["player_id", "season", "as_of_seq"]
@@ -154,9 +154,8 @@ class PredictionsStage:
         async for table in ctx.storage.read_feature_history():
             todo = table.join(predicted, keys=key, join_type="left anti") if predicted.num_rows else table
             if todo.num_rows:
-                # The join may reorder columns; the stage's batches keep the schema's order.
-                self._pending.append(CommittedFeatures(rows=todo.select(table.column_names)))
-                missing += todo.num_rows
+                # The join may reorder columns; keep the schema's order.
+                missing += await self._score_and_store(todo.select(table.column_names), version, mode="diff")
         if missing:
             log.info("predictions.reconciled", rows=missing)
         return missing
