@@ -247,19 +247,13 @@ def test_model_volume_is_shared_by_trainer_tfserving_and_daemon() -> None:
 
 
 def test_every_mounted_file_exists() -> None:
-    pending: list[str] = []
     for name in SERVICES:
         for target, (source, _) in _mounts(name).items():
             if not source.startswith((".", "/")):
                 assert source in COMPOSE["volumes"], f"{name}: undeclared volume {source!r}"
                 continue
             path = (REPO / source).resolve()
-            if source.startswith("./tfserving/") and not path.exists():
-                pending.append(source)  # another issue writes these; checked once they land
-                continue
             assert path.exists(), f"{name} mounts {source} at {target}, which is not in the repository"
-    if pending:
-        pytest.skip(f"not written yet (tfserving issue): {', '.join(sorted(pending))}")
 
 
 def test_tfserving_flags_name_its_mounted_files() -> None:
@@ -279,8 +273,8 @@ def test_tfserving_files_agree_with_the_stack() -> None:
     models = tf_dir / "models.config"
     monitoring = tf_dir / "monitoring.config"
     batching = tf_dir / "batching_parameters.txt"
-    if not (models.is_file() and monitoring.is_file() and batching.is_file()):
-        pytest.skip("tfserving/ files not written yet (tfserving issue)")
+    for path in (models, monitoring, batching):
+        assert path.is_file(), f"{path} is missing"
     cfg = _command_config("s3")[1]
     text = models.read_text()
     assert re.search(rf"""name:\s*["']{cfg.model.name}["']""", text), "models.config does not serve the model"
