@@ -181,71 +181,72 @@ class ValidationStage:
         return len(pids)
 
     async def _export_metrics(self, seasons: list[int]) -> dict[str, object]:
-        """Recompute and export realized quality over the followed seasons' predictions."""
-        labels: dict[tuple[int, int], tuple[bool, str]] = {}
+        """Recompute and export realized quality over the followed seasons' predictions.
+
+        Columnar: predictions stream in batches and are joined with the final outcomes in
+        Arrow, so a refeed-sized store (a million rows per run) costs joins, not Python loops.
+        """
+        key = ["player_id", "season"]
+        labels = await self._labels(seasons)
+        final = labels.filter(pc.equal(labels.column("resolution"), "final")).select([*key, "beat"])
+        predicted_parts: list[pa.Table] = []
+        scored_parts: list[pa.Table] = []
         for season in seasons:
-            await self._collect_labels(season, labels)
-        predicted: set[tuple[int, int]] = set()
-        by_version: dict[int, tuple[list[float], list[bool], list[float]]] = {}
-        for season in seasons:
-            await self._collect_predictions(season, labels, predicted, by_version)
-        return self._export(labels, predicted, by_version)
+            async for table in self._ctx.storage.read_predictions(season=season):
+                predicted_parts.append(table.select(key).group_by(key).aggregate([]))
+                if final.num_rows:
+                    joined = table.select([*key, "model_version", "probability", "progress"]).join(
+                        final, keys=key, join_type="inner"
+                    )
+                    scored_parts.append(joined.select(["model_version", "probability", "beat", "progress"]))
+        predicted = (
+            pa.concat_tables(predicted_parts).group_by(key).aggregate([])
+            if predicted_parts
+            else pa.table({"player_id": pa.array([], pa.int64()), "season": pa.array([], pa.int32())})
+        )
+        counts = _count_by_resolution(labels)
+        covered = _count_by_resolution(predicted.join(labels, keys=key, join_type="inner"))
+        by_version: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        if scored_parts:
+            scored = pa.concat_tables(scored_parts)
+            versions = scored.column("model_version").to_numpy()
+            probs = scored.column("probability").to_numpy()
+            beats = scored.column("beat").to_numpy(zero_copy_only=False).astype(np.bool_)
+            progress = scored.column("progress").to_numpy().astype(np.float64)
+            for version in np.unique(versions):
+                mask = versions == version
+                by_version[int(version)] = (probs[mask], beats[mask], progress[mask])
+        return self._export(counts, covered, predicted.num_rows, by_version)
 
-    async def _collect_labels(self, season: int, labels: dict[tuple[int, int], tuple[bool, str]]) -> None:
-        async for table in self._ctx.storage.read_outcomes(season=season):
-            for pid, beat, resolution in zip(
-                table.column("player_id").to_pylist(),
-                table.column("beat").to_pylist(),
-                table.column("resolution").to_pylist(),
-                strict=True,
-            ):
-                labels[pid, season] = (beat, resolution)
+    async def _labels(self, seasons: list[int]) -> pa.Table:
+        parts = [
+            table.select(["player_id", "season", "beat", "resolution"])
+            for season in seasons
+            async for table in self._ctx.storage.read_outcomes(season=season)
+        ]
+        if parts:
+            return pa.concat_tables(parts)
+        return pa.table(
+            {
+                "player_id": pa.array([], pa.int64()),
+                "season": pa.array([], pa.int32()),
+                "beat": pa.array([], pa.bool_()),
+                "resolution": pa.array([], pa.string()),
+            }
+        )
 
-    async def _collect_predictions(
+    def _export(
         self,
-        season: int,
-        labels: dict[tuple[int, int], tuple[bool, str]],
-        predicted: set[tuple[int, int]],
-        by_version: dict[int, tuple[list[float], list[bool], list[float]]],
-    ) -> None:
-        async for table in self._ctx.storage.read_predictions(season=season):
-            for pid, version, prob, progress in zip(
-                table.column("player_id").to_pylist(),
-                table.column("model_version").to_pylist(),
-                table.column("probability").to_pylist(),
-                table.column("progress").to_pylist(),
-                strict=True,
-            ):
-                predicted.add((pid, season))
-                label = labels.get((pid, season))
-                if label is None or label[1] != "final":
-                    continue
-                acc = by_version.setdefault(version, ([], [], []))
-                acc[0].append(prob)
-                acc[1].append(label[0])
-                acc[2].append(progress)
-
-    def _export(  # noqa: C901, PLR0912 - one pass, many gauges
-        self,
-        labels: dict[tuple[int, int], tuple[bool, str]],
-        predicted: set[tuple[int, int]],
-        by_version: dict[int, tuple[list[float], list[bool], list[float]]],
+        counts: dict[str, int],
+        covered: dict[str, int],
+        n_predicted: int,
+        by_version: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
     ) -> dict[str, object]:
         m = self._ctx.metrics
-        counts = {"early": 0, "final": 0}
-        for _, resolution in labels.values():
-            counts[resolution] += 1
-        covered = {"early": 0, "final": 0}
-        for player_season in predicted:
-            label = labels.get(player_season)
-            if label is not None:
-                covered[label[1]] += 1
         for resolution in ("early", "final"):
             m.outcomes_stored.labels(resolution).set(counts[resolution])
-            m.label_coverage.labels(resolution).set(
-                covered[resolution] / len(predicted) if predicted else 0.0
-            )
-        m.predictions_awaiting_label.set(len(predicted) - covered["final"])
+            m.label_coverage.labels(resolution).set(covered[resolution] / n_predicted if n_predicted else 0.0)
+        m.predictions_awaiting_label.set(n_predicted - covered["final"])
 
         gauges = (
             m.eval_roc_auc,
@@ -263,10 +264,8 @@ class ValidationStage:
         for g in gauges:
             g.clear()
         report: dict[str, object] = {}
-        for version, (probs_l, ys_l, prog_l) in sorted(by_version.items()):
-            probs = np.asarray(probs_l, dtype=np.float64)
-            ys = np.asarray(ys_l, dtype=np.bool_)
-            share = np.clip(np.floor(np.asarray(prog_l) * 4).astype(int), 0, 3)
+        for version, (probs, ys, progress) in sorted(by_version.items()):
+            share = np.clip(np.floor(progress * 4).astype(int), 0, 3)
             v = str(version)
             version_report: dict[str, dict[str, float]] = {}
             for bucket in ("all", *PROGRESS_BUCKETS):
@@ -304,8 +303,17 @@ class ValidationStage:
         summary: dict[str, object] = {
             "labelled_versions": sorted(by_version),
             "outcomes": counts,
-            "predicted_player_seasons": len(predicted),
+            "predicted_player_seasons": n_predicted,
         }
         if report:
             summary["metrics"] = report
         return summary
+
+
+def _count_by_resolution(table: pa.Table) -> dict[str, int]:
+    """Rows of ``table`` per outcome resolution (``early``/``final``), zeros included."""
+    counts = {"early": 0, "final": 0}
+    if table.num_rows:
+        for item in pc.value_counts(table.column("resolution")).to_pylist():
+            counts[item["values"]] = int(item["counts"])
+    return counts

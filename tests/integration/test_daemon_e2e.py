@@ -21,10 +21,12 @@ import shutil
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from scorebeater import quality
 from scorebeater.config import (
     AdminConfig,
     Config,
@@ -198,6 +200,16 @@ async def test_daemon_over_a_real_season(
         for version in ("1", "2"):
             assert f'scorebeater_eval_roc_auc{{bucket="all",model_version="{version}"}}' in text
             assert f'scorebeater_eval_brier_score{{bucket="all",model_version="{version}"}}' in text
+        # The exported figures are the metrics of the stored predictions against the outcomes.
+        beat = {o["player_id"]: o["beat"] for o in outcomes}
+        rows: list[dict[str, Any]] = []
+        async for table in daemon.ctx.storage.read_predictions(season=SEASON):
+            rows.extend(r for r in table.to_pylist() if r["model_version"] == 1)
+        want = quality.summary([beat[r["player_id"]] for r in rows], [r["probability"] for r in rows])
+        m = daemon.ctx.metrics
+        assert m.eval_roc_auc.labels("1", "all")._value.get() == pytest.approx(want["roc_auc"])
+        assert m.eval_brier.labels("1", "all")._value.get() == pytest.approx(want["brier"])
+        assert m.eval_rows.labels("1", "all")._value.get() == len(rows)
 
 
 async def test_serve_runs_the_stages_concurrently_and_drains_on_stop(
