@@ -182,8 +182,25 @@ async def open_daemon(
                 backoff_max_s=sc.backoff_max_s,
             )
 
+        # A season turning final wakes validation once a prediction run that *started after*
+        # the season's last feature commit has succeeded, so the first realized metrics cover
+        # every prediction of the season.
+        finals: set[int] = set()
+
+        async def predictions_run(run_id: str) -> dict[str, Any]:
+            captured = set(finals)
+            finals.difference_update(captured)
+            try:
+                result = await predictions.run(run_id)
+            except BaseException:
+                finals.update(captured)
+                raise
+            if captured:
+                runners["validation"].trigger()
+            return result
+
         runners["features"] = runner("features", features.run, interval_s=sc.poll_interval_s)
-        runners["predictions"] = runner("predictions", predictions.run)
+        runners["predictions"] = runner("predictions", predictions_run)
         runners["validation"] = runner("validation", validation.run, cron=sc.validation_cron)
         daemon = Daemon(
             cfg=cfg,
@@ -197,25 +214,17 @@ async def open_daemon(
             model_server_url=cfg.tfserving.base_url,
             config_path=config_path,
         )
-        # A committed feature batch wakes the prediction stage; a season turning final wakes validation.
+        # A committed feature batch wakes the prediction stage; a failed feature write (which
+        # may have committed all the same) makes it look in storage for unpredicted rows.
         features.on_commit(predictions.submit)
         features.on_commit(lambda _batch: runners["predictions"].trigger())
-        # A season turning final wakes validation once the prediction stage has stored that
-        # season's last predictions, so the first realized metrics cover every prediction.
-        finals: set[int] = set()
+        features.on_reset(predictions.reconcile_next_run)
 
         def season_final(season: int) -> None:
             finals.add(season)
             runners["predictions"].trigger()
 
         features.on_season_final(season_final)
-
-        def validate_finished_seasons(_result: dict[str, Any]) -> None:
-            if finals:
-                finals.clear()
-                runners["validation"].trigger()
-
-        runners["predictions"].on_success(validate_finished_seasons)
         if cfg.training.retrain_on_season_final:
             validation.on_final_labels(lambda season: _schedule_retrain(daemon, season))
         daemon.admin_url = await _start_admin(daemon, stack)
@@ -224,6 +233,8 @@ async def open_daemon(
         finally:
             for task in daemon.retrain_tasks:
                 task.cancel()
+            if daemon.retrain_tasks:
+                await asyncio.gather(*daemon.retrain_tasks, return_exceptions=True)
 
 
 def _schedule_retrain(daemon: Daemon, season: int) -> None:
@@ -239,7 +250,14 @@ async def _retrain(daemon: Daemon, season: int) -> None:
         args += ["--config", str(daemon.config_path)]
     log.info("daemon.retrain_started", season=season)
     proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
-    code = await proc.wait()
+    try:
+        code = await proc.wait()
+    except asyncio.CancelledError:
+        # The daemon is stopping: a training child must not publish after it has gone.
+        proc.terminate()
+        await proc.wait()
+        log.warning("daemon.retrain_cancelled", season=season)
+        raise
     log.info("daemon.retrain_finished", season=season, exit_code=code)
 
 
@@ -264,12 +282,17 @@ async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
             tg.create_task(runner.serve(run_immediately=name != "validation"), name=f"stage:{name}")
             for name, runner in daemon.runners.items()
         ]
-        if daemon.cfg.scheduler.refeed_cron:
-            tasks.append(tg.create_task(_refeed_on_schedule(daemon, stop), name="refeed-cron"))
+        refeed = (
+            tg.create_task(_refeed_on_schedule(daemon, stop), name="refeed-cron")
+            if daemon.cfg.scheduler.refeed_cron
+            else None
+        )
         daemon.started.set()
         log.info("daemon.started", stages=sorted(daemon.runners), admin=daemon.admin_url)
         await stop.wait()
         log.info("daemon.stopping", grace_s=grace)
+        if refeed is not None:
+            refeed.cancel()  # it only waits for its next slot: nothing to drain
         for runner in daemon.runners.values():
             runner.stop()
         pending = [t for t in tasks if not t.done()]

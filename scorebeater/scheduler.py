@@ -176,13 +176,8 @@ class StageRunner:
         self._lock = asyncio.Lock()
         self._stopping = False
         self.state = StageState(name)
-        self._on_success: list[Callable[[dict[str, Any]], None]] = []
         self.completed = asyncio.Condition()
         """Notified after every iteration (success or failure); tests and the admin API wait on it."""
-
-    def on_success(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        """Call ``listener(result)`` after every successful iteration (e.g. to wake a next stage)."""
-        self._on_success.append(listener)
 
     def trigger(self) -> None:
         """Ask for a run as soon as possible; several triggers before it starts make one run."""
@@ -246,8 +241,6 @@ class StageRunner:
             # An idle poll every second would drown the log: idle runs are debug events.
             busy = any(v for k, v in result.items() if isinstance(v, int) and k != "model_version")
             (log.info if busy else log.debug)("stage.run_completed", duration_s=round(elapsed, 4), **result)
-            for listener in self._on_success:
-                listener(result)
             return result
 
     def _next_deadline(self, after: datetime) -> datetime | None:
@@ -305,6 +298,9 @@ class StageRunner:
                 with contextlib.suppress(asyncio.TimeoutError):
                     # A trigger (e.g. an admin request) does not cut the backoff short.
                     await self._clock.sleep(delay)
+                # Retry after the backoff: a trigger-driven stage (predictions) would otherwise
+                # sit on the work it failed to finish until something else woke it.
+                self._triggered.set()
             now = self._clock.now()
             if self._cron and scheduled is not None:
                 missed = missed_slots(self._cron, scheduled, now)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import structlog
 
 from scorebeater.clients.score_api import BoxScore, GameInfo
-from scorebeater.errors import ScoreApiError, StageError
+from scorebeater.errors import ScoreApiNotFound, StageError
 from scorebeater.inputs import INPUT_NAMES, PreviousSeasons, RunningTotals, as_of_inputs
 from scorebeater.stages.base import CommittedFeatures, StageContext
 from scorebeater.storage.base import FEATURES_SCHEMA, feature_hashes
@@ -43,6 +43,16 @@ BOX_SCORE_CONCURRENCY = 8
 FEED_OVERLAP = timedelta(milliseconds=1)
 """The feed's ``updated_since`` is exclusive; asking from just before the watermark re-reads
 the games at it, which the processed-id set then skips: overlap is cheap, a gap is data loss."""
+
+
+def checkpoint_name(season: int) -> str:
+    """The name of the feature stage's checkpoint of ``season``."""
+    return f"features.{season}"
+
+
+def season_complete(checkpoint: bytes | None) -> bool:
+    """Whether a feature checkpoint says every regular-season game of its season is processed."""
+    return checkpoint is not None and bool(orjson.loads(checkpoint).get("complete"))
 
 
 @dataclass(slots=True)
@@ -86,7 +96,7 @@ class SeasonState:
 
     @property
     def checkpoint_name(self) -> str:
-        return f"features.{self.season}"
+        return checkpoint_name(self.season)
 
     def checkpoint(self) -> bytes:
         return orjson.dumps(
@@ -130,7 +140,16 @@ class FeaturesStage:
         self._ctx = ctx
         self._on_commit: list[CommitListener] = []
         self._on_season_final: list[Callable[[int], None]] = []
+        self._on_reset: list[Callable[[], None]] = []
         self.seasons: dict[int, SeasonState] = {}
+
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when a failed run drops the in-memory state.
+
+        A write that failed may still have committed (a lost commit reply), without its
+        ``on_commit`` listeners having run: whoever relies on those must re-check storage.
+        """
+        self._on_reset.append(listener)
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call ``listener(batch)`` after every committed batch of feature rows."""
@@ -214,16 +233,19 @@ class FeaturesStage:
     async def _previous_seasons(self, season: int) -> dict[int, PreviousSeasons]:
         prev1: dict[int, tuple[int, int, int, int | None, int | None, int]] = {}
         prev2: dict[int, tuple[int, int]] = {}
+        # Only "no such season" means no previous season. Any other failure (an outage, a
+        # season not final yet) must fail the run: loading on empty totals would mark this
+        # season's players as having no previous season, and their games as done.
         try:
             async for t in self._ctx.scores.season_totals(season - 1):
                 prev1[t.player_id] = (t.ftm, t.fta, t.games, t.minutes, t.age, t.experience)
-        except ScoreApiError as exc:
-            log.warning("features.previous_season_unavailable", season=season - 1, error=str(exc))
+        except ScoreApiNotFound as exc:
+            log.warning("features.previous_season_unknown", season=season - 1, error=str(exc))
         try:
             async for t in self._ctx.scores.season_totals(season - 2):
                 prev2[t.player_id] = (t.ftm, t.games)
-        except ScoreApiError as exc:
-            log.info("features.second_previous_season_unavailable", season=season - 2, error=str(exc))
+        except ScoreApiNotFound as exc:
+            log.info("features.second_previous_season_unknown", season=season - 2, error=str(exc))
         out: dict[int, PreviousSeasons] = {}
         for pid, (ftm, fta, games, minutes, age, experience) in prev1.items():
             p2_ftm, p2_games = prev2.get(pid, (0, 0))
@@ -291,7 +313,14 @@ class FeaturesStage:
             async with sem:
                 return await self._ctx.scores.box_score(game.game_id, season=game.season)
 
-        return list(await asyncio.gather(*(fetch(g) for g in games)))
+        # A TaskGroup: when one fetch fails, the others are cancelled, not left running. The
+        # first failure is raised as itself (a typed Score API error), not as a group.
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(fetch(g)) for g in games]
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return [t.result() for t in tasks]
 
     def _apply(
         self, state: SeasonState, games: list[GameInfo], boxes: list[BoxScore], *, hold: list[GameInfo]
@@ -329,6 +358,10 @@ class FeaturesStage:
             teams = {game.home, game.away}
             affected.update(pid for pid, ps in state.players.items() if ps.plays_for_one_of(teams))
             final_at = game.final_at or game.updated_at
+            if state.last_final_at is not None:
+                # A game whose result came late still yields rows that include every earlier
+                # processed game: its knowledge time is the latest of them, never earlier.
+                final_at = max(final_at, datetime.fromisoformat(state.last_final_at))
             for pid in sorted(affected):
                 ps = state.players[pid]
                 ps.totals = RunningTotals(
@@ -362,6 +395,8 @@ class FeaturesStage:
 
     def reset(self) -> None:
         """Forget in-memory state so the next run reloads it from storage (after a failure)."""
+        for listener in self._on_reset:
+            listener()
         for state in self.seasons.values():
             state.loaded = False
             state.players.clear()

@@ -55,6 +55,13 @@ class PredictionsStage:
         self._reconciled = False
         self.pinned_version: int | None = None
 
+    def reconcile_next_run(self) -> None:
+        """Make the next run look in storage for feature rows without predictions.
+
+        Called when the feature stage may have committed rows it could not hand over.
+        """
+        self._reconciled = False
+
     def submit(self, batch: CommittedFeatures) -> None:
         """Queue committed feature rows for the next diff run (called by the feature stage)."""
         self._pending.append(batch)

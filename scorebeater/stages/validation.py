@@ -32,6 +32,7 @@ from scorebeater.errors import ScoreApiError
 from scorebeater.inputs import PROGRESS_BUCKETS
 from scorebeater.metrics import CALIBRATION_BINS
 from scorebeater.stages.base import StageContext
+from scorebeater.stages.features import checkpoint_name, season_complete
 from scorebeater.storage.base import OUTCOMES_SCHEMA, UTC_TS
 
 log = structlog.get_logger(__name__)
@@ -139,6 +140,10 @@ class ValidationStage:
         ctx = self._ctx
         info = await ctx.scores.season(season)
         if not info.regular_season_final:
+            return None
+        if not season_complete(await ctx.storage.get_checkpoint(checkpoint_name(season))):
+            # Finalizing now would leave the players of still unprocessed games unlabelled.
+            log.info("validation.waiting_for_features", season=season)
             return None
         latest: dict[int, tuple[int, float]] = {}
         async for table in ctx.storage.read_latest_features(season=season):

@@ -16,6 +16,7 @@ Scenario:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import shutil
 from collections import defaultdict
@@ -37,9 +38,10 @@ from scorebeater.config import (
     TFServingConfig,
 )
 from scorebeater.daemon import Daemon, open_daemon, serve
+from scorebeater.errors import ScoreApiError
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
-from tests.fakes.score_api import RunningReplay, bundled_catalog, bundled_history, running_replay
+from tests.fakes.score_api import Fault, RunningReplay, bundled_catalog, bundled_history, running_replay
 from tests.integration.daemon_support import BACKENDS, model_base_path, storage_config
 
 pytestmark = pytest.mark.slow
@@ -245,3 +247,33 @@ async def test_serve_runs_the_stages_concurrently_and_drains_on_stop(
             stop.set()
             await asyncio.wait_for(task, cfg.scheduler.shutdown_grace_s + 5)
     assert {runner.state.state for runner in daemon.runners.values()} == {"stopped"}
+
+
+async def test_an_outage_while_loading_previous_seasons_loses_no_game(
+    replay: RunningReplay,
+    model_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Score API outage on last season's totals fails the run; it never marks games done.
+
+    1. the previous season's totals answer 503 for longer than the client retries;
+    2. the feature run fails and stores nothing (no game is recorded as processed);
+    3. the outage ends: the next run processes every game, with rows for the players.
+    """
+    storage = storage_config("local", request, tmp_path, monkeypatch)
+    cfg = daemon_config(replay, model_url, storage)
+    cfg = dataclasses.replace(
+        cfg, score_api=dataclasses.replace(cfg.score_api, max_attempts=2, retry_budget_s=2.0)
+    )
+    replay.clock.set(replay.clock.now() + dt.timedelta(days=3))
+    replay.faults.add(f"/v1/seasons/{SEASON - 1}/player-totals", *[Fault("status", status=503)] * 2)
+    async with open_daemon(cfg) as daemon:
+        with pytest.raises(ScoreApiError):
+            await daemon.runners["features"].run_once()
+        assert await daemon.ctx.storage.get_checkpoint(f"features.{SEASON}") is None
+        result = await daemon.runners["features"].run_once()
+        assert result["games"] > 0
+        assert result["rows"] > 0
+        assert len(await latest_features(daemon)) > 50

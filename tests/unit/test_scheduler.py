@@ -65,9 +65,9 @@ async def test_a_failing_stage_backs_off_and_continues(metrics: Metrics) -> None
         assert calls == 1
         assert runner.state.state == "backing_off"
         assert runner.state.last_error == "RuntimeError: boom"
-        await clock.advance(5.0)  # the backoff
+        await clock.advance(4.0)  # within the backoff
         assert calls == 1
-        await clock.advance(10.0)  # the interval
+        await clock.advance(1.0)  # the backoff has passed: retried at once, not a whole interval later
         assert calls == 2
         assert runner.state.consecutive_failures == 0
         assert metrics.stage_runs.labels("features", "error")._value.get() == 1
@@ -122,3 +122,29 @@ async def test_fatal_errors_propagate(metrics: Metrics) -> None:
     runner = StageRunner("validation", fatal, clock=FakeClock(), metrics=metrics)
     with pytest.raises(FatalError):
         await asyncio.wait_for(runner.serve(), 1)
+
+
+async def test_a_failed_trigger_only_stage_is_retried_after_its_backoff(metrics: Metrics) -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def flaky(run_id: str) -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("model server not ready")
+        return {}
+
+    runner = StageRunner("predictions", flaky, clock=clock, metrics=metrics, backoff_initial_s=5.0)
+    task = asyncio.create_task(runner.serve(run_immediately=False))
+    try:
+        runner.trigger()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert calls == 1
+        await clock.advance(5.0)  # the backoff, and no other trigger
+        assert calls == 2
+        assert runner.state.state == "idle"
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 1)
