@@ -20,7 +20,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -570,7 +570,3 @@ def describe(cfg: Config) -> dict[str, Any]:
         return obj
 
     return typing.cast("dict[str, Any]", walk(cfg))
-
-
-# Kept for callers that need a default without a file (tests, `serve-model` alone).
-default_config: Callable[[], Config] = Config
