@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite starts (PostgreSQL 15, Prometheus + promtool).
 # Idempotent: installs only what is missing. The tests start and stop the servers themselves
-# (tests/services.py); moto's S3 server comes from the virtualenv.
+# (scorebeater/testing/postgres.py); moto's S3 server comes from the virtualenv.
 set -euo pipefail
 need=()
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need+=(postgresql-15)

@@ -1,9 +1,9 @@
 """Session-wide fixtures: the real services (moto's S3 server, Postgres 15) and test hygiene.
 
-Services are started once per session on loopback by ``tests/services/*``. When one cannot
-start, the tests that need it are skipped locally but *fail* when
-``SCOREBEATER_REQUIRE_SERVICES=1`` (set by ``make test`` and so by CI): a missing service is
-never a silent skip there.
+Services are started once per session on loopback by ``scorebeater.testing.postgres`` and
+``scorebeater.testing.s3``. When one cannot start, the tests that need it are skipped locally
+but *fail* when ``SCOREBEATER_REQUIRE_SERVICES=1`` (set by ``make test`` and so by CI): a
+missing service is never a silent skip there.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def service_unavailable(what: str, why: str) -> None:
 @pytest.fixture(name="s3_endpoint", scope="session")
 def _s3_endpoint() -> Iterator[str]:
     """URL of a moto S3 server on loopback (path-style, any credentials)."""
-    from tests.services.s3 import run_moto
+    from scorebeater.testing.s3 import run_moto
 
     try:
         ctx = run_moto()
@@ -62,7 +62,7 @@ def _s3_bucket(s3_endpoint: str) -> str:
 @pytest.fixture(name="pg_dsn", scope="session")
 def _pg_dsn() -> Iterator[str]:
     """DSN of a throwaway Postgres 15 cluster on loopback."""
-    from tests.services.postgres import run_postgres
+    from scorebeater.testing.postgres import run_postgres
 
     try:
         ctx = run_postgres()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scorebeater.config import StorageConfig
-from tests.fakes.savedmodel import cached_models
+from scorebeater.testing.savedmodel import cached_models
 from tests.services.storage import BACKENDS, config_for
 
 ROOT = Path(__file__).resolve().parents[2]

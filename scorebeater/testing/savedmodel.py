@@ -11,7 +11,7 @@ seeds give two distinguishable versions.
 Exports take seconds: tests use :func:`cached_models`, which exports once per process into a
 session temp dir and hands out copies.
 
-Run ``python -m tests.fakes.savedmodel DIR`` to write the contract-test models and a
+Run ``python -m scorebeater.testing.savedmodel DIR`` to write the contract-test models and a
 ``models.config`` for the official TF Serving image (see ``tfserving/README.md``).
 """
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
+from scorebeater.modelserver.app import serve_models
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ _cache: dict[Path, ModelCache] = {}
 
 def _keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    import keras  # noqa: PLC0415 - TensorFlow loads only when a model is exported
 
     return keras
 
@@ -145,7 +146,7 @@ def publish(source: Path, base_path: Path, version: int) -> Path:
 
 def in_process(path: Path, columns: dict[str, np.ndarray], output: str = OUTPUT_NAME) -> np.ndarray:
     """The SavedModel's ``serving_default`` called in-process: the reference for REST results."""
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: PLC0415 - TensorFlow loads only when a model is called
 
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     result = fn(**{k: tf.constant(np.asarray(v, dtype=np.float32)) for k, v in columns.items()})
@@ -201,8 +202,6 @@ def standin_thread(**serve_kwargs: Any) -> Iterator[str]:
 
     For session-scoped (sync) fixtures: the server outlives each test's event loop.
     """
-    from scorebeater.modelserver.app import serve_models
-
     ready = threading.Event()
     url: list[str] = []
     failure: list[BaseException] = []
@@ -245,7 +244,9 @@ def write_contract_models(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.fakes.savedmodel DIR")
-    write_contract_models(Path(sys.argv[1]))
-    print(f"wrote {sys.argv[1]}/score_beater/{{1,2}}, single/1, echo/1 and models.config")
+    match sys.argv[1:]:
+        case [directory]:
+            write_contract_models(Path(directory))
+            sys.stdout.write(f"wrote {directory}/score_beater/{{1,2}}, single/1, echo/1 and models.config\n")
+        case _:
+            sys.exit("usage: python -m scorebeater.testing.savedmodel DIR")

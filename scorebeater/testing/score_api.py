@@ -187,8 +187,17 @@ class FaultInjector:
 
 def _body_bytes(response: web.Response) -> bytes:
     body = response.body
-    assert isinstance(body, bytes | bytearray), type(body)
+    if not isinstance(body, bytes | bytearray):
+        raise TypeError(f"a fault needs a buffered body, got {type(body).__name__}")
     return bytes(body)
+
+
+async def _buffered(handler: Handler, request: web.Request) -> web.Response:
+    """The replay handler's answer, which a fault rewrites: always a buffered ``web.Response``."""
+    full = await handler(request)
+    if not isinstance(full, web.Response):
+        raise TypeError(f"a fault needs a buffered response, got {type(full).__name__}")
+    return full
 
 
 async def _apply(
@@ -208,20 +217,18 @@ async def _apply(
     if fault.kind == "body":
         return web.Response(body=fault.body, content_type="application/json")
     if fault.kind == "truncated":
-        full = await handler(request)
-        assert isinstance(full, web.Response)
-        payload = _body_bytes(full)
+        payload = _body_bytes(await _buffered(handler, request))
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.content_length = len(payload)
         await resp.prepare(request)
         await resp.write(payload[: len(payload) // 2])
-        assert request.transport is not None
-        request.transport.close()
+        if request.transport is not None:  # None only once the client has gone already
+            request.transport.close()
         return resp
     if fault.kind == "mutate":
-        assert fault.mutate is not None
-        full = await handler(request)
-        assert isinstance(full, web.Response)
+        if fault.mutate is None:
+            raise ValueError("a 'mutate' fault needs a mutate function")
+        full = await _buffered(handler, request)
         data = fault.mutate(orjson.loads(_body_bytes(full)))
         return web.Response(body=orjson.dumps(data), status=full.status, content_type="application/json")
     raise AssertionError(f"unknown fault kind {fault.kind!r}")

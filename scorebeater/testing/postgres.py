@@ -57,7 +57,7 @@ def _as_service_user(argv: Sequence[str]) -> list[str]:
 
 
 def _run(argv: Sequence[str], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - argv built here from fixed binaries and paths, no shell
         _as_service_user(argv), capture_output=True, text=True, timeout=timeout_s, check=False
     )
     if proc.returncode != 0:
