@@ -17,7 +17,7 @@ from scorebeater.errors import ConfigError
 from scorebeater.modelserver.jsonio import RequestError
 from scorebeater.modelserver.modelsconfig import ModelSource, VersionPolicy
 from scorebeater.modelserver.registry import ModelRegistry, resolve
-from tests.fakes.savedmodel import ModelCache, cached_models, publish
+from scorebeater.testing.savedmodel import ModelCache, cached_models, publish
 
 
 @pytest.fixture(name="model_cache", scope="session")

@@ -1,0 +1,135 @@
+"""TOML tables to frozen dataclasses, by field type, collecting every problem with its key path.
+
+Generic: it knows the types a config field may have (``bool``, ``int``, ``float``, ``str``,
+``Path``, ``Literal``, ``X | None``, ``tuple[X, ...]`` and nested dataclasses), not the
+sections themselves. A value that does not fit is recorded as ``key.path: must be ...`` and
+conversion goes on, so one pass reports every problem in a file. Fields typed
+:class:`~scorebeater.config.secret.Secret` are never taken from a table: a key naming one is
+unknown (secrets come from the environment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+
+from scorebeater.config.secret import Secret
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class Problems:
+    """The problems found so far, each as ``key.path: message``."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        """Record one problem at key path ``path`` (``""``: the file as a whole)."""
+        self.items.append(f"{path}: {message}" if path else message)
+
+
+def _is_secret(tp: Any) -> bool:
+    return tp is Secret or Secret in get_args(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"array of {_type_name(get_args(tp)[0])}"
+    if isinstance(tp, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+            tp.__name__, "path" if tp is Path else tp.__name__
+        )
+    return str(tp)
+
+
+def _convert(tp: Any, value: Any, path: str, problems: Problems) -> Any:  # noqa: C901, PLR0911, PLR0912
+    """Convert one TOML value to ``tp``; record a problem and return ``None`` if it does not fit."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if value == "" and Path in inner:
+            return None
+        return _convert(inner[0], value, path, problems)
+    if origin is Literal:
+        if value not in get_args(tp):
+            problems.add(path, f"must be one of {_type_name(tp)}, got {value!r}")
+            return None
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.add(path, f"must be an {_type_name(tp)}, got {type(value).__name__}")
+            return None
+        item_tp = get_args(tp)[0]
+        items = [_convert(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.add(path, f"must be a table, got {type(value).__name__}")
+            return None
+        return build_table(tp, value, path, problems)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.add(path, f"must be a boolean, got {value!r}")
+            return None
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.add(path, f"must be an integer, got {value!r}")
+            return None
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.add(path, f"must be a number, got {value!r}")
+            return None
+        if not math.isfinite(value):
+            problems.add(path, f"must be finite, got {value!r}")
+            return None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.add(path, f"must be a string, got {value!r}")
+            return None
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            problems.add(path, f"must be a non-empty path string, got {value!r}")
+            return None
+        return Path(value)
+    problems.add(path, f"unsupported type {tp!r}")  # pragma: no cover - a bug in this module
+    return None
+
+
+def build_table(cls: Any, table: Mapping[str, Any], path: str, problems: Problems) -> Any:
+    """Build dataclass ``cls`` from a TOML table; missing keys keep their defaults.
+
+    ``path`` is the table's key path (``""`` for the root). Unknown keys and values of the
+    wrong type are recorded in ``problems`` and left out, so the result holds every field
+    that did convert and the caller reports every problem at once. Never raises for bad data.
+    """
+    hints = typing.get_type_hints(cls)
+    from_file = [f for f in dataclasses.fields(cls) if not _is_secret(hints[f.name])]
+    known = {f.name for f in from_file}
+    for key in table:
+        if key not in known:
+            where = f"{path}.{key}" if path else key
+            problems.add(where, "unknown key")
+    kwargs: dict[str, Any] = {}
+    for f in from_file:
+        if f.name not in table:
+            continue
+        where = f"{path}.{f.name}" if path else f.name
+        value = _convert(hints[f.name], table[f.name], where, problems)
+        if value is not None:
+            kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,212 @@
+"""The config's typed sections: one frozen dataclass per TOML table, with its defaults.
+
+Each field's type is what :mod:`scorebeater.config.conversion` checks a file value against;
+the cross-field rules live in :mod:`scorebeater.config.checks`. Fields typed :class:`Secret`
+are never read from the file: they are filled from the environment variable named by the
+matching ``*_env`` field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from scorebeater.config.secret import Secret
+
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+BackendName = Literal["local", "s3", "postgres", "auto"]
+PredictFormat = Literal["columnar", "row"]
+AddressingStyle = Literal["path", "virtual", "auto"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    format: LogFormat = "auto"
+    """``auto``: console on a terminal, JSON lines otherwise."""
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataConfig:
+    dir: Path | None = None
+    """Directory laid out like the bundled data; ``None`` uses the copy inside the package."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayConfig:
+    """The embedded replay Score API, started by ``scorebeater run`` when enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8600
+    speed: float = 86400.0
+    """Replay seconds per real second (86400: one day of the season per second)."""
+    start: str = ""
+    """ISO date the replay clock starts at; empty: the day before the season's first game."""
+    season: int = 0
+    """Season (end year) whose games are replayed; 0: the last season with games in the data."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoreApiConfig:
+    base_url: str = "http://127.0.0.1:8600"
+    token_env: str = ""
+    """Environment variable holding the bearer token; empty: send no token."""
+    token: Secret | None = field(default=None, repr=False)
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 3.0
+    max_attempts: int = 6
+    retry_budget_s: float = 60.0
+    """Bound on the total time one call may spend retrying."""
+    page_size: int = 500
+    max_connections: int = 8
+    replay: ReplayConfig = ReplayConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    name: str = "score_beater"
+    base_path: Path = Path("model/score_beater")
+    """TF Serving's model base path: integer version directories live under it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelServerConfig:
+    """The embedded TF Serving stand-in, started by ``scorebeater run`` when enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8501
+    poll_interval_s: float = 1.0
+    models_config: Path | None = None
+    """Optional TF Serving ``models.config`` text file (version policy, labels)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TFServingConfig:
+    base_url: str = "http://127.0.0.1:8501"
+    version_label: str = ""
+    """Label to resolve the pinned version from (``stable``); empty: the latest AVAILABLE."""
+    format: PredictFormat = "columnar"
+    max_batch_size: int = 1024
+    """Rows per ``:predict`` call; keep at or below the server's ``max_batch_size``."""
+    max_concurrency: int = 4
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 3.0
+    max_attempts: int = 5
+    retry_budget_s: float = 60.0
+    gzip: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalStorageConfig:
+    root: Path = Path("var/store")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class S3StorageConfig:
+    bucket: str = ""
+    prefix: str = "scorebeater"
+    endpoint_url: str = ""
+    """Empty: AWS's own endpoint for ``region``."""
+    region: str = "us-east-1"
+    addressing_style: AddressingStyle = "auto"
+    multipart_threshold_bytes: int = 16 * 1024 * 1024
+    max_pool_connections: int = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresStorageConfig:
+    dsn_env: str = "SCOREBEATER_PG_DSN"
+    dsn: Secret | None = field(default=None, repr=False)
+    schema: str = "scorebeater"
+    min_pool: int = 1
+    max_pool: int = 8
+    command_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    backend: BackendName = "local"
+    auto_threshold_rows: int = 5_000_000
+    """With ``backend = "auto"``: expected feature rows at or above this choose S3."""
+    expected_rows: int = 0
+    """With ``backend = "auto"``: the size estimate the choice is made on."""
+    batch_rows: int = 50_000
+    """Rows per streamed batch in reads and writes."""
+    local: LocalStorageConfig = LocalStorageConfig()
+    s3: S3StorageConfig = S3StorageConfig()
+    postgres: PostgresStorageConfig = PostgresStorageConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    poll_interval_s: float = 5.0
+    """How often the Score API's games feed is polled for newly final games."""
+    validation_cron: str = "*/15 * * * *"
+    refeed_cron: str = ""
+    """Cron expression for a full refeed (``0 4 * * *`` nightly); empty: none."""
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    shutdown_grace_s: float = 10.0
+    seasons: tuple[int, ...] = ()
+    """Seasons the daemon follows; empty: every season the Score API reports."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_env: str = "SCOREBEATER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+    token: Secret | None = field(default=None, repr=False)
+    """Bearer token for state-changing endpoints; unset: those endpoints answer 403."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateConfig:
+    """Promotion gate tolerances: how much worse than the champion a candidate may be."""
+
+    max_auc_drop: float = 0.005
+    max_brier_increase: float = 0.002
+    max_log_loss_increase: float = 0.005
+    max_ece: float = 0.03
+    eval_seasons: tuple[int, ...] = ()
+    """Seasons both models are scored on; empty: the last season with games."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingConfig:
+    # Tuned on season 2013 with 2007-2012 for fitting (docs/model/evaluation.md); the
+    # remaining choices (wide part, L2, patience) are constants in training/network.py.
+    seed: int = 7
+    epochs: int = 40
+    batch_size: int = 1024
+    learning_rate: float = 0.001
+    hidden_units: tuple[int, ...] = (32, 16)
+    dropout: float = 0.2
+    holdout_seasons: int = 1
+    """The last N seasons with games are never used for fitting (the honest test set)."""
+    validation_seasons: int = 1
+    """The N seasons before the holdout are used for early stopping and tuning."""
+    retrain_on_season_final: bool = False
+    report_dir: Path = Path("reports")
+    gate: GateConfig = GateConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration: one field per top-level TOML table. Build it with ``load_config``."""
+
+    logging: LoggingConfig = LoggingConfig()
+    data: DataConfig = DataConfig()
+    score_api: ScoreApiConfig = ScoreApiConfig()
+    model: ModelConfig = ModelConfig()
+    model_server: ModelServerConfig = ModelServerConfig()
+    tfserving: TFServingConfig = TFServingConfig()
+    storage: StorageConfig = StorageConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    admin: AdminConfig = AdminConfig()
+    training: TrainingConfig = TrainingConfig()
