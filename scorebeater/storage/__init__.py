@@ -10,12 +10,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
-from scorebeater.config import StorageConfig
 from scorebeater.storage.base import Storage
+
+if TYPE_CHECKING:
+    # Only for annotations: the config imports storage.base (its name checks), so the storage
+    # package must not import the config at run time.
+    from scorebeater.config import StorageConfig
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +29,7 @@ BACKENDS: dict[str, str] = {
     "postgres": "scorebeater.storage.postgres:open_postgres",
 }
 
-Opener = Callable[[StorageConfig], AbstractAsyncContextManager[Storage]]
+Opener: TypeAlias = "Callable[[StorageConfig], AbstractAsyncContextManager[Storage]]"
 
 
 def choose_backend(cfg: StorageConfig) -> Literal["local", "s3", "postgres"]:

@@ -17,17 +17,24 @@ Keys (all idempotent: writing the same key again replaces the row, never duplica
 
 Every write that takes ``checkpoint=(name, value)`` commits the rows and the checkpoint
 together: a reader sees both or neither, so a stage's watermark never runs ahead of its data.
+
+The contract's input checks (schemas, outcome resolutions, cache entries and model versions,
+checkpoint and Postgres schema names) are written here once; backends call them and only
+translate to their medium. This module imports nothing of the package but ``errors`` and
+``inputs``, so the config can check names with the same functions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scorebeater.errors import StorageError
 from scorebeater.inputs import INPUT_NAMES
@@ -99,6 +106,7 @@ RESOLUTIONS = ("early", "final")
 CheckpointWrite = tuple[str, bytes]
 
 _CHECKPOINT_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def check_checkpoint_name(name: str) -> str:
@@ -109,6 +117,91 @@ def check_checkpoint_name(name: str) -> str:
     if not _CHECKPOINT_NAME.fullmatch(name) or name in {".", ".."}:
         raise StorageError(f"invalid checkpoint name {name!r}: use [a-z0-9_.-], 1-64 characters")
     return name
+
+
+def check_checkpoint(name: str, value: bytes) -> CheckpointWrite:
+    """Return ``(name, value)`` if the name is valid and the value is ``bytes``.
+
+    Raises:
+        StorageError: naming the checkpoint and what is wrong.
+    """
+    check_checkpoint_name(name)
+    if not isinstance(value, bytes):
+        raise StorageError(f"checkpoint {name!r}: value must be bytes, got {type(value).__name__}")
+    return name, value
+
+
+def is_schema_name(name: str) -> bool:
+    """Whether ``name`` is safe as an unquoted-looking Postgres schema name.
+
+    Lower-case ASCII letters, digits and ``_``, not starting with a digit, at most 63
+    characters (Postgres's limit), and not ``pg_*`` (reserved for the system).
+    """
+    return _SCHEMA_NAME.fullmatch(name) is not None and not name.startswith("pg_")
+
+
+def check_schema_name(name: str) -> str:
+    """Return ``name`` if :func:`is_schema_name`, else raise.
+
+    Raises:
+        StorageError: naming the bad value.
+    """
+    if not is_schema_name(name):
+        raise StorageError(
+            f"invalid Postgres schema name {name!r}: use [a-z_][a-z0-9_]*, at most 63 characters, not pg_*"
+        )
+    return name
+
+
+def check_model_version(model_version: int) -> int:
+    """Return the prediction cache's ``model_version`` as an ``int``.
+
+    Any integer passes (numpy's too); a ``bool`` does not, though Python counts it as one.
+
+    Raises:
+        StorageError: not an integer, or a bool.
+    """
+    if isinstance(model_version, bool | np.bool_):
+        raise StorageError(f"cache: model_version must be an int, got {model_version!r}")
+    try:
+        return operator.index(model_version)
+    except TypeError as exc:
+        raise StorageError(f"cache: model_version must be an int, got {model_version!r}") from exc
+
+
+def cache_rows(model_version: int, entries: Mapping[str, float]) -> pa.Table:
+    """Cache entries (hash -> probability) under ``model_version`` as ``CACHE_SCHEMA`` rows.
+
+    Raises:
+        StorageError: a bad model version (:func:`check_model_version`), or entries that are
+            not str hashes to float probabilities.
+    """
+    version = check_model_version(model_version)
+    try:
+        rows = pa.table(
+            {
+                "feature_hash": pa.array(list(entries.keys()), pa.string()),
+                "model_version": pa.array(np.full(len(entries), version, dtype=np.int64)),
+                "probability": pa.array(list(entries.values()), pa.float64()),
+            }
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise StorageError(f"cache: entries must map str hashes to float probabilities: {exc}") from exc
+    return conform(rows, CACHE_SCHEMA, "cache")
+
+
+def conform_outcomes(rows: pa.Table) -> pa.Table:
+    """:func:`conform` to ``OUTCOMES_SCHEMA``, with every resolution one of ``RESOLUTIONS``.
+
+    Raises:
+        StorageError: a schema mismatch, or other resolutions (up to five named).
+    """
+    rows = conform(rows, OUTCOMES_SCHEMA, "outcomes")
+    bad = pc.invert(pc.is_in(rows.column("resolution"), value_set=pa.array(RESOLUTIONS)))
+    if pc.any(bad).as_py():
+        examples = pc.unique(pc.filter(rows.column("resolution"), bad)).to_pylist()[:5]
+        raise StorageError(f"outcomes: column resolution must be one of {list(RESOLUTIONS)}, got {examples}")
+    return rows
 
 
 def feature_hashes(table: pa.Table) -> list[str]:
@@ -153,6 +246,35 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 
 
 @runtime_checkable
+class PredictionCache(Protocol):
+    """Probabilities already computed, keyed by ``(feature_hash, model_version)``.
+
+    A refeed takes unchanged (feature vector, model version) pairs from here instead of the
+    model. Errors: ``StorageError`` for bad input (a model version that is not an int, or is a
+    bool; entries that are not str -> float), ``StorageUnavailable`` when the backend cannot be
+    reached.
+    """
+
+    async def get(self, model_version: int, feature_hashes: Sequence[str]) -> dict[str, float]:
+        """Cached probabilities for these feature hashes under ``model_version``.
+
+        Returns only the hits, keyed by hash (a miss is simply absent).
+        """
+        ...
+
+    async def put(self, model_version: int, entries: Mapping[str, float]) -> None:
+        """Add or replace cache entries (hash -> probability) for ``model_version``.
+
+        Idempotent: putting the same entries again changes nothing.
+        """
+        ...
+
+    async def clear(self) -> int:
+        """Drop the whole prediction cache; returns how many entries were dropped."""
+        ...
+
+
+@runtime_checkable
 class Storage(Protocol):
     """What the stages store and read. Every backend implements every method.
 
@@ -167,7 +289,7 @@ class Storage(Protocol):
     may still commit, wholly, as a database COMMIT whose reply is lost: never partially).
 
     Errors: ``StorageError`` for bad input (schema, names), ``StorageUnavailable`` when the
-    backend cannot be reached.
+    backend cannot be reached. The prediction cache (:attr:`cache`) follows the same rules.
     """
 
     async def ping(self) -> None:
@@ -216,19 +338,9 @@ class Storage(Protocol):
         """
         ...
 
-    async def cache_get(self, model_version: int, feature_hashes: Sequence[str]) -> dict[str, float]:
-        """Cached probabilities for these feature hashes under ``model_version``.
-
-        Returns only the hits, keyed by hash (a miss is simply absent).
-        """
-        ...
-
-    async def cache_put(self, model_version: int, entries: Mapping[str, float]) -> None:
-        """Add or replace cache entries (hash -> probability) for ``model_version``."""
-        ...
-
-    async def cache_clear(self) -> int:
-        """Drop the whole prediction cache; returns how many entries were dropped."""
+    @property
+    def cache(self) -> PredictionCache:
+        """The prediction cache kept in the same store (the same object on every access)."""
         ...
 
     async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:

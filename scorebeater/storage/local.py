@@ -21,14 +21,9 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import pyarrow as pa
 
 from scorebeater.errors import StorageError, StorageNotFound, StorageUnavailable
-from scorebeater.storage.objects import (
-    DEFAULT_GC_GRACE_S,
-    ObjectExists,
-    ObjectInfo,
-    ObjectSource,
-    ObjectTableStorage,
-    check_key,
-)
+from scorebeater.storage.objects.commit import DEFAULT_GC_GRACE_S
+from scorebeater.storage.objects.engine import ObjectTableStorage
+from scorebeater.storage.objects.store import ObjectExists, ObjectInfo, ObjectSource, check_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence

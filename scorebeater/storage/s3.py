@@ -40,15 +40,9 @@ from botocore.exceptions import (
 )
 
 from scorebeater.errors import StorageError, StorageNotFound, StorageUnavailable
-from scorebeater.storage.objects import (
-    DEFAULT_GC_GRACE_S,
-    ObjectExists,
-    ObjectInfo,
-    ObjectSource,
-    ObjectTableStorage,
-    check_key,
-    render,
-)
+from scorebeater.storage.objects.commit import DEFAULT_GC_GRACE_S
+from scorebeater.storage.objects.engine import ObjectTableStorage
+from scorebeater.storage.objects.store import ObjectExists, ObjectInfo, ObjectSource, check_key, render
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Sequence

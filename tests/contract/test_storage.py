@@ -28,6 +28,7 @@ from scorebeater.storage.base import (
     PREDICTION_KEY,
     PREDICTIONS_SCHEMA,
     TRAINING_SCHEMA,
+    PredictionCache,
     Storage,
     conform,
     feature_hashes,
@@ -161,9 +162,9 @@ async def test_empty_store_reads_nothing(storage: Storage) -> None:
     assert [t async for t in storage.read_predictions(latest_only=True)] == []
     assert [t async for t in storage.read_outcomes()] == []
     assert [t async for t in storage.export_training_set()] == []
-    assert await storage.cache_get(1, ["00ff"]) == {}
+    assert await storage.cache.get(1, ["00ff"]) == {}
     assert await storage.get_checkpoint("features") is None
-    assert await storage.cache_clear() == 0
+    assert await storage.cache.clear() == 0
 
 
 # --- round trips and upserts -----------------------------------------------------------------
@@ -312,25 +313,45 @@ async def test_export_streams_large_history_in_batches(storage: Storage) -> None
 
 
 async def test_cache_get_put_clear(storage: Storage) -> None:
-    await storage.cache_put(7, {"aa": 0.25, "bb": 0.5})
-    await storage.cache_put(8, {"aa": 0.75})
-    await storage.cache_put(7, {"bb": 0.125, "cc": 1.0})
-    assert await storage.cache_get(7, ["aa", "bb", "cc", "zz"]) == {"aa": 0.25, "bb": 0.125, "cc": 1.0}
-    assert await storage.cache_get(8, ["aa", "bb"]) == {"aa": 0.75}
-    assert await storage.cache_get(9, ["aa"]) == {}
-    assert await storage.cache_get(7, []) == {}
-    assert await storage.cache_clear() == 4
-    assert await storage.cache_get(7, ["aa", "bb", "cc"]) == {}
-    assert await storage.cache_get(8, ["aa"]) == {}
-    await storage.cache_put(7, {"aa": 0.5})
-    assert await storage.cache_get(7, ["aa"]) == {"aa": 0.5}
+    await storage.cache.put(7, {"aa": 0.25, "bb": 0.5})
+    await storage.cache.put(8, {"aa": 0.75})
+    await storage.cache.put(7, {"bb": 0.125, "cc": 1.0})
+    assert await storage.cache.get(7, ["aa", "bb", "cc", "zz"]) == {"aa": 0.25, "bb": 0.125, "cc": 1.0}
+    assert await storage.cache.get(8, ["aa", "bb"]) == {"aa": 0.75}
+    assert await storage.cache.get(9, ["aa"]) == {}
+    assert await storage.cache.get(7, []) == {}
+    assert await storage.cache.clear() == 4
+    assert await storage.cache.get(7, ["aa", "bb", "cc"]) == {}
+    assert await storage.cache.get(8, ["aa"]) == {}
+    await storage.cache.put(7, {"aa": 0.5})
+    assert await storage.cache.get(7, ["aa"]) == {"aa": 0.5}
+
+
+async def test_cache_rejects_a_model_version_that_is_not_an_int(storage: Storage) -> None:
+    # A bool is an int to Python, never a model version: every backend refuses it alike.
+    for version in (True, False, 1.0, "1", None):
+        with pytest.raises(StorageError, match="model_version"):
+            await storage.cache.put(version, {"aa": 0.5})  # type: ignore[arg-type]
+        with pytest.raises(StorageError, match="model_version"):
+            await storage.cache.get(version, ["aa"])  # type: ignore[arg-type]
+    assert await storage.cache.clear() == 0
+
+
+async def test_cache_accepts_numpy_ints_and_rejects_bad_entries(storage: Storage) -> None:
+    assert isinstance(storage.cache, PredictionCache)
+    assert storage.cache is storage.cache
+    await storage.cache.put(np.int64(4), {"aa": 0.5})  # type: ignore[arg-type]
+    assert await storage.cache.get(np.int32(4), ["aa"]) == {"aa": 0.5}  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="entries"):
+        await storage.cache.put(4, {"bb": "high"})  # type: ignore[dict-item]
+    assert await storage.cache.get(4, ["aa", "bb"]) == {"aa": 0.5}
 
 
 async def test_cache_large_lookup(storage: Storage) -> None:
     entries = {f"{i:016x}": i / 5000 for i in range(5000)}
-    await storage.cache_put(3, entries)
+    await storage.cache.put(3, entries)
     wanted = [f"{i:016x}" for i in range(0, 10000, 3)]
-    got = await storage.cache_get(3, wanted)
+    got = await storage.cache.get(3, wanted)
     assert got == {h: entries[h] for h in wanted if h in entries}
 
 
@@ -458,11 +479,11 @@ async def test_data_survives_reopen(backend_config: StorageConfig) -> None:
     rows = features(grid([1, 2], [2024], [1, 2]))
     async with open_storage(backend_config) as storage:
         await storage.write_features(rows, checkpoint=("features", b"1"))
-        await storage.cache_put(1, {"h": 0.5})
+        await storage.cache.put(1, {"h": 0.5})
     async with open_storage(backend_config) as storage:
         assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), rows, FEATURE_KEY)
         assert await storage.get_checkpoint("features") == b"1"
-        assert await storage.cache_get(1, ["h"]) == {"h": 0.5}
+        assert await storage.cache.get(1, ["h"]) == {"h": 0.5}
 
 
 # --- crash consistency, injected into the object store (local and S3) --------------------------

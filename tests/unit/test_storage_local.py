@@ -108,7 +108,7 @@ async def test_compaction_bounds_segments_and_keeps_rows(tmp_path: Path) -> None
         for seq in range(1, 41):
             await storage.write_features(rows([1, 2, 3], seq, value=float(seq)))
         await storage.write_features(rows([2], 5, value=99.0))  # a correction after compaction
-        manifest = await storage._snapshot()
+        manifest = await storage.snapshot()
         segments = manifest.partitions(FEATURES.name)["season=2024"]
         assert len(segments) <= FEATURES.max_segments
         got = await history(storage)
@@ -117,7 +117,7 @@ async def test_compaction_bounds_segments_and_keeps_rows(tmp_path: Path) -> None
         latest = [t async for t in storage.read_latest_features()]
         assert sorted(pa.concat_tables(latest)["as_of_seq"].to_pylist()) == [40, 40, 40]
         assert await storage.compact(FEATURES, "season=2024", everything=True)
-        assert len((await storage._snapshot()).partitions(FEATURES.name)["season=2024"]) == 1
+        assert len((await storage.snapshot()).partitions(FEATURES.name)["season=2024"]) == 1
         assert await history(storage) == got
 
 

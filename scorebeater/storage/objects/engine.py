@@ -1,0 +1,198 @@
+"""The ``Storage`` protocol over any ``ObjectStore``: what the local and S3 backends share.
+
+Writes go through the :class:`~scorebeater.storage.objects.commit.Committer` (segments, one
+manifest commit, compaction); reads take a snapshot of the newest manifest and stream its
+segments (:mod:`~scorebeater.storage.objects.scan`). See :mod:`scorebeater.storage.objects`
+for the layout and the commit protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+
+from scorebeater.storage.base import (
+    FEATURES_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    TRAINING_SCHEMA,
+    CheckpointWrite,
+    check_checkpoint_name,
+    conform,
+    conform_outcomes,
+)
+from scorebeater.storage.objects.cache import ObjectPredictionCache
+from scorebeater.storage.objects.commit import Committer
+from scorebeater.storage.objects.manifest import Manifest
+from scorebeater.storage.objects.scan import Latest, RowFilter, player_filter, scan
+from scorebeater.storage.objects.store import ObjectStore
+from scorebeater.storage.objects.tables import (
+    FEATURES,
+    FEATURES_LATEST,
+    OUTCOMES,
+    PREDICTIONS,
+    TableSpec,
+)
+
+log = structlog.get_logger(__name__)
+
+PING_KEY = "_ping"
+_LATEST_PREDICTION: Latest = (("player_id",), ("as_of_seq", "model_version"))
+"""``latest_only`` predictions: per player (in a season partition), highest seq, then version."""
+
+
+class ObjectTableStorage:
+    """The ``Storage`` protocol over any ``ObjectStore`` (see :mod:`scorebeater.storage.objects`).
+
+    Build it with :meth:`open`, which loads the newest manifest and collects garbage. Safe for
+    concurrent use by the tasks of one event loop: commits are serialised, reads take a
+    snapshot of the newest manifest and never block writers.
+    """
+
+    def __init__(self, objects: ObjectStore, *, batch_rows: int, gc_grace_s: float) -> None:
+        self._batch_rows = batch_rows
+        self._committer = Committer(objects, batch_rows=batch_rows, gc_grace_s=gc_grace_s)
+        self._cache = ObjectPredictionCache(self._committer, batch_rows=batch_rows)
+
+    @property
+    def objects(self) -> ObjectStore:
+        """The store under the tables (replaceable between calls: the tests inject faults)."""
+        return self._committer.objects
+
+    @objects.setter
+    def objects(self, objects: ObjectStore) -> None:
+        self._committer.objects = objects
+
+    @property
+    def cache(self) -> ObjectPredictionCache:
+        """The prediction cache, in the ``cache`` table of the same store."""
+        return self._cache
+
+    async def open(self) -> None:
+        """Load the newest manifest and remove garbage older than the grace period."""
+        await self._committer.snapshot()
+        await self._committer.collect_garbage()
+        log.info("storage.opened", where=self.objects.where, generation=self._committer.manifest.generation)
+
+    async def snapshot(self) -> Manifest:
+        """The newest committed manifest (``StorageError`` if it is corrupt)."""
+        return await self._committer.snapshot()
+
+    async def collect_garbage(self, prefix: str | None = None, *, grace_s: float | None = None) -> int:
+        """Delete unreferenced objects older than the grace period (``grace_s`` overrides it);
+        return how many. See :meth:`Committer.collect_garbage`."""
+        return await self._committer.collect_garbage(prefix, grace_s=grace_s)
+
+    async def compact(self, spec: TableSpec, partition: str, *, everything: bool = False) -> bool:
+        """Merge the partition's newest small segments (or all) into one; True if it did."""
+        return await self._committer.compact(spec, partition, everything=everything)
+
+    async def _scan(
+        self,
+        spec: TableSpec,
+        values: Collection[int] | None,
+        row_filter: RowFilter | None = None,
+        latest: Latest | None = None,
+    ) -> AsyncIterator[pa.Table]:
+        """The table's live rows in batches of at most ``batch_rows``, partition by partition."""
+        partitions = (await self._committer.snapshot()).partitions(spec.name)
+        async for table in scan(
+            self.objects,
+            spec,
+            partitions,
+            values,
+            batch_rows=self._batch_rows,
+            row_filter=row_filter,
+            latest=latest,
+        ):
+            yield table
+
+    # --- the Storage protocol ---------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Write a tiny probe object; ``StorageUnavailable`` if the store is unreachable."""
+        await self.objects.put(PING_KEY, b"ok")
+
+    async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert feature rows, and each player-season's latest row, in one commit."""
+        rows = conform(rows, FEATURES_SCHEMA, "features")
+        await self._committer.write([(FEATURES, rows), (FEATURES_LATEST, rows)], checkpoint)
+
+    async def read_latest_features(
+        self, *, season: int | None = None, player_ids: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Each player's highest-``as_of_seq`` feature row per season (from ``features_latest``)."""
+        row_filter = None
+        if player_ids is not None:
+            row_filter = player_filter(pa.array([operator.index(p) for p in player_ids], pa.int64()))
+        seasons = None if season is None else [season]
+        async for table in self._scan(FEATURES_LATEST, seasons, row_filter):
+            yield table
+
+    async def read_feature_history(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Every live feature row, season by season."""
+        async for table in self._scan(FEATURES, seasons):
+            yield table
+
+    async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert predictions by ``(player_id, season, as_of_seq, model_version)``."""
+        rows = conform(rows, PREDICTIONS_SCHEMA, "predictions")
+        await self._committer.write([(PREDICTIONS, rows)], checkpoint)
+
+    async def read_predictions(
+        self, *, season: int | None = None, player_id: int | None = None, latest_only: bool = False
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Live predictions, filtered; ``latest_only``: one per player-season."""
+        row_filter = None
+        if player_id is not None:
+            row_filter = player_filter(pa.array([operator.index(player_id)], pa.int64()))
+        seasons = None if season is None else [season]
+        latest = _LATEST_PREDICTION if latest_only else None
+        async for table in self._scan(PREDICTIONS, seasons, row_filter, latest):
+            yield table
+
+    async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert outcomes; a ``final`` row beats an ``early`` one whatever the order."""
+        await self._committer.write([(OUTCOMES, conform_outcomes(rows))], checkpoint)
+
+    async def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
+        """Live outcomes, filtered by season when given."""
+        async for table in self._scan(OUTCOMES, None if season is None else [season]):
+            yield table
+
+    async def export_training_set(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Feature history inner-joined with outcomes on ``(player_id, season)``."""
+        labels = [
+            t.select(["player_id", "season", "beat", "resolution"])
+            async for t in self._scan(OUTCOMES, seasons)
+        ]
+        if not labels:
+            return
+        outcomes = pa.concat_tables(labels)
+        labelled = {int(s) for s in pc.unique(outcomes.column("season")).to_pylist()}
+
+        def join(batch: pa.Table) -> pa.Table:
+            joined = batch.join(outcomes, keys=["player_id", "season"], join_type="inner")
+            return pa.Table.from_arrays(
+                [joined.column(n) for n in TRAINING_SCHEMA.names], schema=TRAINING_SCHEMA
+            )
+
+        async for batch in self._scan(FEATURES, labelled):
+            yield await asyncio.to_thread(join, batch)
+
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        """The last committed value of checkpoint ``name``, or ``None``."""
+        check_checkpoint_name(name)
+        return (await self._committer.snapshot()).checkpoints.get(name)
+
+    async def put_checkpoint(self, name: str, value: bytes) -> None:
+        """Atomically replace checkpoint ``name`` (one commit)."""
+        await self._committer.write([], (name, value))

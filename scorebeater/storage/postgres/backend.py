@@ -1,0 +1,293 @@
+"""The ``Storage`` protocol over an asyncpg pool, and ``open_postgres`` that builds it.
+
+Layout: one schema (``storage.postgres.schema``) holding a table per kind of data, with the
+primary keys of :mod:`scorebeater.storage.base`, plus ``latest_features`` (which as-of row is
+each player-season's latest, kept in the same transaction as feature writes) and
+``schema_migrations`` (:mod:`~scorebeater.storage.postgres.migration`). Writes are
+:mod:`~scorebeater.storage.postgres.writer`'s, reads stream through
+:meth:`Database.stream <scorebeater.storage.postgres.connection.Database.stream>`.
+
+SQL is static text built from constants (table and column names from the Arrow schemas, the
+schema name after ``check_schema_name``, quoted); every value is a bind parameter. That is
+what each ``# noqa: S608`` below vouches for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import asyncpg
+import pyarrow as pa
+import structlog
+
+from scorebeater.errors import StorageUnavailable
+from scorebeater.storage.base import (
+    FEATURES_SCHEMA,
+    OUTCOMES_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    TRAINING_SCHEMA,
+    CheckpointWrite,
+    check_checkpoint,
+    check_checkpoint_name,
+    check_schema_name,
+    conform,
+    conform_outcomes,
+)
+from scorebeater.storage.postgres.cache import PostgresPredictionCache
+from scorebeater.storage.postgres.codec import init_connection
+from scorebeater.storage.postgres.connection import (
+    CONNECT_ERRORS,
+    DRIVER_ERRORS,
+    Connection,
+    Database,
+    Redactor,
+    dsn_summary,
+)
+from scorebeater.storage.postgres.migration import migrate
+from scorebeater.storage.postgres.writer import FEATURES, OUTCOMES, PREDICTIONS, TableWriter
+
+if TYPE_CHECKING:
+    from scorebeater.config import StorageConfig
+
+log = structlog.get_logger(__name__)
+
+_CLOSE_TIMEOUT_S = 10.0
+
+
+class PostgresStorage:
+    """The :class:`~scorebeater.storage.base.Storage` protocol over an asyncpg pool.
+
+    Get one from :func:`open_postgres`; it is ready (schema migrated) when yielded.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        *,
+        schema: str,
+        batch_rows: int,
+        timeout_s: float,
+        redactor: Redactor,
+    ) -> None:
+        self._db = Database(
+            pool, schema=schema, batch_rows=batch_rows, timeout_s=timeout_s, redactor=redactor
+        )
+        self._writer = TableWriter(self._db)
+        self._cache = PostgresPredictionCache(self._db, self._writer)
+
+    @property
+    def cache(self) -> PostgresPredictionCache:
+        """The prediction cache, in the ``prediction_cache`` table of the same schema."""
+        return self._cache
+
+    def _t(self, table: str) -> str:
+        return self._db.table(table)
+
+    async def _update_latest(self, conn: Connection, rows: pa.Table) -> None:
+        latest = (
+            rows.select(["player_id", "season", "as_of_seq"])
+            .group_by(["player_id", "season"])
+            .aggregate([("as_of_seq", "max")])
+        )
+        batch_rows = self._db.batch_rows
+        for off in range(0, latest.num_rows, batch_rows):
+            part = latest.slice(off, batch_rows)
+            await conn.execute(
+                f"INSERT INTO {self._t('latest_features')} AS l (player_id, season, as_of_seq)"  # noqa: S608
+                " SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[])"
+                " ON CONFLICT (season, player_id) DO UPDATE SET as_of_seq = EXCLUDED.as_of_seq"
+                " WHERE l.as_of_seq < EXCLUDED.as_of_seq",
+                *(part.column(i).to_numpy().tolist() for i in range(3)),
+            )
+
+    # -- the Storage protocol
+
+    async def ping(self) -> None:
+        """Check the server answers and accepts writes (not a read-only standby).
+
+        Raises:
+            StorageUnavailable: unreachable, or read-only.
+        """
+        async with self._db.connection("ping") as conn:
+            read_only = await conn.fetchval("SELECT current_setting('transaction_read_only')")
+        if read_only != "off":
+            raise StorageUnavailable("postgres ping failed: the server is read-only (a standby?)")
+
+    async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert feature rows by ``(player_id, season, as_of_seq)``; see the Storage protocol.
+
+        One transaction: the rows, the latest-row pointers and the checkpoint commit together.
+        Idempotent; within one batch the last row of a key wins.
+
+        Raises:
+            StorageError: the table does not fit ``FEATURES_SCHEMA``, a bad checkpoint, or a
+                database error. StorageUnavailable: the server cannot be reached.
+        """
+        rows = conform(rows, FEATURES_SCHEMA, "features")
+
+        async def after(conn: Connection) -> None:
+            await self._update_latest(conn, rows)
+
+        await self._writer.write(FEATURES, rows, checkpoint, after)
+
+    async def read_latest_features(
+        self, *, season: int | None = None, player_ids: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Each player's latest feature row per season, streamed in ``batch_rows`` tables."""
+        where, args = _filters(("l.season = ", season), ("l.player_id = ANY", _int_list(player_ids)))
+        cols = ", ".join(f"f.{c}" for c in FEATURES_SCHEMA.names)
+        query = (
+            f"SELECT {cols} FROM {self._t('latest_features')} l JOIN {self._t('features')} f"  # noqa: S608
+            f" USING (player_id, season, as_of_seq){where}"
+        )
+        async for batch in self._db.stream("read latest features", query, *args, schema=FEATURES_SCHEMA):
+            yield batch
+
+    async def read_feature_history(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Every stored feature row, streamed in ``batch_rows`` tables, in no fixed order."""
+        where, args = _filters(("season = ANY", _int_list(seasons)))
+        query = f"SELECT {', '.join(FEATURES_SCHEMA.names)} FROM {self._t('features')}{where}"  # noqa: S608
+        async for batch in self._db.stream("read feature history", query, *args, schema=FEATURES_SCHEMA):
+            yield batch
+
+    async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert predictions by ``(player_id, season, as_of_seq, model_version)``; idempotent."""
+        rows = conform(rows, PREDICTIONS_SCHEMA, "predictions")
+        await self._writer.write(PREDICTIONS, rows, checkpoint)
+
+    async def read_predictions(
+        self, *, season: int | None = None, player_id: int | None = None, latest_only: bool = False
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Stored predictions, streamed; ``latest_only`` keeps the highest as-of, then model version."""
+        where, args = _filters(("season = ", season), ("player_id = ", player_id))
+        cols = ", ".join(PREDICTIONS_SCHEMA.names)
+        if latest_only:
+            # All DESC so the primary key index is walked backwards without a sort.
+            query = (
+                f"SELECT DISTINCT ON (player_id, season) {cols} FROM {self._t('predictions')}{where}"  # noqa: S608
+                " ORDER BY player_id DESC, season DESC, as_of_seq DESC, model_version DESC"
+            )
+        else:
+            query = f"SELECT {cols} FROM {self._t('predictions')}{where}"  # noqa: S608
+        async for batch in self._db.stream("read predictions", query, *args, schema=PREDICTIONS_SCHEMA):
+            yield batch
+
+    async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+        """Upsert outcomes by ``(player_id, season)``; ``early`` never replaces ``final``.
+
+        Within one batch a ``final`` row of a key wins over an ``early`` one.
+
+        Raises:
+            StorageError: bad schema, or a resolution other than ``early``/``final``.
+        """
+        await self._writer.write(OUTCOMES, conform_outcomes(rows), checkpoint)
+
+    async def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
+        """Stored outcomes, streamed, filtered by season when given."""
+        where, args = _filters(("season = ", season))
+        query = f"SELECT {', '.join(OUTCOMES_SCHEMA.names)} FROM {self._t('outcomes')}{where}"  # noqa: S608
+        async for batch in self._db.stream("read outcomes", query, *args, schema=OUTCOMES_SCHEMA):
+            yield batch
+
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        """The checkpoint's committed value, or ``None`` if never written."""
+        check_checkpoint_name(name)
+        async with self._db.connection("get checkpoint") as conn:
+            value: bytes | None = await conn.fetchval(
+                f"SELECT value FROM {self._t('checkpoints')} WHERE name = $1",  # noqa: S608
+                name,
+            )
+        return value
+
+    async def put_checkpoint(self, name: str, value: bytes) -> None:
+        """Atomically replace a checkpoint's value; idempotent."""
+        check_checkpoint(name, value)
+        async with self._db.transaction("put checkpoint") as conn:
+            await self._writer.put_checkpoint(conn, name, value)
+
+    async def export_training_set(
+        self, *, seasons: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Every feature row of a player-season with an outcome, labelled (``TRAINING_SCHEMA``)."""
+        where, args = _filters(("f.season = ANY", _int_list(seasons)))
+        cols = ", ".join([*(f"f.{c}" for c in FEATURES_SCHEMA.names), "o.beat", "o.resolution"])
+        query = (
+            f"SELECT {cols} FROM {self._t('features')} f JOIN {self._t('outcomes')} o"  # noqa: S608
+            f" USING (player_id, season){where}"
+        )
+        async for batch in self._db.stream("export training set", query, *args, schema=TRAINING_SCHEMA):
+            yield batch
+
+
+def _int_list(values: Collection[int] | None) -> list[int] | None:
+    return None if values is None else list(values)
+
+
+def _filters(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+    """A ``WHERE`` clause from fixed SQL fragments whose value is not ``None``, values as parameters.
+
+    ``("season = ", 2024)`` becomes ``season = $1``; a fragment ending in ``ANY`` gets ``($n)``.
+    """
+    parts: list[str] = []
+    args: list[object] = []
+    for fragment, value in conditions:
+        if value is None:
+            continue
+        args.append(value)
+        parts.append(f"{fragment}(${len(args)})" if fragment.endswith("ANY") else f"{fragment}${len(args)}")
+    return (" WHERE " + " AND ".join(parts) if parts else ""), args
+
+
+@asynccontextmanager
+async def open_postgres(cfg: StorageConfig) -> AsyncIterator[PostgresStorage]:
+    """Connect a pool, create/migrate the schema, yield a ready :class:`PostgresStorage`.
+
+    The pool (``min_pool``..``max_pool`` connections, ``command_timeout_s`` per statement and
+    per connection attempt) is closed on exit, waiting up to 10 s for borrowed connections.
+
+    Raises:
+        StorageUnavailable: no DSN configured, or the server cannot be reached or refuses us.
+        StorageError: bad schema name, a DSN asyncpg cannot parse, or the schema is newer or
+            differs from this code's migrations.
+    """
+    pg = cfg.postgres
+    if pg.dsn is None:
+        raise StorageUnavailable(f"postgres: no DSN: set the environment variable {pg.dsn_env}")
+    schema = check_schema_name(pg.schema)
+    dsn = pg.dsn.get()
+    redactor = Redactor(dsn)
+    where = {**dsn_summary(dsn), "schema": schema}
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=pg.min_pool,
+            max_size=pg.max_pool,
+            command_timeout=pg.command_timeout_s,
+            timeout=pg.command_timeout_s,
+            init=init_connection,
+            server_settings={"application_name": "scorebeater", "timezone": "UTC"},
+        )
+    except CONNECT_ERRORS as exc:
+        raise redactor.error("connect", exc) from exc
+    try:
+        try:
+            async with pool.acquire(timeout=pg.command_timeout_s) as conn:
+                applied = await migrate(conn, schema)
+        except DRIVER_ERRORS as exc:
+            raise redactor.error("migrate", exc) from exc
+        log.info("storage.postgres.opened", **where, migrations_applied=applied, max_pool=pg.max_pool)
+        yield PostgresStorage(
+            pool, schema=schema, batch_rows=cfg.batch_rows, timeout_s=pg.command_timeout_s, redactor=redactor
+        )
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("storage.postgres.close_timed_out", **where, timeout_s=_CLOSE_TIMEOUT_S)
+            pool.terminate()
+        log.info("storage.postgres.closed", **where)

@@ -1,0 +1,68 @@
+"""The prediction cache of the Postgres backend: the ``prediction_cache`` table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from scorebeater.storage.base import cache_rows, check_model_version
+from scorebeater.storage.postgres.connection import Database
+from scorebeater.storage.postgres.writer import CACHE, TableWriter
+
+log = structlog.get_logger(__name__)
+
+
+class PostgresPredictionCache:
+    """``PredictionCache`` over the ``prediction_cache`` table (get it as ``PostgresStorage.cache``)."""
+
+    def __init__(self, db: Database, writer: TableWriter) -> None:
+        self._db = db
+        self._writer = writer
+
+    async def get(self, model_version: int, feature_hashes: Sequence[str]) -> dict[str, float]:
+        """Cached probabilities for these hashes under ``model_version`` (hits only).
+
+        Looks up ``batch_rows`` hashes per query, so a million-hash refeed is a few dozen
+        index scans, not one giant statement.
+
+        Raises:
+            StorageError: a bad model version. StorageUnavailable: the server is unreachable.
+        """
+        version = check_model_version(model_version)
+        hits: dict[str, float] = {}
+        if not feature_hashes:
+            return hits
+        hashes = list(feature_hashes)
+        batch_rows = self._db.batch_rows
+        async with self._db.connection("cache get") as conn:
+            for off in range(0, len(hashes), batch_rows):
+                rows = await conn.fetch(
+                    f"SELECT feature_hash, probability FROM {self._db.table(CACHE.name)}"  # noqa: S608
+                    " WHERE model_version = $1 AND feature_hash = ANY($2::text[])",
+                    version,
+                    hashes[off : off + batch_rows],
+                )
+                hits.update({row[0]: row[1] for row in rows})
+        return hits
+
+    async def put(self, model_version: int, entries: Mapping[str, float]) -> None:
+        """Add or replace cache entries (hash -> probability) for ``model_version``; idempotent.
+
+        Raises:
+            StorageError: a bad model version or entries, or a database error.
+        """
+        await self._writer.write(CACHE, cache_rows(model_version, entries), None)
+
+    async def clear(self) -> int:
+        """Drop every cache entry; return how many there were.
+
+        Locks the table first so the count is exactly what ``TRUNCATE`` drops.
+        """
+        async with self._db.transaction("cache clear") as conn:
+            table = self._db.table(CACHE.name)
+            await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            count: int = await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
+            await conn.execute(f"TRUNCATE {table}")
+        log.info("storage.postgres.cache_cleared", entries=count)
+        return count
