@@ -1,19 +1,18 @@
 """TFServingClient: TF Serving's REST API (status, metadata, predict) for the prediction stage.
 
 Works against the official ``tensorflow/serving`` image and the embedded stand-in alike
-(``reference/tfserving-rest.md``). What it guarantees:
+(``reference/tfserving-rest.md``); the messages themselves are
+:mod:`scorebeater.clients.tfserving_codec`'s. What the client guarantees:
 
 * **One version per job.** Every call names a version (``/versions/N``); :meth:`pin_version`
   turns "latest" or a label into that number once, so a whole refeed is scored by one model.
 * **Readiness from the body.** The status endpoint answers 200 while loading or failed; a
   version is ready only when its state is ``AVAILABLE``.
-* **Aliases from metadata.** Input and output names and dtypes come from ``/metadata``
-  (``__saved_model_init_op`` skipped); the inputs are checked against them once per version.
+* **Aliases from metadata.** Input and output names and dtypes come from ``/metadata``;
+  the inputs are checked against them once per version.
 * **Batches below the server's limit**, ``cfg.max_batch_size`` rows per request, at most
-  ``cfg.max_concurrency`` in flight over keep-alive connections; row (``instances``) or
-  columnar (``inputs``) format; optional gzip request bodies; orjson both ways (a reply holding
-  the ``NaN``/``Infinity`` tokens TF Serving may print is read with the standard library);
-  float inputs that hold whole numbers (counts) are written as JSON integers, the same numbers.
+  ``cfg.max_concurrency`` in flight over keep-alive connections; row or columnar format;
+  optional gzip request bodies.
 * **Typed errors by HTTP status**, never by message: 404 :class:`ModelNotFound`, 400
   :class:`BadModelRequest`, 429/503/504 and connection failures :class:`ModelUnavailable`
   (the only ones retried, with backoff, bounded by ``cfg.max_attempts`` and
@@ -27,164 +26,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import itertools
-import json
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiohttp
 import numpy as np
-import orjson
 import structlog
 
 from scorebeater.clients.http import make_session, parse_retry_after, retrying
+from scorebeater.clients.tfserving_codec import (
+    DEFAULT_SIGNATURE,
+    TARGET,
+    ModelMetadata,
+    VersionStatus,
+    decode_predict,
+    encode_predict,
+    error_for,
+    loads,
+    output_alias,
+    parse_metadata,
+    parse_status,
+    prepare_inputs,
+)
 from scorebeater.errors import BadModelRequest, ModelNotFound, ModelUnavailable, TFServingError
-from scorebeater.inputs import OUTPUT_NAME
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from types import TracebackType
+    from collections.abc import AsyncIterator, Mapping
 
     from scorebeater.config import TFServingConfig
     from scorebeater.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
-TARGET = "tfserving"
-INIT_OP = "__saved_model_init_op"
-DEFAULT_SIGNATURE = "serving_default"
 _GZIP_OFF_LOOP_BYTES = 256 * 1024
 """Bodies larger than this are compressed in a worker thread, not on the event loop."""
-_NUMERIC = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64}
-_INTEGER = {"DT_INT8", "DT_INT16", "DT_INT32", "DT_INT64", "DT_UINT8", "DT_UINT16", "DT_UINT32", "DT_UINT64"}
-_EXACT_INT_IN_DOUBLE = 2**53
 Api = Literal["predict", "status", "metadata"]
 
 
-@dataclass(frozen=True, slots=True)
-class VersionStatus:
-    """One entry of the model status reply."""
-
-    version: int
-    state: str
-    """UNKNOWN, START, LOADING, AVAILABLE, UNLOADING or END."""
-    error_code: str = "OK"
-    error_message: str = ""
-
-    @property
-    def available(self) -> bool:
-        return self.state == "AVAILABLE"
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output alias of a signature; ``shape`` is ``None`` for an unknown rank, -1 unknown dim."""
-
-    alias: str
-    dtype: str
-    shape: tuple[int, ...] | None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelMetadata:
-    """A version's serving signature, read from ``/metadata``."""
-
-    name: str
-    version: int
-    signature_name: str
-    inputs: Mapping[str, TensorSpec]
-    outputs: Mapping[str, TensorSpec]
-
-
-def _loads(body: bytes) -> Any:
-    """Parse a reply; TF Serving's non-finite tokens (not strict JSON) fall back to the stdlib."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        if b"NaN" not in body and b"Infinity" not in body:
-            raise
-    return json.loads(body)
-
-
-def _floats(value: Any, rows: int) -> np.ndarray:
-    """A reply tensor as float32; ``[[p], [p], ...]`` (``rows`` x 1) is read without nested lists."""
-    if isinstance(value, list) and len(value) == rows and rows and isinstance(value[0], list):
-        with contextlib.suppress(TypeError, ValueError):
-            flat = np.fromiter(itertools.chain.from_iterable(value), dtype=np.float32)
-            if flat.size == rows:
-                return flat.reshape(rows, 1)
-    return np.asarray(value, dtype=np.float32)
-
-
-def _whole_as_int(array: np.ndarray) -> np.ndarray:
-    """A float array of whole numbers as int64, else unchanged.
-
-    JSON ``3`` and ``3.0`` are the same number, and TF Serving reads any JSON number for a
-    float input, but orjson writes int64 about three times faster than float32 and shorter
-    (the model's inputs are counts). Kept as floats: values beyond 2**53 (not exact as a
-    double) and ``-0.0`` (its sign would be lost).
-    """
-    if array.size == 0 or not np.array_equal(array, np.trunc(array)):
-        return array
-    if np.abs(array).max() > _EXACT_INT_IN_DOUBLE or (np.signbit(array) & (array == 0)).any():
-        return array
-    return array.astype(np.int64)
-
-
-def _error_for(status: int, message: str, retry_after_s: float | None) -> TFServingError:
-    if status == 404:  # noqa: PLR2004 - HTTP status codes
-        return ModelNotFound(TARGET, message, status=status)
-    if status == 400:  # noqa: PLR2004
-        return BadModelRequest(TARGET, message, status=status)
-    if status in (429, 503, 504):
-        return ModelUnavailable(TARGET, message, status=status, transient=True, retry_after_s=retry_after_s)
-    return TFServingError(TARGET, message, status=status)
-
-
-def _spec(alias: str, raw: Mapping[str, Any]) -> TensorSpec:
-    shape_doc = raw.get("tensor_shape") or {}
-    shape = (
-        None
-        if shape_doc.get("unknown_rank")
-        else tuple(int(d.get("size", -1)) for d in shape_doc.get("dim", []))
-    )
-    return TensorSpec(alias=alias, dtype=str(raw.get("dtype", "DT_INVALID")), shape=shape)
-
-
-def parse_metadata(doc: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE) -> ModelMetadata:
-    """The signature ``signature_name`` from a ``/metadata`` reply (TF Serving's nested layout).
-
-    Raises:
-        TFServingError: the reply lacks the signature or is not shaped as TF Serving's.
-    """
-    try:
-        spec = doc["model_spec"]
-        defs = doc["metadata"]["signature_def"]["signature_def"]
-        version = int(spec["version"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TFServingError(TARGET, f"metadata reply is not TF Serving's shape: {exc!r}") from exc
-    signatures = {k: v for k, v in defs.items() if k != INIT_OP}
-    if signature_name not in signatures:
-        raise TFServingError(
-            TARGET, f"model has no signature {signature_name!r}; it has {sorted(signatures)}", status=200
-        )
-    sig = signatures[signature_name]
-    return ModelMetadata(
-        name=str(spec.get("name", "")),
-        version=version,
-        signature_name=signature_name,
-        inputs={a: _spec(a, r) for a, r in (sig.get("inputs") or {}).items()},
-        outputs={a: _spec(a, r) for a, r in (sig.get("outputs") or {}).items()},
-    )
-
-
 class TFServingClient:
-    """Async client of one model on TF Serving's REST API; owns one keep-alive session.
+    """Async client of one model on TF Serving's REST API, over one keep-alive session.
 
-    Use as ``async with TFServingClient(cfg, "score_beater") as client: ...``. Every method is
-    idempotent (reads and predictions) and safe to call concurrently.
+    Use as ``async with TFServingClient.open(cfg, "score_beater") as client: ...``. Every
+    method is idempotent (reads and predictions) and safe to call concurrently.
     """
 
     def __init__(
@@ -192,34 +76,53 @@ class TFServingClient:
         cfg: TFServingConfig,
         model_name: str,
         *,
+        session: aiohttp.ClientSession,
         metrics: Metrics | None = None,
         signature_name: str = DEFAULT_SIGNATURE,
         output: str | None = None,
     ) -> None:
+        """A client over ``session``, which the caller owns and closes; :meth:`open` builds both.
+
+        ``output`` names the output alias to read (default: the only one, else ``probability``).
+        """
         self.cfg = cfg
         self.model_name = model_name
         self.signature_name = signature_name
         self._output = output
         self._metrics = metrics
         self._base = cfg.base_url.rstrip("/") + "/v1/models/" + urllib.parse.quote(model_name, safe="")
-        self._session: aiohttp.ClientSession | None = None
+        self._session = session
         self._checked: dict[int, ModelMetadata] = {}
         self._limit = asyncio.Semaphore(cfg.max_concurrency)
 
-    async def __aenter__(self) -> Self:
-        self._session = make_session(
-            timeout_s=self.cfg.timeout_s,
-            connect_timeout_s=self.cfg.connect_timeout_s,
-            max_connections=self.cfg.max_concurrency,
-        )
-        return self
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        cfg: TFServingConfig,
+        model_name: str,
+        *,
+        metrics: Metrics | None = None,
+        signature_name: str = DEFAULT_SIGNATURE,
+        output: str | None = None,
+    ) -> AsyncIterator[Self]:
+        """A ready client for the duration of the block; its session closes on exit.
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        Opening makes no request (the server may still be loading: calls retry or report it).
+        """
+        async with make_session(
+            timeout_s=cfg.timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            max_connections=cfg.max_concurrency,
+        ) as session:
+            yield cls(
+                cfg,
+                model_name,
+                session=session,
+                metrics=metrics,
+                signature_name=signature_name,
+                output=output,
+            )
 
     # --- transport ------------------------------------------------------------------------
 
@@ -240,8 +143,6 @@ class TFServingClient:
         self, api: Api, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
     ) -> Any:
         """One HTTP attempt: the parsed JSON reply, or a typed error."""
-        if self._session is None:
-            raise RuntimeError("TFServingClient used outside 'async with'")
         started = time.perf_counter()
         try:
             async with self._session.request(method, url, data=body, headers=headers) as resp:
@@ -255,12 +156,12 @@ class TFServingClient:
         self._record(api, status, started)
         if status != 200:  # noqa: PLR2004 - HTTP OK
             try:
-                message = str(_loads(payload).get("error", ""))
+                message = str(loads(payload).get("error", ""))
             except (ValueError, AttributeError):
                 message = payload[:200].decode("utf-8", errors="replace")
-            raise _error_for(status, f"{method} {url}: {message}", retry_after)
+            raise error_for(status, f"{method} {url}: {message}", retry_after)
         try:
-            return _loads(payload)
+            return loads(payload)
         except ValueError as exc:
             raise TFServingError(TARGET, f"{method} {url}: reply is not JSON: {exc}", status=status) from exc
 
@@ -299,20 +200,7 @@ class TFServingClient:
             ModelUnavailable: the server is unreachable or overloaded after retries.
             TFServingError: any other failure.
         """
-        doc = await self._call("status", "GET", self._url(version=version))
-        try:
-            entries = [
-                VersionStatus(
-                    version=int(e["version"]),
-                    state=str(e["state"]),
-                    error_code=str((e.get("status") or {}).get("error_code", "OK")),
-                    error_message=str((e.get("status") or {}).get("error_message", "")),
-                )
-                for e in doc["model_version_status"]
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TFServingError(TARGET, f"status reply is not TF Serving's shape: {exc!r}") from exc
-        return sorted(entries, key=lambda e: e.version, reverse=True)
+        return parse_status(await self._call("status", "GET", self._url(version=version)))
 
     async def metadata(self, version: int | None = None, *, label: str | None = None) -> ModelMetadata:
         """The serving signature of ``version`` (or of ``label``, or the latest when neither).
@@ -376,105 +264,6 @@ class TFServingClient:
             self._checked[version] = meta
         return meta
 
-    def _output_alias(self, meta: ModelMetadata) -> str:
-        if self._output is not None:
-            wanted = self._output
-        elif len(meta.outputs) == 1:
-            (wanted,) = meta.outputs
-        else:
-            wanted = OUTPUT_NAME
-        if wanted not in meta.outputs:
-            raise BadModelRequest(
-                TARGET,
-                f"{self.model_name} v{meta.version}: no output {wanted!r}; outputs: {sorted(meta.outputs)}",
-            )
-        return wanted
-
-    def _prepare(self, columns: Mapping[str, Any], meta: ModelMetadata) -> tuple[dict[str, np.ndarray], int]:
-        """Check names, lengths, dtypes and finiteness; returns contiguous arrays and the row count."""
-        where = f"{self.model_name} v{meta.version}"
-        missing = sorted(set(meta.inputs) - set(columns))
-        extra = sorted(set(columns) - set(meta.inputs))
-        if missing or extra:
-            raise BadModelRequest(
-                TARGET, f"{where}: inputs do not match the signature: missing {missing}, unexpected {extra}"
-            )
-        arrays: dict[str, np.ndarray] = {}
-        lengths: set[int] = set()
-        for name, spec in meta.inputs.items():
-            dtype = _NUMERIC.get(spec.dtype)
-            if dtype is None and spec.dtype not in _INTEGER and spec.dtype != "DT_BOOL":
-                raise BadModelRequest(
-                    TARGET, f"{where}: input {name!r} has dtype {spec.dtype}, not supported"
-                )
-            raw = np.asarray(columns[name])
-            try:
-                array = (
-                    np.ascontiguousarray(raw, dtype=dtype) if dtype is not None else np.ascontiguousarray(raw)
-                )
-            except (TypeError, ValueError) as exc:
-                raise BadModelRequest(TARGET, f"{where}: input {name!r} is not {spec.dtype}: {exc}") from exc
-            if array.ndim == 0:
-                raise BadModelRequest(TARGET, f"{where}: input {name!r} must have a batch dimension")
-            if spec.shape is not None and array.ndim != len(spec.shape):
-                raise BadModelRequest(
-                    TARGET,
-                    f"{where}: input {name!r} has rank {array.ndim}, the signature wants {len(spec.shape)}",
-                )
-            if dtype is not None:
-                finite = np.isfinite(array)
-                if finite.ndim > 1:
-                    finite = finite.all(axis=tuple(range(1, finite.ndim)))
-                bad = np.flatnonzero(~finite)
-                if bad.size:
-                    raise BadModelRequest(
-                        TARGET,
-                        f"{where}: input {name!r} is not finite at row {int(bad[0])} ({bad.size} rows)",
-                    )
-                array = _whole_as_int(array)
-            arrays[name] = array
-            lengths.add(array.shape[0])
-        if len(lengths) != 1:
-            raise BadModelRequest(TARGET, f"{where}: inputs have different lengths {sorted(lengths)}")
-        return arrays, lengths.pop()
-
-    def _encode(self, arrays: Mapping[str, np.ndarray], start: int, stop: int) -> bytes:
-        names = list(arrays)
-        single = len(names) == 1
-        doc: dict[str, Any] = {"signature_name": self.signature_name}
-        if self.cfg.format == "columnar":
-            doc["inputs"] = (
-                arrays[names[0]][start:stop] if single else {n: arrays[n][start:stop] for n in names}
-            )
-        elif single:
-            doc["instances"] = arrays[names[0]][start:stop]
-        else:
-            cols = [arrays[n][start:stop].tolist() for n in names]
-            doc["instances"] = [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
-        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-
-    def _decode(self, doc: Any, output: str, rows: int, url: str) -> np.ndarray:
-        reply_key = "predictions" if self.cfg.format == "row" else "outputs"
-        try:
-            value = doc[reply_key]
-            if isinstance(value, dict):
-                value = value[output]
-            elif value and isinstance(value, list) and isinstance(value[0], dict):
-                value = [row[output] for row in value]
-            result = _floats(value, rows)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TFServingError(
-                TARGET, f"POST {url}: unexpected predict reply: {exc!r}", status=200
-            ) from exc
-        flat = result.reshape(result.shape[0], -1) if result.ndim else result.reshape(1, 1)
-        if flat.shape != (rows, 1):
-            raise TFServingError(
-                TARGET,
-                f"POST {url}: reply has shape {list(result.shape)} for {rows} rows; expected [{rows}, 1]",
-                status=200,
-            )
-        return flat[:, 0]
-
     async def _predict_chunk(
         self,
         arrays: Mapping[str, np.ndarray],
@@ -486,7 +275,9 @@ class TFServingClient:
         out: np.ndarray,
     ) -> None:
         async with self._limit:
-            body = self._encode(arrays, start, stop)
+            body = encode_predict(
+                arrays, start, stop, signature_name=self.signature_name, fmt=self.cfg.format
+            )
             headers = {"Content-Type": "application/json"}
             if self.cfg.gzip:
                 if len(body) > _GZIP_OFF_LOOP_BYTES:
@@ -495,7 +286,7 @@ class TFServingClient:
                     body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
             doc = await self._call("predict", "POST", url, body, headers)
-        out[start:stop] = self._decode(doc, output, stop - start, url)
+        out[start:stop] = decode_predict(doc, output, stop - start, fmt=self.cfg.format, url=url)
 
     async def predict(self, columns: Mapping[str, Any], *, version: int) -> np.ndarray:
         """Score ``n`` rows with ``version``: returns float64 probabilities of shape ``[n]``.
@@ -517,8 +308,9 @@ class TFServingClient:
         except ModelNotFound:
             self._set_available(0)
             raise
-        arrays, n = self._prepare(columns, meta)
-        output = self._output_alias(meta)
+        where = f"{self.model_name} v{meta.version}"
+        arrays, n = prepare_inputs(columns, meta, where=where)
+        output = output_alias(meta, self._output, where=where)
         out = np.empty(n, dtype=np.float32)
         if n == 0:
             return out.astype(np.float64)

@@ -7,7 +7,8 @@ Three gzip CSV files (see ``README.md`` beside this module):
 - ``player_games.csv.gz``: one row per player and game in which he took a free throw.
 
 :func:`load_history` checks the header of each file and every row. A bad row is rejected
-with a reason (``ftm_gt_fta``, ``unknown_game``, ...), counted in :class:`LoadReport` and
+with a reason (``ftm_gt_fta``, ``unknown_game``, ...; field reasons as in
+:mod:`scorebeater.fields`, CSV dialect), counted in :class:`LoadReport` and
 never silently dropped: the report is logged and returned. A missing file or a missing
 column is a :class:`~scorebeater.errors.DataError`, since no row of it can be trusted.
 
@@ -30,7 +31,8 @@ from typing import Literal, TypeVar
 
 import structlog
 
-from scorebeater.errors import DataError
+from scorebeater.errors import DataError, ValidationError
+from scorebeater.fields import Dialect, Fields
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +42,7 @@ PLAYER_GAMES = "player_games.csv.gz"
 FILES = (SEASON_TOTALS, GAMES, PLAYER_GAMES)
 
 SeasonType = Literal["regular", "playoffs"]
+_SEASON_TYPES: tuple[SeasonType, ...] = ("regular", "playoffs")
 
 _MIN_SEASON, _MAX_SEASON = 1900, 2200
 _MAX_SAMPLES = 5
@@ -135,115 +138,68 @@ class History:
         return sorted({g.season for g in self.games if g.season_type == "regular"})
 
 
-class _RowError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
+def _fields(row: dict[str, str]) -> Fields:
+    # No ``what``: the report prefixes each rejection with its own ``file:line``.
+    return Fields(row, dialect=Dialect.CSV)
 
 
-def _int(row: dict[str, str], key: str, *, lo: int = 0, hi: int | None = None) -> int:
-    raw = row[key].strip()
-    if raw == "":
-        raise _RowError(f"missing_{key}", f"{key} is empty")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _RowError(f"bad_{key}", f"{key}={raw!r} is not an integer") from None
-    if value < lo or (hi is not None and value > hi):
-        reason = "negative_count" if value < 0 and lo == 0 else f"bad_{key}"
-        raise _RowError(reason, f"{key}={value} is out of range")
-    return value
-
-
-def _opt_int(row: dict[str, str], key: str, *, lo: int = 0, hi: int | None = None) -> int | None:
-    if row[key].strip() == "":
-        return None
-    return _int(row, key, lo=lo, hi=hi)
-
-
-def _text(row: dict[str, str], key: str, *, required: bool = True) -> str:
-    value = row[key].strip()
-    if required and not value:
-        raise _RowError(f"missing_{key}", f"{key} is empty")
-    return value
-
-
-def _date(row: dict[str, str], key: str) -> date:
-    try:
-        return date.fromisoformat(row[key].strip())
-    except ValueError:
-        raise _RowError(f"bad_{key}", f"{key}={row[key]!r} is not an ISO date") from None
-
-
-def _season_type(row: dict[str, str]) -> SeasonType:
-    value = row["season_type"].strip()
-    if value == "regular":
-        return "regular"
-    if value == "playoffs":
-        return "playoffs"
-    raise _RowError("bad_season_type", f"season_type={value!r}")
-
-
-def _made_attempted(made: int, attempted: int) -> None:
-    if made > attempted:
-        raise _RowError("ftm_gt_fta", f"ft made {made} > attempted {attempted}")
+def _season(f: Fields) -> int:
+    return f.integer("season", lo=_MIN_SEASON, hi=_MAX_SEASON)
 
 
 def _parse_total(row: dict[str, str]) -> SeasonTotal:
-    ftm, fta = _int(row, "ft"), _int(row, "fta")
-    _made_attempted(ftm, fta)
+    f = _fields(row)
+    ftm, fta = f.made_attempted("ft", "fta")
     return SeasonTotal(
-        season=_int(row, "season", lo=_MIN_SEASON, hi=_MAX_SEASON),
-        player_id=_int(row, "player_id", lo=1),
-        player=_text(row, "player"),
-        age=_opt_int(row, "age", lo=10, hi=70),
-        experience=_int(row, "experience", lo=1, hi=40),
-        team=_text(row, "team", required=False),
-        games=_int(row, "g", hi=200),
-        minutes=_opt_int(row, "mp"),
+        season=_season(f),
+        player_id=f.integer("player_id", lo=1),
+        player=f.text("player"),
+        age=f.opt_integer("age", lo=10, hi=70),
+        experience=f.integer("experience", lo=1, hi=40),
+        team=f.opt_text("team") or "",
+        games=f.integer("g", lo=0, hi=200),
+        minutes=f.opt_integer("mp", lo=0),
         ftm=ftm,
         fta=fta,
-        pts=_int(row, "pts"),
+        pts=f.integer("pts", lo=0),
     )
 
 
 def _parse_game(row: dict[str, str]) -> Game:
-    away, home = _text(row, "away"), _text(row, "home")
+    f = _fields(row)
+    away, home = f.text("away"), f.text("home")
     if away == home:
-        raise _RowError("same_teams", f"away and home are both {away!r}")
-    game_id = _text(row, "game_id")
+        raise f.error("same_teams", f"away and home are both {away!r}")
+    game_id = f.text("game_id")
     if not game_id.isdigit():
-        raise _RowError("bad_game_id", f"game_id={game_id!r} is not numeric")
-    estimated = row["date_estimated"].strip()
-    if estimated not in {"0", "1"}:
-        raise _RowError("bad_date_estimated", f"date_estimated={estimated!r}")
+        raise f.invalid("game_id", f"game_id={game_id!r} is not numeric")
+    estimated = f.flag("date_estimated")
     return Game(
-        season=_int(row, "season", lo=_MIN_SEASON, hi=_MAX_SEASON),
-        season_type=_season_type(row),
-        game_seq=_int(row, "game_seq", lo=1),
+        season=_season(f),
+        season_type=f.choice("season_type", _SEASON_TYPES),
+        game_seq=f.integer("game_seq", lo=1),
         game_id=game_id,
-        date=_date(row, "date"),
-        date_estimated=estimated == "1",
+        date=f.date("date"),
+        date_estimated=estimated,
         away=away,
         home=home,
-        away_pts=_int(row, "away_pts"),
-        home_pts=_int(row, "home_pts"),
+        away_pts=f.integer("away_pts", lo=0),
+        home_pts=f.integer("home_pts", lo=0),
     )
 
 
 def _parse_player_game(row: dict[str, str]) -> PlayerGame:
-    ftm, fta = _int(row, "ftm"), _int(row, "fta")
-    _made_attempted(ftm, fta)
+    f = _fields(row)
+    ftm, fta = f.made_attempted("ftm", "fta")
     return PlayerGame(
-        season=_int(row, "season", lo=_MIN_SEASON, hi=_MAX_SEASON),
-        season_type=_season_type(row),
-        game_seq=_int(row, "game_seq", lo=1),
-        game_id=_text(row, "game_id"),
-        date=_date(row, "date"),
-        player_id=_opt_int(row, "player_id", lo=1),
-        player=_text(row, "player"),
-        team=_text(row, "team", required=False),
+        season=_season(f),
+        season_type=f.choice("season_type", _SEASON_TYPES),
+        game_seq=f.integer("game_seq", lo=1),
+        game_id=f.text("game_id"),
+        date=f.date("date"),
+        player_id=f.opt_integer("player_id", lo=1),
+        player=f.text("player"),
+        team=f.opt_text("team") or "",
         ftm=ftm,
         fta=fta,
     )
@@ -325,8 +281,8 @@ def _load(
             continue
         try:
             out.append(parse(row))
-        except _RowError as exc:
-            report.reject(name, line, exc.reason, exc.detail)
+        except ValidationError as exc:
+            report.reject(name, line, exc.reason, str(exc))
             continue
         report.accepted[name] += 1
     return out

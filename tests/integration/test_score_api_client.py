@@ -15,7 +15,7 @@ from scorebeater.clients.score_api import GameNotFinal, ScoreApiClient, SeasonNo
 from scorebeater.config import Secret
 from scorebeater.errors import ScoreApiAuthError, ScoreApiError, ScoreApiNotFound
 from scorebeater.scoreapi.catalog import ReplayCatalog
-from tests.fakes.score_api import Fault, RunningReplay, running_replay, synthetic_history
+from scorebeater.testing.score_api import Fault, RunningReplay, running_replay, synthetic_history
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -61,7 +61,7 @@ def hits(replay: RunningReplay, prefix: str) -> list[float]:
 
 
 async def test_reads_every_endpoint(replay: RunningReplay, metrics: Metrics) -> None:
-    async with ScoreApiClient(replay.client_config(page_size=5), metrics=metrics) as api:
+    async with ScoreApiClient.open(replay.client_config(page_size=5), metrics=metrics) as api:
         assert await api.ping() == MID_SEASON
         assert [s.season for s in await api.seasons()] == [2011, 2012, 2013, 2014]
         info = await api.season(2014)
@@ -102,7 +102,7 @@ async def test_reads_every_endpoint(replay: RunningReplay, metrics: Metrics) -> 
 
 
 async def test_polling_with_the_page_cursor_returns_only_changes(replay: RunningReplay) -> None:
-    async with ScoreApiClient(replay.client_config()) as api:
+    async with ScoreApiClient.open(replay.client_config()) as api:
         first = await api.games_page(2014, status="final")
         assert len(first.games) == 6
         again = await api.games_page(2014, status="final", cursor=first.next_cursor)
@@ -118,7 +118,7 @@ async def test_polling_with_the_page_cursor_returns_only_changes(replay: Running
 async def test_429_retry_after_is_honoured(replay: RunningReplay, metrics: Metrics) -> None:
     """Real backoff here: the client must wait the server's Retry-After (1 s), not its own."""
     replay.faults.add("/v1/seasons", Fault("status", status=429, headers={"Retry-After": "1"}))
-    async with ScoreApiClient(replay.client_config(), metrics=metrics) as api:
+    async with ScoreApiClient.open(replay.client_config(), metrics=metrics) as api:
         seasons = await api.seasons()
     assert len(seasons) == 4
     first, second = hits(replay, "/v1/seasons")
@@ -133,7 +133,7 @@ async def test_burst_of_500s_then_success(
     replay: RunningReplay, metrics: Metrics, fast_retries: None
 ) -> None:
     replay.faults.add("/v1/games", *[Fault("status", status=500)] * 3)
-    async with ScoreApiClient(replay.client_config(max_attempts=4), metrics=metrics) as api:
+    async with ScoreApiClient.open(replay.client_config(max_attempts=4), metrics=metrics) as api:
         games = [g async for g in api.games(2014)]
     assert len(games) == 12
     assert requests(metrics, "games", "500") == 3
@@ -142,7 +142,7 @@ async def test_burst_of_500s_then_success(
 
 async def test_persistent_5xx_gives_up_after_max_attempts(replay: RunningReplay, fast_retries: None) -> None:
     replay.faults.add("/v1/seasons/2014", *[Fault("status", status=503)] * 10)
-    async with ScoreApiClient(replay.client_config(max_attempts=4)) as api:
+    async with ScoreApiClient.open(replay.client_config(max_attempts=4)) as api:
         with pytest.raises(ScoreApiError) as failure:
             await api.season(2014)
     assert (failure.value.status, failure.value.transient) == (503, True)
@@ -154,7 +154,7 @@ async def test_retry_budget_bounds_total_time(replay: RunningReplay) -> None:
     replay.faults.add("/v1/seasons/2014", *[Fault("status", status=503, headers={"Retry-After": "1"})] * 10)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with ScoreApiClient(replay.client_config(max_attempts=10, retry_budget_s=1.5)) as api:
+    async with ScoreApiClient.open(replay.client_config(max_attempts=10, retry_budget_s=1.5)) as api:
         with pytest.raises(ScoreApiError):
             await api.season(2014)
     assert loop.time() - started < 4.0
@@ -163,7 +163,7 @@ async def test_retry_budget_bounds_total_time(replay: RunningReplay) -> None:
 
 async def test_timeout_is_retried(replay: RunningReplay, metrics: Metrics, fast_retries: None) -> None:
     replay.faults.add("/v1/games/201400001/boxscore", Fault("delay", delay_s=5.0))
-    async with ScoreApiClient(replay.client_config(timeout_s=0.3), metrics=metrics) as api:
+    async with ScoreApiClient.open(replay.client_config(timeout_s=0.3), metrics=metrics) as api:
         box = await api.box_score("201400001")
     assert box is not None
     assert requests(metrics, "boxscore", "0") == 1
@@ -172,7 +172,7 @@ async def test_timeout_is_retried(replay: RunningReplay, metrics: Metrics, fast_
 
 async def test_malformed_json_is_retried(replay: RunningReplay, fast_retries: None) -> None:
     replay.faults.add("/v1/games", Fault("malformed"))
-    async with ScoreApiClient(replay.client_config()) as api:
+    async with ScoreApiClient.open(replay.client_config()) as api:
         page = await api.games_page(2014)
     assert len(page.games) == 12
     assert len(hits(replay, "/v1/games")) == 2
@@ -182,7 +182,7 @@ async def test_malformed_json_every_time_is_a_transient_error(
     replay: RunningReplay, fast_retries: None
 ) -> None:
     replay.faults.add("/v1/games", *[Fault("malformed")] * 5)
-    async with ScoreApiClient(replay.client_config(max_attempts=3)) as api:
+    async with ScoreApiClient.open(replay.client_config(max_attempts=3)) as api:
         with pytest.raises(ScoreApiError, match="not valid JSON") as failure:
             await api.games_page(2014)
     assert failure.value.transient
@@ -192,7 +192,7 @@ async def test_malformed_json_every_time_is_a_transient_error(
 async def test_truncated_page_is_retried(replay: RunningReplay, metrics: Metrics, fast_retries: None) -> None:
     replay.faults.add("/v1/games", Fault("truncated"))
     with capture_logs() as logs:
-        async with ScoreApiClient(replay.client_config(), metrics=metrics) as api:
+        async with ScoreApiClient.open(replay.client_config(), metrics=metrics) as api:
             games = [g async for g in api.games(2014)]
     assert len(games) == 12
     retried = [e["error"] for e in logs if e["event"] == "upstream.retry_scheduled"]
@@ -206,19 +206,19 @@ async def test_bad_token_is_an_auth_error_without_retry(catalog: ReplayCatalog, 
     async with running_replay(catalog, MID_SEASON, token="right-token") as replay:
         for token in (Secret("wrong-token"), None):
             with capture_logs() as logs:
-                async with ScoreApiClient(replay.client_config(token=token)) as api:
+                async with ScoreApiClient.open(replay.client_config(token=token)) as api:
                     with pytest.raises(ScoreApiAuthError) as failure:
                         await api.seasons()
             assert failure.value.status == 401
             assert "wrong-token" not in repr(logs)
         assert len(hits(replay, "/v1/seasons")) == 2
-        async with ScoreApiClient(replay.client_config(token=Secret("right-token"))) as api:
+        async with ScoreApiClient.open(replay.client_config(token=Secret("right-token"))) as api:
             assert len(await api.seasons()) == 4
         assert "right-token" not in repr(replay.client_config(token=Secret("right-token")))
 
 
 async def test_bad_request_is_not_retried(replay: RunningReplay, fast_retries: None) -> None:
-    async with ScoreApiClient(replay.client_config()) as api:
+    async with ScoreApiClient.open(replay.client_config()) as api:
         with pytest.raises(ScoreApiError) as failure:
             await api.games_page(2014, cursor="not-a-cursor")
     assert (failure.value.status, failure.value.transient) == (400, False)
@@ -230,7 +230,7 @@ async def test_a_response_off_contract_is_an_error_not_retried(
     replay: RunningReplay, fast_retries: None
 ) -> None:
     replay.faults.add("/v1/games", Fault("body", body=b'{"data": {}, "has_more": false}'))
-    async with ScoreApiClient(replay.client_config()) as api:
+    async with ScoreApiClient.open(replay.client_config()) as api:
         with pytest.raises(ScoreApiError, match="does not match the contract") as failure:
             await api.games_page(2014)
     assert not failure.value.transient
@@ -273,7 +273,7 @@ async def test_invalid_records_are_rejected_counted_and_skipped(
         ),
     )
     with capture_logs() as logs:
-        async with ScoreApiClient(replay.client_config(), metrics=metrics) as api:
+        async with ScoreApiClient.open(replay.client_config(), metrics=metrics) as api:
             games = [g async for g in api.games(2014, status="final")]
             box = await api.box_score("201400001", season=2014)
             other = await api.box_score("201400002", season=2014)
@@ -304,3 +304,11 @@ async def test_invalid_records_are_rejected_counted_and_skipped(
         assert sample(metrics, "scorebeater_records_rejected_total", kind=kind, reason=reason) == count
     events = Counter((e["kind"], e["reason"]) for e in logs if e["event"] == "score_api.record_rejected")
     assert events == expected
+
+
+async def test_the_client_exists_only_inside_its_block(replay: RunningReplay) -> None:
+    """open() builds the session on entry and closes it on exit: there is no half-open client."""
+    async with ScoreApiClient.open(replay.client_config()) as api:
+        assert len(await api.seasons()) == 4
+    with pytest.raises(RuntimeError, match="Session is closed"):
+        await api.seasons()

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from scorebeater.scoreapi.catalog import ReplayCatalog
 from scorebeater.scoreapi.replay import create_app
 from scorebeater.scoreapi.timeline import ManualClock
-from tests.fakes.score_api import running_replay, synthetic_history
+from scorebeater.testing.score_api import running_replay, synthetic_history
 
 UTC = dt.UTC
 

@@ -1,5 +1,5 @@
-"""Done-when: every regular-season box score of a season, fetched through the client from the
-replay server, sums to each player's FTM computed directly from the data files."""
+"""Every regular-season box score of a season, fetched through the client from the replay
+server, sums to each player's FTM computed directly from the data files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from scorebeater.clients.score_api import BoxScore, ScoreApiClient
+from scorebeater.clients.score_api import ScoreApiClient
 from scorebeater.scoreapi.catalog import DERIVED_ID_BASE, derived_player_id
-from tests.fakes.score_api import bundled_catalog, bundled_history, running_replay
+from scorebeater.scoreapi.records import BoxScore
+from scorebeater.testing.score_api import bundled_catalog, bundled_history, running_replay
 
 if TYPE_CHECKING:
     from scorebeater.metrics import Metrics
@@ -42,7 +43,7 @@ async def test_summed_box_score_ftm_equals_the_data_files(season: int, metrics: 
     after_regular = dt.datetime.combine(last_regular + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
     async with (
         running_replay(catalog, after_regular) as replay,
-        ScoreApiClient(replay.client_config(max_connections=8), metrics=metrics) as api,
+        ScoreApiClient.open(replay.client_config(max_connections=8), metrics=metrics) as api,
     ):
         started = time.perf_counter()
         info = await api.season(season)

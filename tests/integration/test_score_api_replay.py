@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from scorebeater.scoreapi.catalog import ReplayCatalog
-from tests.fakes.score_api import (
+from scorebeater.testing.score_api import (
     RunningReplay,
     bundled_catalog,
     bundled_history,

@@ -26,7 +26,7 @@ from scorebeater.errors import BadModelRequest, ModelNotFound, ModelUnavailable,
 from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
 from scorebeater.metrics import Metrics
 from scorebeater.modelserver.app import ModelServer, serve_models
-from tests.fakes.savedmodel import ModelCache, cached_models, in_process, publish, random_columns
+from scorebeater.testing.savedmodel import ModelCache, cached_models, in_process, publish, random_columns
 
 
 @pytest.fixture(name="model_cache", scope="session")
@@ -64,10 +64,15 @@ def cfg(url: str, **kw: Any) -> TFServingConfig:
     return dataclasses.replace(TFServingConfig(base_url=url, max_batch_size=64, max_attempts=3), **kw)
 
 
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    """A sample's value on the test's registry (``None``: no such series)."""
+    return metrics.registry.get_sample_value(name, labels)
+
+
 async def test_status_metadata_and_pinning(
     standin: ModelServer, model_cache: ModelCache, metrics: Metrics
 ) -> None:
-    async with TFServingClient(cfg(standin.url), "score_beater", metrics=metrics) as client:
+    async with TFServingClient.open(cfg(standin.url), "score_beater", metrics=metrics) as client:
         states = await client.status()
         assert [(s.version, s.state, s.available) for s in states] == [
             (2, "AVAILABLE", True),
@@ -83,12 +88,12 @@ async def test_status_metadata_and_pinning(
         assert await client.pin_version(None) == 2
         assert await client.pin_version("") == 2
         assert await client.pin_version("stable") == 1
-        assert metrics.model_available._value.get() == 1
-        assert metrics.tfserving_requests.labels("status", "200")._value.get() == 4
+        assert sample(metrics, "scorebeater_model_available") == 1
+        assert sample(metrics, "scorebeater_tfserving_requests_total", api="status", code="200") == 4
         with pytest.raises(ModelUnavailable, match="label 'nope'") as exc:
             await client.pin_version("nope")
         assert exc.value.status == 400
-        assert metrics.model_available._value.get() == 0
+        assert sample(metrics, "scorebeater_model_available") == 0
 
 
 @pytest.mark.parametrize("fmt", ["row", "columnar"])
@@ -97,7 +102,9 @@ async def test_predict_splits_and_matches_in_process(
     standin: ModelServer, model_cache: ModelCache, metrics: Metrics, fmt: str, use_gzip: bool
 ) -> None:
     columns = random_columns(150, seed=5)  # 64 + 64 + 22: three requests under the server's limit
-    async with TFServingClient(
+    # The reference runs the 150 rows as one batch: TensorFlow's CPU kernels may round the rows
+    # of a partial batch differently (1 ulp), so equal to float32 rounding, not bit for bit.
+    async with TFServingClient.open(
         cfg(standin.url, format=fmt, gzip=use_gzip, max_concurrency=2), "score_beater", metrics=metrics
     ) as client:
         for version in (1, 2):
@@ -105,24 +112,27 @@ async def test_predict_splits_and_matches_in_process(
             assert got.dtype == np.float64
             assert got.shape == (150,)
             want = in_process(model_cache.score(version), columns)[:, 0]
-            np.testing.assert_array_equal(got.astype(np.float32), want)
-    assert metrics.tfserving_requests.labels("predict", "200")._value.get() == 6
-    assert metrics.tfserving_requests.labels("metadata", "200")._value.get() == 2  # once per version
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert sample(metrics, "scorebeater_tfserving_requests_total", api="predict", code="200") == 6
+    # Metadata is read once per version.
+    assert sample(metrics, "scorebeater_tfserving_requests_total", api="metadata", code="200") == 2
 
 
 @pytest.mark.parametrize("fmt", ["row", "columnar"])
 async def test_single_input_model(standin: ModelServer, model_cache: ModelCache, fmt: str) -> None:
     x = np.random.default_rng(2).standard_normal((70, 3)).astype(np.float32)
-    async with TFServingClient(cfg(standin.url, format=fmt), "single") as client:
+    async with TFServingClient.open(cfg(standin.url, format=fmt), "single") as client:
         version = await client.pin_version(None)
         got = await client.predict({"x": x}, version=version)
     want = in_process(model_cache.single, {"x": x}, output="y")[:, 0]
-    np.testing.assert_array_equal(got.astype(np.float32), want)
+    # 64 + 6 rows against one batch of 70 (see above). The output is linear, so it can be near 0,
+    # where a rounding difference is absolute, not relative: hence atol.
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 async def test_bad_inputs_are_refused_before_sending(standin: ModelServer) -> None:
     columns = random_columns(3)
-    async with TFServingClient(cfg(standin.url), "score_beater") as client:
+    async with TFServingClient.open(cfg(standin.url), "score_beater") as client:
         with pytest.raises(BadModelRequest, match=r"missing \['ftm'\], unexpected \['foo'\]"):
             await client.predict(
                 {**{k: v for k, v in columns.items() if k != "ftm"}, "foo": columns["fta"]}, version=1
@@ -138,12 +148,12 @@ async def test_bad_inputs_are_refused_before_sending(standin: ModelServer) -> No
 
 
 async def test_unknown_version_is_not_retried(standin: ModelServer, metrics: Metrics) -> None:
-    async with TFServingClient(cfg(standin.url), "score_beater", metrics=metrics) as client:
+    async with TFServingClient.open(cfg(standin.url), "score_beater", metrics=metrics) as client:
         with pytest.raises(ModelNotFound) as exc:
             await client.predict(random_columns(2), version=9)
     assert exc.value.status == 404
-    assert metrics.tfserving_retries._value.get() == 0
-    assert metrics.model_available._value.get() == 0
+    assert sample(metrics, "scorebeater_tfserving_retries_total") == 0
+    assert sample(metrics, "scorebeater_model_available") == 0
 
 
 # --- fault injection ------------------------------------------------------------------------------
@@ -229,13 +239,13 @@ async def test_transient_failures_are_retried(script: list[int], metrics: Metric
     fake = FaultyServing(script)
     server = await serve(fake)
     try:
-        async with TFServingClient(
+        async with TFServingClient.open(
             cfg(str(server.make_url("")), max_attempts=5), "score_beater", metrics=metrics
         ) as c:
             got = await c.predict(random_columns(3), version=1)
         assert got.tolist() == [0.25, 0.25, 0.25]
         assert len(fake.bodies) == len(script) + 1
-        assert metrics.tfserving_retries._value.get() == len(script)
+        assert sample(metrics, "scorebeater_tfserving_retries_total") == len(script)
     finally:
         await server.close()
 
@@ -244,7 +254,7 @@ async def test_retries_are_bounded(metrics: Metrics) -> None:
     fake = FaultyServing([503] * 10)
     server = await serve(fake)
     try:
-        async with TFServingClient(
+        async with TFServingClient.open(
             cfg(str(server.make_url("")), max_attempts=3), "score_beater", metrics=metrics
         ) as c:
             with pytest.raises(ModelUnavailable) as exc:
@@ -264,7 +274,7 @@ async def test_other_errors_are_never_retried(status: int, error: type[Exception
     fake = FaultyServing([status])
     server = await serve(fake)
     try:
-        async with TFServingClient(
+        async with TFServingClient.open(
             cfg(str(server.make_url("")), max_attempts=5), "score_beater", metrics=metrics
         ) as c:
             with pytest.raises(error) as exc:
@@ -272,19 +282,19 @@ async def test_other_errors_are_never_retried(status: int, error: type[Exception
         assert type(exc.value) is error
         assert f"injected {status}" in str(exc.value)
         assert len(fake.bodies) == 1
-        assert metrics.tfserving_retries._value.get() == 0
-        assert metrics.tfserving_requests.labels("predict", str(status))._value.get() == 1
+        assert sample(metrics, "scorebeater_tfserving_retries_total") == 0
+        assert sample(metrics, "scorebeater_tfserving_requests_total", api="predict", code=str(status)) == 1
     finally:
         await server.close()
 
 
 async def test_unreachable_server_is_unavailable(unused_tcp_port: int, metrics: Metrics) -> None:
     url = f"http://127.0.0.1:{unused_tcp_port}"
-    async with TFServingClient(cfg(url, max_attempts=2), "score_beater", metrics=metrics) as client:
+    async with TFServingClient.open(cfg(url, max_attempts=2), "score_beater", metrics=metrics) as client:
         with pytest.raises(ModelUnavailable) as exc:
             await client.status()
     assert exc.value.status is None
-    assert metrics.tfserving_requests.labels("status", "0")._value.get() == 2
+    assert sample(metrics, "scorebeater_tfserving_requests_total", api="status", code="0") == 2
 
 
 async def test_gzip_bodies_and_concurrency_bound() -> None:
@@ -292,7 +302,7 @@ async def test_gzip_bodies_and_concurrency_bound() -> None:
     server = await serve(fake)
     try:
         config = cfg(str(server.make_url("")), gzip=True, max_batch_size=10, max_concurrency=3)
-        async with TFServingClient(config, "score_beater") as client:
+        async with TFServingClient.open(config, "score_beater") as client:
             got = await client.predict(random_columns(95), version=1)
         assert got.shape == (95,)
         assert fake.encodings == ["gzip"] * 10
@@ -308,7 +318,7 @@ async def test_non_finite_reply_tokens_are_read() -> None:
     fake = FaultyServing([], reply_text='{\n    "outputs": [[NaN], [0.5], [Infinity]]\n}')
     server = await serve(fake)
     try:
-        async with TFServingClient(cfg(str(server.make_url(""))), "score_beater") as client:
+        async with TFServingClient.open(cfg(str(server.make_url(""))), "score_beater") as client:
             got = await client.predict(random_columns(3), version=1)
         assert np.isnan(got[0])
         assert got[1:].tolist() == [0.5, float("inf")]
@@ -320,7 +330,7 @@ async def test_reply_of_the_wrong_shape_is_an_error() -> None:
     fake = FaultyServing([], reply_text='{"outputs": [[0.5], [0.5]]}')
     server = await serve(fake)
     try:
-        async with TFServingClient(cfg(str(server.make_url(""))), "score_beater") as client:
+        async with TFServingClient.open(cfg(str(server.make_url(""))), "score_beater") as client:
             with pytest.raises(TFServingError, match=r"reply has shape \[2, 1\] for 3 rows"):
                 await client.predict(random_columns(3), version=1)
     finally:
@@ -336,7 +346,7 @@ async def test_whole_number_floats_are_sent_as_json_integers() -> None:
     columns["fta"] = np.array([-0.0, 1.0, 2.0, 3.0])  # -0.0 would lose its sign as an integer
     columns["age"] = np.array([2.0**54, 1.0, 2.0, 3.0])  # beyond 2**53: not exact as a double
     try:
-        async with TFServingClient(cfg(str(server.make_url(""))), "score_beater") as client:
+        async with TFServingClient.open(cfg(str(server.make_url(""))), "score_beater") as client:
             await client.predict(columns, version=1)
         (body,) = fake.bodies
         sent = json.loads(body)["inputs"]
@@ -350,3 +360,11 @@ async def test_whole_number_floats_are_sent_as_json_integers() -> None:
             np.testing.assert_array_equal(np.asarray(sent[name], dtype=np.float32), column.astype(np.float32))
     finally:
         await server.close()
+
+
+async def test_the_client_exists_only_inside_its_block(standin: ModelServer) -> None:
+    """open() builds the session on entry and closes it on exit: there is no half-open client."""
+    async with TFServingClient.open(cfg(standin.url), "score_beater") as client:
+        assert await client.pin_version(None) == 2
+    with pytest.raises(RuntimeError, match="Session is closed"):
+        await client.status()
