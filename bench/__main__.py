@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench [--quick] [--only daemon,storage,tfserving]
 
-Each ``bench/bench_*.py`` module runs in its own child process (``python -m bench.<module>``),
-so one benchmark's memory (TensorFlow, a million rows) never shows in another's RSS figures and
-a failing benchmark does not stop the others. Tables go to stdout, progress to stderr. The exit
+Each ``bench/bench_*.py`` module is one benchmark (the other modules are their parts and what
+they share) and runs in its own child process (``python -m bench.<module>``), so one
+benchmark's memory (TensorFlow, a million rows) never shows in another's RSS figures and a
+failing benchmark does not stop the others. Tables go to stdout, progress to stderr. The exit
 status is 1 if any benchmark failed.
 
 ``--quick`` asks each module for a short run through the knob it has: ``bench_daemon

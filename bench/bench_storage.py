@@ -10,11 +10,11 @@ and compares with what the underlying tool does with the same rows and nothing e
   bare table of the same columns and primary key (the issue's ceiling), and into one without
   the key; for context, a binary ``COPY`` of bytes encoded beforehand (the server alone). Reads
   compare with a plain server-side-cursor fetch of the same rows (no Arrow). The cluster is a
-  fresh Postgres 15 from ``tests.services.postgres.run_postgres`` (or
+  fresh Postgres 15 from ``scorebeater.testing.postgres.run_postgres`` (or
   ``SCOREBEATER_TEST_PG_DSN``), durability off as in the tests.
 - local: ``pyarrow.parquet.write_table`` / ``ParquetFile.iter_batches`` of the same table on
   the same disk.
-- s3 (moto's server from ``tests.services.s3.run_moto``): the pyarrow ceiling above, as the
+- s3 (moto's server from ``scorebeater.testing.s3.run_moto``): the pyarrow ceiling above, as the
   issue defines it, plus, for context, the same Parquet bytes PUT / GET through aiobotocore
   (moto's single-threaded HTTP server is most of the cost there).
 
@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.report import reset_peak_rss, status_kb
 from scorebeater.config import (
     LocalStorageConfig,
     PostgresStorageConfig,
@@ -147,14 +148,6 @@ def synthetic_features(rows: int, seed: int = 5) -> pa.Table:
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int:
-    with Path("/proc/self/status").open() as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 @dataclass
 class Phase:
     seconds: float = 0.0
@@ -170,17 +163,15 @@ def measure() -> Iterator[Phase]:
     pa.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    # Resets VmHWM to the current RSS; without it (not Linux) growth counts from an earlier peak.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+    reset_peak_rss()
     phase = Phase()
-    start_rss = _status_kb("VmRSS")
+    start_rss = status_kb("VmRSS")
     t0 = time.perf_counter()
     try:
         yield phase
     finally:
         phase.seconds = time.perf_counter() - t0
-        phase.rss_growth_mb = max(0, _status_kb("VmHWM") - start_rss) / 1024
+        phase.rss_growth_mb = max(0, status_kb("VmHWM") - start_rss) / 1024
 
 
 @dataclass
@@ -246,7 +237,7 @@ def best(phases: list[Phase]) -> Phase:
 
 async def bench_postgres(table: pa.Table, batch_rows: int, repeat: int) -> list[Row]:
     from scorebeater.storage.postgres import copy_columns, copy_payload, init_connection, open_postgres
-    from tests.services.postgres import run_postgres
+    from scorebeater.testing.postgres import run_postgres
 
     n = table.num_rows
     with run_postgres() as dsn:
@@ -397,7 +388,7 @@ async def bench_objects(table: pa.Table, batch_rows: int, backends: list[str], r
     with tempfile.TemporaryDirectory(prefix="scorebeater-bench-") as tmp, contextlib.ExitStack() as stack:
         endpoint = ""
         if "s3" in available:
-            from tests.services.s3 import run_moto
+            from scorebeater.testing.s3 import run_moto
 
             endpoint = stack.enter_context(run_moto())
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m bench.bench_tfserving [--model-dir DIR] [--seconds S]
 
 * The model: ``--model-dir`` (a SavedModel version directory), else the highest version under
   ``model/score_beater``, else a small model with the production signature exported to a temp
-  directory (``tests/fakes/savedmodel.py``).
+  directory (``scorebeater/testing/savedmodel.py``).
 * In-process: the SavedModel's ``serving_default`` concrete function called on float32 tensors
   in this process (the ceiling: no HTTP, no JSON).
 * REST: the stand-in runs in a **separate process** (``scorebeater serve-model``, as TF Serving
@@ -68,7 +68,7 @@ async def rest_rate(url: str, version: int, batch: int, fmt: str, seconds: float
     cfg = TFServingConfig(base_url=url, max_batch_size=batch, max_concurrency=CONCURRENCY, format=fmt)  # type: ignore[arg-type]
     # One predict() call spans CONCURRENCY x 4 requests so the pipeline stays full.
     columns = _columns(batch * CONCURRENCY * 4)
-    async with TFServingClient(cfg, "score_beater") as client:
+    async with TFServingClient.open(cfg, "score_beater") as client:
         await client.predict(columns, version=version)  # warm-up and metadata
         rows, started = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:

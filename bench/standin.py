@@ -33,7 +33,7 @@ def model_dir(scratch: Path) -> Path:
     )
     if versions:
         return versions[-1][1]
-    from tests.fakes.savedmodel import export_score_model
+    from scorebeater.testing.savedmodel import export_score_model
 
     return export_score_model(scratch / "exported" / "1", seed=1)
 
@@ -48,7 +48,7 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float =
     """Poll until the stand-in serves a version (returned); fail if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     cfg = TFServingConfig(base_url=url, max_attempts=1)
-    async with TFServingClient(cfg, MODEL_NAME) as client:
+    async with TFServingClient.open(cfg, MODEL_NAME) as client:
         while True:
             try:
                 return await client.pin_version(None)
