@@ -8,23 +8,27 @@ TensorFlow) and turns errors into one line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from scorebeater import __version__
 from scorebeater.config import DEFAULT_CONFIG_PATH
-from scorebeater.errors import ConfigError, DataError, FatalError, ScorebeaterError
+from scorebeater.errors import ConfigError, DataError, FatalError, Interrupted, ScorebeaterError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[argparse.Namespace], int | Coroutine[Any, Any, int]]
 
-# subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
+# subcommand -> "module:function"; the function takes the parsed namespace and returns an exit
+# code, or is a coroutine function (run here: the only ``asyncio.run`` of the package). For a
+# command with ``--config``, the namespace carries the loaded config as ``cfg`` (loaded once).
 HANDLERS: dict[str, str] = {
     "run": "scorebeater.daemon:command",
     "once": "scorebeater.daemon:once_command",
@@ -255,20 +259,28 @@ def _resolve(command: str) -> Handler:
     return handler
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
+def _prepare(args: argparse.Namespace) -> None:
+    """Load the command's config once (as ``args.cfg``) and configure logging from it.
+
+    Raises:
+        ConfigError: the config file has problems (every one is reported).
+    """
     from scorebeater.config import load_config  # noqa: PLC0415
     from scorebeater.logs import configure_logging  # noqa: PLC0415
 
     fmt, level = "auto", "info"
     config_path = getattr(args, "config", None)
-    if config_path is not None and Path(config_path).is_file():
-        try:
-            cfg = load_config(config_path)
-        except ConfigError:
-            cfg = None  # reported by the command itself, with every problem
-        if cfg is not None:
-            fmt, level = cfg.logging.format, cfg.logging.level
+    if config_path is not None:
+        args.cfg = load_config(config_path)
+        fmt, level = args.cfg.logging.format, args.cfg.logging.level
     configure_logging(args.log_format or fmt, args.log_level or level)  # type: ignore[arg-type]
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    result = handler(args)
+    if isinstance(result, int):
+        return result
+    return asyncio.run(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _configure_logging(args)
-        return _resolve(args.command)(args)
-    except KeyboardInterrupt:
+        _prepare(args)
+        return _run(_resolve(args.command), args)
+    except (KeyboardInterrupt, Interrupted):
         print("scorebeater: interrupted", file=sys.stderr)  # noqa: T201
         return EXIT_INTERRUPTED
     except ConfigError as exc:

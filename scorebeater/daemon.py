@@ -1,12 +1,23 @@
-"""The composition root: open every resource, run the stages, drain on a signal.
+"""The composition root: open every resource, wire the stages, run them, drain on stop.
 
 ``open_daemon`` opens, in order and inside one ``AsyncExitStack`` (so they close in reverse):
 the embedded replay Score API and TF Serving stand-in when the config enables them, storage,
-the two HTTP clients, the stages and their runners, and the admin API. ``run`` then serves
-every stage concurrently in a ``TaskGroup`` until SIGTERM/SIGINT (or ``stop``): no new run
-starts, the in-flight runs get ``shutdown_grace_s`` to finish, then whatever is left is
-cancelled; a second SIGINT cancels at once. Every stage commits its checkpoint with its data,
-so a restart resumes where the last commit left off.
+the two HTTP clients, the stages with the one :class:`~scorebeater.stages.handoff.Handoff`
+they pass work through, a runner per stage, and the admin API. ``serve`` runs every runner
+concurrently until ``stop`` is set: no new run starts, the in-flight runs get
+``shutdown_grace_s`` to finish, then whatever is left is cancelled. Signals are
+:mod:`scorebeater.lifecycle`'s (a second one cancels at once). Every stage commits its
+checkpoint with its data, so a restart resumes where the last commit left off.
+
+The stages and when each runs (the hand-off rules are in ``stages/handoff.py``):
+
+==============  ==========================================================================
+features        at start, then every ``poll_interval_s``
+predictions     at start, then when the hand-off has committed rows or a final season
+refeed          on ``refeed_cron`` and on request; never alongside predictions (one lock)
+validation      on ``validation_cron`` and when a final season has had its last predictions
+retrain         when final labels are stored (only with ``retrain_on_season_final``)
+==============  ==========================================================================
 """
 
 from __future__ import annotations
@@ -15,8 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import signal
-import sys
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +39,18 @@ from prometheus_client import CollectorRegistry
 from scorebeater.admin.app import AdminState, create_app
 from scorebeater.clients.score_api import ScoreApiClient
 from scorebeater.clients.tfserving import TFServingClient
-from scorebeater.config import Config, load_config
+from scorebeater.config import Config
 from scorebeater.errors import FatalError
+from scorebeater.lifecycle import run_until_signal
 from scorebeater.metrics import Metrics
-from scorebeater.scheduler import Clock, StageFn, StageRunner, SystemClock, next_cron
+from scorebeater.scheduler import Clock, Stage, StageRunner, SystemClock
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.features import FeaturesStage
+from scorebeater.stages.handoff import Handoff
 from scorebeater.stages.predictions import PredictionsStage
+from scorebeater.stages.refeed import RefeedStage
+from scorebeater.stages.retrain import RetrainStage
+from scorebeater.stages.scoring import Scorer
 from scorebeater.stages.validation import ValidationStage
 from scorebeater.storage import open_storage
 
@@ -48,16 +63,13 @@ class Daemon:
 
     cfg: Config
     ctx: StageContext
+    handoff: Handoff
     features: FeaturesStage
     predictions: PredictionsStage
     validation: ValidationStage
     runners: dict[str, StageRunner]
     started: asyncio.Event
     admin_url: str | None = None
-    score_api_url: str = ""
-    model_server_url: str = ""
-    config_path: Path | None = None
-    retrain_tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
 
 def _has_model_version(base_path: Path) -> bool:
@@ -118,9 +130,9 @@ async def _start_admin(daemon: Daemon, stack: contextlib.AsyncExitStack) -> str 
     app = create_app(
         AdminState(
             ctx=daemon.ctx,
+            handoff=daemon.handoff,
             runners=daemon.runners,
             features=daemon.features,
-            predictions=daemon.predictions,
             token=cfg.token,
             started=daemon.started,
         )
@@ -151,6 +163,8 @@ async def open_daemon(
 ) -> AsyncIterator[Daemon]:
     """Open every resource of a daemon and yield it wired but not yet serving.
 
+    ``config_path`` is handed to the retrain child process (``train --config``).
+
     Raises:
         FatalError: a resource cannot start (no model to serve, storage unavailable, ...).
     """
@@ -159,119 +173,54 @@ async def open_daemon(
     async with contextlib.AsyncExitStack() as stack:
         cfg = await _embedded_services(cfg, stack, data_dir)
         storage = await stack.enter_async_context(open_storage(cfg.storage))
-        scores = await stack.enter_async_context(ScoreApiClient(cfg.score_api, metrics=metrics))
+        scores = await stack.enter_async_context(ScoreApiClient.open(cfg.score_api, metrics=metrics))
         model = await stack.enter_async_context(
-            TFServingClient(cfg.tfserving, cfg.model.name, metrics=metrics)
+            TFServingClient.open(cfg.tfserving, cfg.model.name, metrics=metrics)
         )
         ctx = StageContext(cfg=cfg, storage=storage, scores=scores, model=model, metrics=metrics, clock=clock)
-        sc = cfg.scheduler
-        predictions = PredictionsStage(ctx)
-        features = FeaturesStage(ctx)
-        validation = ValidationStage(ctx, seasons=features.followed_seasons)
         runners: dict[str, StageRunner] = {}
 
-        def runner(name: str, fn: StageFn, *, interval_s: float | None = None, cron: str = "") -> StageRunner:
+        def wake(stage: str) -> None:
+            if (runner := runners.get(stage)) is not None:
+                runner.trigger()
+
+        handoff = Handoff(wake, retrain_on_final_labels=cfg.training.retrain_on_season_final)
+        scorer = Scorer(ctx)
+        features = FeaturesStage(ctx, handoff)
+        predictions = PredictionsStage(ctx, handoff, scorer)
+        validation = ValidationStage(ctx, handoff, seasons=features.followed_seasons)
+        sc = cfg.scheduler
+
+        def runner(stage: Stage, **kwargs: Any) -> StageRunner:
             return StageRunner(
-                name,
-                fn,
+                stage,
                 clock=clock,
                 metrics=metrics,
-                interval_s=interval_s,
-                cron=cron,
                 backoff_initial_s=sc.backoff_initial_s,
                 backoff_max_s=sc.backoff_max_s,
+                **kwargs,
             )
 
-        # A season turning final wakes validation once a prediction run that *started after*
-        # the season's last feature commit has succeeded, so the first realized metrics cover
-        # every prediction of the season.
-        finals: set[int] = set()
-
-        async def predictions_run(run_id: str) -> dict[str, Any]:
-            captured = set(finals)
-            finals.difference_update(captured)
-            try:
-                result = await predictions.run(run_id)
-            except BaseException:
-                finals.update(captured)
-                raise
-            if captured:
-                runners["validation"].trigger()
-            return result
-
-        runners["features"] = runner("features", features.run, interval_s=sc.poll_interval_s)
-        runners["predictions"] = runner("predictions", predictions_run)
-        runners["validation"] = runner("validation", validation.run, cron=sc.validation_cron)
+        # Both write predictions and the cache: a refeed and a diff run never overlap.
+        scoring = asyncio.Lock()
+        runners["features"] = runner(features, interval_s=sc.poll_interval_s, run_at_start=True)
+        runners["predictions"] = runner(predictions, run_at_start=True, lock=scoring)
+        runners["refeed"] = runner(RefeedStage(ctx, handoff, scorer), cron=sc.refeed_cron, lock=scoring)
+        runners["validation"] = runner(validation, cron=sc.validation_cron)
+        if cfg.training.retrain_on_season_final:
+            runners["retrain"] = runner(RetrainStage(handoff, config_path=config_path))
         daemon = Daemon(
             cfg=cfg,
             ctx=ctx,
+            handoff=handoff,
             features=features,
             predictions=predictions,
             validation=validation,
             runners=runners,
             started=asyncio.Event(),
-            score_api_url=cfg.score_api.base_url,
-            model_server_url=cfg.tfserving.base_url,
-            config_path=config_path,
         )
-        # A committed feature batch wakes the prediction stage; a failed feature write (which
-        # may have committed all the same) makes it look in storage for unpredicted rows.
-        features.on_commit(predictions.submit)
-        features.on_commit(lambda _batch: runners["predictions"].trigger())
-        features.on_reset(predictions.reconcile_next_run)
-
-        def season_final(season: int) -> None:
-            finals.add(season)
-            runners["predictions"].trigger()
-
-        features.on_season_final(season_final)
-        if cfg.training.retrain_on_season_final:
-            validation.on_final_labels(lambda season: _schedule_retrain(daemon, season))
         daemon.admin_url = await _start_admin(daemon, stack)
-        try:
-            yield daemon
-        finally:
-            for task in daemon.retrain_tasks:
-                task.cancel()
-            if daemon.retrain_tasks:
-                await asyncio.gather(*daemon.retrain_tasks, return_exceptions=True)
-
-
-def _schedule_retrain(daemon: Daemon, season: int) -> None:
-    task = asyncio.create_task(_retrain(daemon, season), name=f"retrain:{season}")
-    daemon.retrain_tasks.add(task)
-    task.add_done_callback(daemon.retrain_tasks.discard)
-
-
-async def _retrain(daemon: Daemon, season: int) -> None:
-    """Retrain from stored history in a child process (TensorFlow stays out of the daemon)."""
-    args = [sys.executable, "-m", "scorebeater", "train", "--from-storage"]
-    if daemon.config_path is not None:
-        args += ["--config", str(daemon.config_path)]
-    log.info("daemon.retrain_started", season=season)
-    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
-    try:
-        code = await proc.wait()
-    except asyncio.CancelledError:
-        # The daemon is stopping: a training child must not publish after it has gone.
-        proc.terminate()
-        await proc.wait()
-        log.warning("daemon.retrain_cancelled", season=season)
-        raise
-    log.info("daemon.retrain_finished", season=season, exit_code=code)
-
-
-async def _refeed_on_schedule(daemon: Daemon, stop: asyncio.Event) -> None:
-    expr = daemon.cfg.scheduler.refeed_cron
-    clock = daemon.ctx.clock
-    while not stop.is_set():
-        slot = next_cron(expr, clock.now())
-        await clock.sleep((slot - clock.now()).total_seconds())
-        if stop.is_set():
-            return
-        log.info("daemon.scheduled_refeed", slot=slot.isoformat())
-        daemon.predictions.request_refeed()
-        daemon.runners["predictions"].trigger()
+        yield daemon
 
 
 async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
@@ -279,20 +228,12 @@ async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
     grace = daemon.cfg.scheduler.shutdown_grace_s
     async with asyncio.TaskGroup() as tg:
         tasks = [
-            tg.create_task(runner.serve(run_immediately=name != "validation"), name=f"stage:{name}")
-            for name, runner in daemon.runners.items()
+            tg.create_task(runner.serve(), name=f"stage:{name}") for name, runner in daemon.runners.items()
         ]
-        refeed = (
-            tg.create_task(_refeed_on_schedule(daemon, stop), name="refeed-cron")
-            if daemon.cfg.scheduler.refeed_cron
-            else None
-        )
         daemon.started.set()
         log.info("daemon.started", stages=sorted(daemon.runners), admin=daemon.admin_url)
         await stop.wait()
         log.info("daemon.stopping", grace_s=grace)
-        if refeed is not None:
-            refeed.cancel()  # it only waits for its next slot: nothing to drain
         for runner in daemon.runners.values():
             runner.stop()
         pending = [t for t in tasks if not t.done()]
@@ -307,63 +248,33 @@ async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
 
 async def run(
     cfg: Config,
+    stop: asyncio.Event,
     *,
-    handle_signals: bool = True,
-    stop: asyncio.Event | None = None,
     clock: Clock | None = None,
     data_dir: Path | None = None,
     config_path: Path | None = None,
 ) -> None:
-    """Run the daemon until SIGTERM/SIGINT or ``stop`` is set."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    interrupts = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        log.info("daemon.signal", signal=signal.Signals(signum).name)
-        if interrupts > 1 and signum == signal.SIGINT:
-            # A second Ctrl-C: stop waiting for in-flight work.
-            for task in asyncio.all_tasks(loop):
-                if task.get_name().startswith("stage:"):
-                    task.cancel()
-        stop.set()
-
-    if handle_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        async with open_daemon(cfg, clock=clock, data_dir=data_dir, config_path=config_path) as daemon:
-            await serve(daemon, stop)
-    finally:
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+    """Open a daemon and serve it until ``stop`` is set."""
+    async with open_daemon(cfg, clock=clock, data_dir=data_dir, config_path=config_path) as daemon:
+        await serve(daemon, stop)
 
 
-def command(args: argparse.Namespace) -> int:
-    """``scorebeater run``."""
-    cfg = load_config(args.config)
-    asyncio.run(run(cfg, data_dir=args.data, config_path=args.config))
+async def command(args: argparse.Namespace) -> int:
+    """``scorebeater run``: serve until SIGTERM/SIGINT (a second one cancels at once)."""
+    cfg: Config = args.cfg
+
+    async def main(stop: asyncio.Event) -> None:
+        await run(cfg, stop, data_dir=args.data, config_path=args.config)
+
+    await run_until_signal(main, name="run")
     return 0
 
 
-async def _once(cfg: Config, stage: str, data_dir: Path | None) -> dict[str, Any]:
-    # One iteration serves no one: no admin port (a running daemon may hold it).
-    cfg = dataclasses.replace(cfg, admin=dataclasses.replace(cfg.admin, enabled=False))
-    async with open_daemon(cfg, data_dir=data_dir) as daemon:
-        if stage == "refeed":
-            daemon.predictions.request_refeed()
-            stage = "predictions"
-        return await daemon.runners[stage].run_once()
-
-
-def once_command(args: argparse.Namespace) -> int:
+async def once_command(args: argparse.Namespace) -> int:
     """``scorebeater once --stage S``: one iteration of one stage, then exit."""
-    import json  # noqa: PLC0415
-
-    cfg = load_config(args.config)
-    result = asyncio.run(_once(cfg, args.stage, args.data))
+    # One iteration serves no one: no admin port (a running daemon may hold it).
+    cfg: Config = dataclasses.replace(args.cfg, admin=dataclasses.replace(args.cfg.admin, enabled=False))
+    async with open_daemon(cfg, data_dir=args.data, config_path=args.config) as daemon:
+        result = await daemon.runners[args.stage].run_once()
     print(json.dumps(result, default=str, indent=2))  # noqa: T201 - this command's output
     return 0

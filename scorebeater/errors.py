@@ -31,6 +31,10 @@ class ConfigError(FatalError):
         super().__init__(f"{source}: {len(self.problems)} problem(s): {lines}")
 
 
+class Interrupted(ScorebeaterError):
+    """A command was cancelled by a second SIGTERM/SIGINT before it finished draining."""
+
+
 class DataError(ScorebeaterError):
     """A data file or directory cannot be used (missing file, wrong columns)."""
 

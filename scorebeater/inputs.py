@@ -100,30 +100,22 @@ def as_of_inputs(prev: PreviousSeasons, now: RunningTotals, season_games: int) -
     return {k: float(v) for k, v in values.items()}
 
 
-def progress_bucket(team_games: float, season_games: float) -> str:
-    """The season-progress bucket of a row: ``0-25``, ``25-50``, ``50-75`` or ``75-100``.
-
-    Progress is the share of his team's scheduled games played; a boundary belongs to the
-    upper bucket except 100%, which is in ``75-100``.
-    """
-    share = team_games / season_games if season_games > 0 else 0.0
-    if share < 0.25:  # noqa: PLR2004 - quartile boundaries
-        return "0-25"
-    if share < 0.5:  # noqa: PLR2004
-        return "25-50"
-    if share < 0.75:  # noqa: PLR2004
-        return "50-75"
-    return "75-100"
-
-
 PROGRESS_BUCKETS: tuple[str, ...] = ("0-25", "25-50", "50-75", "75-100")
+"""Season-progress buckets: progress is the share of his team's scheduled games played; a
+boundary belongs to the upper bucket except 100%, which is in ``75-100``."""
+
+
+def progress_bucket_index(share: np.ndarray) -> np.ndarray:
+    """The index into :data:`PROGRESS_BUCKETS` of each progress share (0..1; clipped)."""
+    n = len(PROGRESS_BUCKETS)
+    index: np.ndarray = np.clip(np.floor(np.asarray(share, dtype=np.float64) * n).astype(int), 0, n - 1)
+    return index
 
 
 def progress_buckets(team_games: np.ndarray, season_games: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`progress_bucket` over arrays; returns an array of bucket strings."""
+    """The bucket name of each row (team games played, scheduled games per team)."""
     share = np.divide(
         team_games, season_games, out=np.zeros_like(team_games, dtype=float), where=season_games > 0
     )
-    idx = np.clip(np.floor(share * 4).astype(int), 0, 3)
-    buckets: np.ndarray = np.asarray(PROGRESS_BUCKETS, dtype=object)[idx]
+    buckets: np.ndarray = np.asarray(PROGRESS_BUCKETS, dtype=object)[progress_bucket_index(share)]
     return buckets

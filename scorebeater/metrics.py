@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scorebeater.inputs import PROGRESS_BUCKETS
 
-STAGES = ("features", "predictions", "validation")
+STAGES = ("features", "predictions", "refeed", "validation")
+"""Stages whose series exist from the start (``retrain`` exists only when enabled)."""
 STAGE_OUTCOMES = ("success", "error")
 EVAL_BUCKETS = ("all", *PROGRESS_BUCKETS)
 CALIBRATION_BINS = tuple(f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10))

@@ -1,8 +1,9 @@
 """The internal scheduler: an injectable clock, cron arithmetic, and one runner per stage.
 
-A :class:`StageRunner` owns one stage. It waits for a trigger (an explicit ``trigger()`` from
-another stage or the admin API, an interval, or a cron slot), runs exactly one iteration
-under a lock (a stage never overlaps itself), and on failure logs, counts, backs off and
+A :class:`StageRunner` owns one :class:`Stage`. It waits for a trigger (an explicit
+``trigger()`` from the stages' hand-off or the admin API, an interval, or a cron slot), runs
+exactly one iteration under a lock (a stage never overlaps itself, nor any stage that shares
+its lock), and on failure logs, counts, backs off and
 continues: one stage's failure never stops the others. Triggers that arrive while a run is
 in progress coalesce into one follow-up run; cron slots missed while running are skipped and
 counted, never queued.
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -52,32 +53,6 @@ class SystemClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
-class FakeClock:
-    """A clock tests move by hand: ``sleep`` returns once ``advance`` has passed its deadline."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2014, 1, 1, tzinfo=UTC)
-        self._changed = asyncio.Condition()
-
-    def now(self) -> datetime:
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        deadline = self._now + timedelta(seconds=max(0.0, seconds))
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._now >= deadline)
-
-    async def advance(self, seconds: float) -> None:
-        """Move time forward and wake every sleeper whose deadline has passed."""
-        async with self._changed:
-            self._now += timedelta(seconds=seconds)
-            self._changed.notify_all()
-        # Let woken tasks run (re-acquire the condition, start their next wait) before the
-        # caller continues.
-        for _ in range(50):
-            await asyncio.sleep(0)
-
-
 def next_cron(expr: str, after: datetime) -> datetime:
     """The first slot of cron ``expr`` strictly after ``after`` (UTC). Pure.
 
@@ -109,7 +84,7 @@ def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
 
 @dataclass(slots=True)
 class StageState:
-    """What ``GET /v1/status`` reports for one stage."""
+    """A runner's own bookkeeping of its stage's runs (the runner half of ``GET /v1/status``)."""
 
     name: str
     state: str = "idle"  # idle | running | backing_off | stopped
@@ -122,7 +97,6 @@ class StageState:
     last_error_at: datetime | None = None
     last_run_id: str | None = None
     last_result: dict[str, Any] = field(default_factory=dict)
-    watermark: dict[str, Any] = field(default_factory=dict)
     next_scheduled: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,13 +114,33 @@ class StageState:
             "last_error_at": iso(self.last_error_at),
             "last_run_id": self.last_run_id,
             "last_result": self.last_result,
-            "watermark": self.watermark,
             "next_scheduled": iso(self.next_scheduled),
         }
 
 
-StageFn = Callable[[str], Awaitable[dict[str, Any]]]
-"""One iteration of a stage: gets the run id, returns a small summary for status and logs."""
+class Stage(Protocol):
+    """What a runner runs: one stage of the daemon."""
+
+    name: str
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        """One iteration; gets the run id, returns a small JSON-able summary for status and logs.
+
+        Raises:
+            FatalError: the daemon must stop. Any other exception fails this run only.
+        """
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The stage's own state (watermarks, what it waits for), JSON-able; cheap, no I/O."""
+        ...
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the real cause: an exception group is unwrapped to its first leaf."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 class StageRunner:
@@ -154,28 +148,31 @@ class StageRunner:
 
     def __init__(
         self,
-        name: str,
-        run: StageFn,
+        stage: Stage,
         *,
         clock: Clock,
         metrics: Metrics,
         interval_s: float | None = None,
         cron: str = "",
+        run_at_start: bool = False,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 300.0,
+        lock: asyncio.Lock | None = None,
     ) -> None:
-        self.name = name
-        self._run = run
+        """``lock`` is shared by runners whose stages must never run at the same time."""
+        self.name = stage.name
+        self._stage = stage
         self._clock = clock
         self._metrics = metrics
         self._interval_s = interval_s
         self._cron = cron
+        self._run_at_start = run_at_start
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._triggered = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._stopping = False
-        self.state = StageState(name)
+        self._stopped = asyncio.Event()
+        self._lock = lock or asyncio.Lock()
+        self.state = StageState(self.name)
         self.completed = asyncio.Condition()
         """Notified after every iteration (success or failure); tests and the admin API wait on it."""
 
@@ -184,18 +181,19 @@ class StageRunner:
         self._triggered.set()
 
     def stop(self) -> None:
-        """Stop starting new runs; an in-flight run continues (the daemon bounds it)."""
-        self._stopping = True
+        """Stop starting new runs and cut a backoff wait short; an in-flight run continues
+        (the daemon bounds it)."""
+        self._stopped.set()
         self._triggered.set()
 
     @property
     def stopping(self) -> bool:
         """True once ``stop()`` was called (read through a property: it changes across awaits)."""
-        return self._stopping
+        return self._stopped.is_set()
 
-    @property
-    def running(self) -> bool:
-        return self._lock.locked()
+    def status(self) -> dict[str, Any]:
+        """This runner's state with its stage's own under ``watermark`` (``GET /v1/status``)."""
+        return {**self.state.as_dict(), "watermark": self._stage.status()}
 
     async def run_once(self) -> dict[str, Any]:
         """Run exactly one iteration now (waiting for an in-flight one first).
@@ -215,13 +213,13 @@ class StageRunner:
         with structlog.contextvars.bound_contextvars(stage=self.name, run_id=run_id):
             log.debug("stage.run_started")
             try:
-                result = await self._run(run_id)
+                result = await self._stage.run(run_id)
             except Exception as exc:
                 elapsed = time.perf_counter() - started
                 st.runs += 1
                 st.failures += 1
                 st.consecutive_failures += 1
-                st.last_error, st.last_error_at = f"{type(exc).__name__}: {exc}", self._clock.now()
+                st.last_error, st.last_error_at = _describe(exc), self._clock.now()
                 st.state = "backing_off"
                 self._metrics.stage_runs.labels(self.name, "error").inc()
                 self._metrics.stage_duration.labels(self.name).observe(elapsed)
@@ -251,6 +249,18 @@ class StageRunner:
             deadlines.append(next_cron(self._cron, after))
         return min(deadlines) if deadlines else None
 
+    async def _first(self, *waits: Awaitable[object]) -> None:
+        """Wait until the first of ``waits`` completes; cancel the others."""
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     async def _wait(self, deadline: datetime | None) -> None:
         """Wait until triggered or ``deadline`` passes."""
         if deadline is None:
@@ -259,53 +269,46 @@ class StageRunner:
         delay = (deadline - self._clock.now()).total_seconds()
         if delay <= 0:
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waiter = asyncio.ensure_future(self._triggered.wait())
-        try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, waiter):
-                task.cancel()
-            for task in (sleeper, waiter):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._first(self._clock.sleep(delay), self._triggered.wait())
 
-    async def serve(self, *, run_immediately: bool = True) -> None:
+    async def serve(self) -> None:
         """The stage's loop; returns after ``stop()`` once no run is in flight.
 
         Only ``FatalError`` escapes; every other failure is logged, counted and backed off.
         """
         deadline: datetime | None = (
-            self._clock.now() if run_immediately else self._next_deadline(self._clock.now())
+            self._clock.now() if self._run_at_start else self._next_deadline(self._clock.now())
         )
-        while not self._stopping:
-            self.state.next_scheduled = deadline
-            await self._wait(deadline)
-            if self.stopping:
-                break
-            self._triggered.clear()
-            scheduled = deadline
-            try:
-                async with self._lock:
-                    await self._iteration()
-            except FatalError:
-                raise
-            except Exception:  # noqa: BLE001 - logged and counted in _iteration; the loop must go on
-                delay = backoff_delay(
-                    self.state.consecutive_failures, self._backoff_initial_s, self._backoff_max_s
-                )
-                log.warning("stage.backing_off", stage=self.name, delay_s=delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    # A trigger (e.g. an admin request) does not cut the backoff short.
-                    await self._clock.sleep(delay)
-                # Retry after the backoff: a trigger-driven stage (predictions) would otherwise
-                # sit on the work it failed to finish until something else woke it.
-                self._triggered.set()
-            now = self._clock.now()
-            if self._cron and scheduled is not None:
-                missed = missed_slots(self._cron, scheduled, now)
-                if missed:
-                    self._metrics.stage_missed_runs.labels(self.name).inc(missed)
-                    log.warning("stage.slots_missed", stage=self.name, missed=missed)
-            deadline = self._next_deadline(now)
-        self.state.state = "stopped"
+        try:
+            while not self._stopped.is_set():
+                self.state.next_scheduled = deadline
+                await self._wait(deadline)
+                if self.stopping:  # stop() wakes the wait
+                    break
+                self._triggered.clear()
+                scheduled = deadline
+                try:
+                    async with self._lock:
+                        await self._iteration()
+                except FatalError:
+                    raise
+                except Exception:  # noqa: BLE001 - logged and counted in _iteration; the loop must go on
+                    delay = backoff_delay(
+                        self.state.consecutive_failures, self._backoff_initial_s, self._backoff_max_s
+                    )
+                    log.warning("stage.backing_off", stage=self.name, delay_s=delay)
+                    # A trigger (e.g. an admin request) does not cut the backoff short; stop() does.
+                    await self._first(self._clock.sleep(delay), self._stopped.wait())
+                    # Retry after the backoff: a trigger-driven stage (predictions) would otherwise
+                    # sit on the work it failed to finish until something else woke it.
+                    self._triggered.set()
+                now = self._clock.now()
+                if self._cron and scheduled is not None:
+                    missed = missed_slots(self._cron, scheduled, now)
+                    if missed:
+                        self._metrics.stage_missed_runs.labels(self.name).inc(missed)
+                        log.warning("stage.slots_missed", stage=self.name, missed=missed)
+                deadline = self._next_deadline(now)
+        finally:
+            # Also when cancelled mid-run at shutdown: the runner is done either way.
+            self.state.state = "stopped"

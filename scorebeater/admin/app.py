@@ -27,7 +27,7 @@ from scorebeater.errors import ScorebeaterError
 from scorebeater.scheduler import StageRunner
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.features import FeaturesStage
-from scorebeater.stages.predictions import PredictionsStage
+from scorebeater.stages.handoff import Handoff
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +39,10 @@ class AdminState:
     """What the admin API reads and controls."""
 
     ctx: StageContext
+    handoff: Handoff
     runners: dict[str, StageRunner]
     features: FeaturesStage
-    predictions: PredictionsStage
+    """Read for the player lookups: the latest season, players without a previous season."""
     token: Secret | None
     started: asyncio.Event
 
@@ -136,9 +137,10 @@ async def get_predictions(request: web.Request) -> web.Response:
     season_raw = request.query.get("season")
     history = request.query.get("history", "false").lower() in {"1", "true", "yes"}
     if season_raw is None:
-        if not state.features.seasons:
+        latest = state.features.latest_season()
+        if latest is None:
             return _error(404, "no_season", "no season has been processed yet; pass ?season=S")
-        season = max(state.features.seasons)
+        season = latest
     else:
         try:
             season = int(season_raw)
@@ -176,23 +178,15 @@ async def get_predictions(request: web.Request) -> web.Response:
 
 
 async def get_status(request: web.Request) -> web.Response:
-    """Each stage's state, watermark, last success and last error."""
+    """Each stage's runner state and own status, and the work in flight between them."""
     state = request.app[STATE]
-    stages = {name: runner.state.as_dict() for name, runner in state.runners.items()}
-    stages["features"]["watermark"] = {
-        str(season): {
-            "games_processed": len(s.processed),
-            "last_final_at": s.last_final_at,
-            "updated_since": s.updated_since,
-            "regular_season_complete": s.complete,
+    return _json(
+        {
+            "stages": {name: runner.status() for name, runner in state.runners.items()},
+            "handoff": state.handoff.status(),
+            "model": state.ctx.cfg.model.name,
         }
-        for season, s in state.features.seasons.items()
-    }
-    stages["predictions"]["watermark"] = {
-        "pinned_model_version": state.predictions.pinned_version,
-        "pending_rows": state.predictions.pending_rows,
-    }
-    return _json({"stages": stages, "model": state.ctx.cfg.model.name})
+    )
 
 
 @_requires_token
@@ -208,8 +202,7 @@ async def post_refeed(request: web.Request) -> web.Response:
         if not isinstance(body, dict) or not isinstance(body.get("clear_cache", False), bool):
             return _error(400, "bad_body", 'body must be {"clear_cache": true|false}')
         clear_cache = body.get("clear_cache", False)
-    state.predictions.request_refeed(clear_cache=clear_cache)
-    state.runners["predictions"].trigger()
+    state.handoff.request_refeed(clear_cache=clear_cache)
     log.info("admin.refeed_requested", clear_cache=clear_cache)
     return _json({"accepted": True, "clear_cache": clear_cache}, 202)
 

@@ -24,9 +24,9 @@ Embed with :func:`serve_models` (the daemon does); run alone with ``scorebeater 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
-import signal
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -39,11 +39,13 @@ import structlog
 from aiohttp import web
 
 from scorebeater.errors import ConfigError
+from scorebeater.lifecycle import run_until_signal
 from scorebeater.modelserver.jsonio import RequestError, echo, error_body, parse_document
 from scorebeater.modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from scorebeater.modelserver.metrics import ServerMetrics
 from scorebeater.modelserver.modelsconfig import ModelSource, load_models_config
-from scorebeater.modelserver.registry import CODE_BY_HTTP, INT64_MAX, ModelRegistry, ModelView, resolve
+from scorebeater.modelserver.registry import ModelRegistry, ModelView, resolve
+from scorebeater.modelserver.servable import CODE_BY_HTTP
 from scorebeater.modelserver.tensors import (
     check_batch,
     check_shapes,
@@ -51,6 +53,7 @@ from scorebeater.modelserver.tensors import (
     predict_reply,
     rows_to_arrays,
 )
+from scorebeater.modelserver.versions import INT64_MAX
 
 if TYPE_CHECKING:
     import argparse
@@ -348,37 +351,21 @@ async def serve_models(
         log.info("modelserver.stopped")
 
 
-async def _serve_until_signal(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-
-    def on_signal() -> None:
-        stop.set()
-        # A second Ctrl-C gets Python's default behaviour and so interrupts a slow shutdown.
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        async with serve_models(
-            model_name=args.model_name,
-            base_path=args.model_base_path,
-            host=args.host,
-            port=args.port,
-            poll_interval_s=args.file_system_poll_wait_seconds,
-            models_config=args.model_config_file,
-            max_batch_size=args.max_batch_size,
-        ):
-            await stop.wait()
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    async with serve_models(
+        model_name=args.model_name,
+        base_path=args.model_base_path,
+        host=args.host,
+        port=args.port,
+        poll_interval_s=args.file_system_poll_wait_seconds,
+        models_config=args.model_config_file,
+        max_batch_size=args.max_batch_size,
+    ):
+        await stop.wait()
 
 
-def command(args: argparse.Namespace) -> int:
-    """``scorebeater serve-model``: serve until SIGINT/SIGTERM, then exit 0.
+async def command(args: argparse.Namespace) -> int:
+    """``scorebeater serve-model``: serve until SIGINT/SIGTERM, then exit 0 (see ``lifecycle``).
 
     Raises:
         ConfigError: an invalid ``--model-config-file`` or poll interval.
@@ -386,5 +373,5 @@ def command(args: argparse.Namespace) -> int:
     """
     if not args.file_system_poll_wait_seconds > 0:
         raise ConfigError("serve-model", ["--file-system-poll-wait-seconds must be > 0"])
-    asyncio.run(_serve_until_signal(args))
+    await run_until_signal(functools.partial(_serve, args), name="serve-model")
     return 0

@@ -6,9 +6,9 @@ the replay clock's current time, so a game turns final as the clock passes it an
 totals appear after its last regular-season game. The contract is ``openapi.yaml`` beside
 this module (served at ``/openapi.yaml``).
 
-Request pipeline (outermost first): JSON errors, bearer auth (constant-time compare), an
-optional token-bucket rate limit (429 + ``Retry-After``), then the handler. Every response
-carries ``X-Replay-Time``.
+Request pipeline (outermost first, from :mod:`scorebeater.scoreapi.middleware`): JSON errors,
+bearer auth (constant-time compare), an optional token-bucket rate limit (429 +
+``Retry-After``), then the handler. Every response carries ``X-Replay-Time``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import hmac
-import math
-import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import functools
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -34,8 +31,11 @@ from aiohttp import web
 from scorebeater.config import Secret, secret_from_env
 from scorebeater.data import History, load_history
 from scorebeater.errors import ConfigError
+from scorebeater.lifecycle import run_until_signal
 from scorebeater.scoreapi import timeline
 from scorebeater.scoreapi.catalog import GAME_STATUSES, GameKey, GameStatus, ReplayCatalog, SeasonIndex
+from scorebeater.scoreapi.middleware import ApiError, TokenBucket, auth, errors, json_response
+from scorebeater.scoreapi.middleware import rate_limit as limit_rate
 from scorebeater.scoreapi.timeline import AcceleratedClock, ReplayClock
 
 if TYPE_CHECKING:
@@ -49,69 +49,6 @@ DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
 CURSOR_VERSION = 1
 REPLAY_TIME_HEADER = "X-Replay-Time"
-_PUBLIC_PATHS = frozenset({"/healthz", "/openapi.yaml"})
-"""Served without a token and outside the rate limit (probes, documentation)."""
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error answer: HTTP ``status``, stable ``code``, and the offending ``param`` if any."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        self.param = param
-        self.headers = dict(headers or {})
-        super().__init__(f"{status} {code}: {message}")
-
-
-def _json(payload: object, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(exc: ApiError) -> web.Response:
-    """The contract's ``Error`` body for ``exc``."""
-    error: dict[str, str] = {"code": exc.code, "message": exc.message}
-    if exc.param is not None:
-        error["param"] = exc.param
-    return _json({"error": error}, status=exc.status, headers=exc.headers)
-
-
-class TokenBucket:
-    """At most ``rate`` requests per real second on average, bursts up to ``burst``."""
-
-    def __init__(
-        self, rate: float, *, burst: float | None = None, monotonic: Callable[[], float] = time.monotonic
-    ):
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0, got {rate!r}")
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self._tokens = self.burst
-        self._monotonic = monotonic
-        self._last = monotonic()
-
-    def take(self) -> float:
-        """Take one token: 0.0 if allowed, else the seconds until one is available."""
-        now = self._monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self.rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +72,10 @@ def _state(request: web.Request) -> ReplayState:
     return request.app[STATE]
 
 
+def _stamp_replay_time(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[REPLAY_TIME_HEADER] = timeline.rfc3339(_replay_time(request))
+
+
 def _replay_time(request: web.Request) -> int:
     # One instant per request, so every part of an answer agrees with its header.
     t = request.get(REPLAY_T)
@@ -142,69 +83,6 @@ def _replay_time(request: web.Request) -> int:
         t = _state(request).now()
         request[REPLAY_T] = t
     return t
-
-
-# --- middlewares -------------------------------------------------------------------------------
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        response = error_response(exc)
-    except web.HTTPException as exc:
-        # Unknown routes and methods get the same JSON error shape as everything else.
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        response = error_response(ApiError(exc.status, code, exc.reason, headers=headers))
-    except Exception:
-        log.exception("replay.request_failed", path=request.path)
-        response = error_response(ApiError(500, "internal", "internal error"))
-    response.headers[REPLAY_TIME_HEADER] = timeline.rfc3339(_replay_time(request))
-    return response
-
-
-def _auth(token: Secret) -> Middleware:
-    expected = token.get().encode("utf-8")
-    challenge = {"WWW-Authenticate": 'Bearer realm="scorebeater-replay"'}
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _PUBLIC_PATHS:
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise ApiError(401, "unauthorized", "missing bearer token", headers=challenge)
-        if not hmac.compare_digest(presented.strip().encode("utf-8"), expected):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "invalid bearer token",
-                headers={"WWW-Authenticate": 'Bearer realm="scorebeater-replay", error="invalid_token"'},
-            )
-        return await handler(request)
-
-    return auth
-
-
-def _rate_limit(bucket: TokenBucket) -> Middleware:
-    @web.middleware
-    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _PUBLIC_PATHS:
-            wait_s = bucket.take()
-            if wait_s > 0:
-                retry_after = max(1, math.ceil(wait_s))
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"more than {bucket.rate:g} requests per second",
-                    headers={"Retry-After": str(retry_after)},
-                )
-        return await handler(request)
-
-    return rate_limit
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -299,7 +177,7 @@ def _visible_season(request: web.Request, season: int) -> SeasonIndex:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok", "replay_time": timeline.rfc3339(_replay_time(request))})
+    return json_response({"status": "ok", "replay_time": timeline.rfc3339(_replay_time(request))})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -309,12 +187,12 @@ async def openapi(request: web.Request) -> web.Response:
 async def list_seasons(request: web.Request) -> web.Response:
     t = _replay_time(request)
     seasons = [s.to_json(t) for s in _state(request).catalog.visible_seasons(t)]
-    return _json({"replay_time": timeline.rfc3339(t), "data": seasons})
+    return json_response({"replay_time": timeline.rfc3339(t), "data": seasons})
 
 
 async def get_season(request: web.Request) -> web.Response:
     season = _int_param(request.match_info["season"], "season", lo=1, hi=9999)
-    return _json(_visible_season(request, season).to_json(_replay_time(request)))
+    return json_response(_visible_season(request, season).to_json(_replay_time(request)))
 
 
 async def list_games(request: web.Request) -> web.Response:
@@ -350,7 +228,7 @@ async def list_games(request: web.Request) -> web.Response:
             "after": list(resume) if resume is not None else None,
         }
     )
-    return _json(
+    return json_response(
         {"replay_time": timeline.rfc3339(t), "data": games, "next_cursor": next_cursor, "has_more": has_more}
     )
 
@@ -394,7 +272,7 @@ async def list_player_totals(request: web.Request) -> web.Response:
         if has_more and last is not None
         else None
     )
-    return _json(
+    return json_response(
         {"replay_time": timeline.rfc3339(t), "data": rows, "next_cursor": next_cursor, "has_more": has_more}
     )
 
@@ -417,11 +295,11 @@ def create_app(
     requests per second before 429 (``None``: unlimited). ``middlewares`` run inside the
     error middleware and before auth (tests inject faults there).
     """
-    chain: list[Middleware] = [_errors, *middlewares]
+    chain: list[Middleware] = [errors(_stamp_replay_time), *middlewares]
     if token is not None and token.get():
-        chain.append(_auth(token))
+        chain.append(auth(token))
     if rate_limit is not None:
-        chain.append(_rate_limit(TokenBucket(rate_limit)))
+        chain.append(limit_rate(TokenBucket(rate_limit)))
     app = web.Application(middlewares=chain)
     app[STATE] = ReplayState(catalog=catalog, clock=clock, openapi=_openapi_text())
     app.router.add_get("/healthz", healthz)
@@ -498,34 +376,28 @@ async def serve_replay(
         log.info("replay.stopped")
 
 
-async def _serve_until_signal(
-    history: History, args: argparse.Namespace, token: Secret | None, start: dt.datetime | None
+async def _serve(
+    history: History,
+    args: argparse.Namespace,
+    token: Secret | None,
+    start: dt.datetime | None,
+    stop: asyncio.Event,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with serve_replay(
-            history,
-            host=args.host,
-            port=args.port,
-            speed=args.speed,
-            start=start,
-            season=args.season,
-            token=token,
-            rate_limit=args.rate_limit,
-        ):
-            await stop.wait()
-            log.info("replay.signal_received")
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+    async with serve_replay(
+        history,
+        host=args.host,
+        port=args.port,
+        speed=args.speed,
+        start=start,
+        season=args.season,
+        token=token,
+        rate_limit=args.rate_limit,
+    ):
+        await stop.wait()
 
 
-def command(args: argparse.Namespace) -> int:
-    """``scorebeater replay-api``: serve until SIGINT/SIGTERM, then exit 0.
+async def command(args: argparse.Namespace) -> int:
+    """``scorebeater replay-api``: serve until SIGINT/SIGTERM, then exit 0 (see ``lifecycle``).
 
     Raises:
         ConfigError: ``--start`` is not an ISO date or date-time with an offset.
@@ -539,5 +411,5 @@ def command(args: argparse.Namespace) -> int:
             raise ConfigError("--start", [str(exc)]) from exc
     history = load_history(args.data)
     token = secret_from_env(args.token_env)
-    asyncio.run(_serve_until_signal(history, args, token, start))
+    await run_until_signal(functools.partial(_serve, history, args, token, start), name="replay-api")
     return 0

@@ -1,15 +1,13 @@
-"""What every stage gets: the resources of one daemon, and the hand-off between stages.
+"""What every stage gets: the resources of one daemon.
 
 Stages never open resources themselves; the daemon (the composition root) opens storage, the
-two HTTP clients and the metrics once, and hands each stage a :class:`StageContext`.
+two HTTP clients and the metrics once, and hands each stage a :class:`StageContext` (and the
+:class:`~scorebeater.stages.handoff.Handoff` through which the stages pass work on).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-
-import pyarrow as pa
+from dataclasses import dataclass
 
 from scorebeater.clients.score_api import ScoreApiClient
 from scorebeater.clients.tfserving import TFServingClient
@@ -29,15 +27,3 @@ class StageContext:
     model: TFServingClient
     metrics: Metrics
     clock: Clock
-
-
-@dataclass(slots=True)
-class CommittedFeatures:
-    """Feature rows the feature stage has committed, handed to the prediction stage.
-
-    ``seen_at`` is ``time.monotonic()`` when the feature stage first saw the earliest game of
-    the batch final: the start of the incremental-latency measurement.
-    """
-
-    rows: pa.Table
-    seen_at: float = field(default_factory=time.monotonic)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,10 +29,11 @@ import orjson
 import pyarrow as pa
 import structlog
 
-from scorebeater.clients.score_api import BoxScore, GameInfo
 from scorebeater.errors import ScoreApiNotFound, StageError
 from scorebeater.inputs import INPUT_NAMES, PreviousSeasons, RunningTotals, as_of_inputs
-from scorebeater.stages.base import CommittedFeatures, StageContext
+from scorebeater.scoreapi.records import BoxScore, GameInfo
+from scorebeater.stages.base import StageContext
+from scorebeater.stages.handoff import CommittedFeatures, Handoff, features_checkpoint_name
 from scorebeater.storage.base import FEATURES_SCHEMA, feature_hashes
 
 log = structlog.get_logger(__name__)
@@ -43,16 +44,6 @@ BOX_SCORE_CONCURRENCY = 8
 FEED_OVERLAP = timedelta(milliseconds=1)
 """The feed's ``updated_since`` is exclusive; asking from just before the watermark re-reads
 the games at it, which the processed-id set then skips: overlap is cheap, a gap is data loss."""
-
-
-def checkpoint_name(season: int) -> str:
-    """The name of the feature stage's checkpoint of ``season``."""
-    return f"features.{season}"
-
-
-def season_complete(checkpoint: bytes | None) -> bool:
-    """Whether a feature checkpoint says every regular-season game of its season is processed."""
-    return checkpoint is not None and bool(orjson.loads(checkpoint).get("complete"))
 
 
 @dataclass(slots=True)
@@ -96,7 +87,7 @@ class SeasonState:
 
     @property
     def checkpoint_name(self) -> str:
-        return checkpoint_name(self.season)
+        return features_checkpoint_name(self.season)
 
     def checkpoint(self) -> bytes:
         return orjson.dumps(
@@ -109,6 +100,7 @@ class SeasonState:
                 "last_final_at": self.last_final_at,
                 "complete": self.complete,
                 "no_previous": sorted(self.no_previous),
+                # Read by the hand-off (season_complete) in any process.
                 # Not derivable from the stored rows, unlike the running totals.
                 "last_game_teams": {str(pid): list(ps.last_game_teams) for pid, ps in self.players.items()},
             }
@@ -128,36 +120,35 @@ class SeasonState:
         }
 
 
-CommitListener = Callable[[CommittedFeatures], None]
-
-
 class FeaturesStage:
-    """Turns newly final games into feature rows. One instance per daemon."""
+    """Turns newly final games into feature rows. One instance per daemon.
+
+    Hands off (see :mod:`scorebeater.stages.handoff`): every committed batch, a failed run
+    (the prediction stage must reconcile), and a final season fully processed.
+    """
 
     name = "features"
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, handoff: Handoff) -> None:
         self._ctx = ctx
-        self._on_commit: list[CommitListener] = []
-        self._on_season_final: list[Callable[[int], None]] = []
-        self._on_reset: list[Callable[[], None]] = []
+        self._handoff = handoff
         self.seasons: dict[int, SeasonState] = {}
 
-    def on_reset(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` when a failed run drops the in-memory state.
+    def status(self) -> dict[str, object]:
+        """Per followed season: games processed, feed watermark, whether the season is done."""
+        return {
+            str(season): {
+                "games_processed": len(s.processed),
+                "last_final_at": s.last_final_at,
+                "updated_since": s.updated_since,
+                "regular_season_complete": s.complete,
+            }
+            for season, s in self.seasons.items()
+        }
 
-        A write that failed may still have committed (a lost commit reply), without its
-        ``on_commit`` listeners having run: whoever relies on those must re-check storage.
-        """
-        self._on_reset.append(listener)
-
-    def on_commit(self, listener: CommitListener) -> None:
-        """Call ``listener(batch)`` after every committed batch of feature rows."""
-        self._on_commit.append(listener)
-
-    def on_season_final(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(season)`` once a season's regular season is final and fully processed."""
-        self._on_season_final.append(listener)
+    def latest_season(self) -> int | None:
+        """The latest season this stage has loaded, if any."""
+        return max(self.seasons, default=None)
 
     async def followed_seasons(self) -> list[int]:
         """The configured seasons, else the latest season the Score API reports with games."""
@@ -300,9 +291,7 @@ class FeaturesStage:
                     datetime.fromisoformat(state.last_final_at).timestamp()
                 )
             if table.num_rows:
-                batch = CommittedFeatures(rows=table, seen_at=seen_at)
-                for listener in self._on_commit:
-                    listener(batch)
+                self._handoff.features_committed(CommittedFeatures(rows=table, seen_at=seen_at))
         await self._check_complete(state)
         return processed_games, rows_written
 
@@ -395,8 +384,7 @@ class FeaturesStage:
 
     def reset(self) -> None:
         """Forget in-memory state so the next run reloads it from storage (after a failure)."""
-        for listener in self._on_reset:
-            listener()
+        self._handoff.features_failed()
         for state in self.seasons.values():
             state.loaded = False
             state.players.clear()
@@ -413,8 +401,7 @@ class FeaturesStage:
             state.complete = True
             await self._ctx.storage.put_checkpoint(state.checkpoint_name, state.checkpoint())
             log.info("features.season_complete", season=state.season, games=len(state.processed))
-            for listener in self._on_season_final:
-                listener(state.season)
+            self._handoff.season_features_complete(state.season)
 
     def known_without_previous(self, season: int) -> Iterable[int]:
         """Players seen in ``season``'s box scores who have no previous season (no prediction)."""

@@ -28,11 +28,11 @@ import pyarrow.compute as pc
 import structlog
 
 from scorebeater import quality
-from scorebeater.errors import ScoreApiError
-from scorebeater.inputs import PROGRESS_BUCKETS
+from scorebeater.errors import ScoreApiNotFound
+from scorebeater.inputs import PROGRESS_BUCKETS, progress_bucket_index
 from scorebeater.metrics import CALIBRATION_BINS
 from scorebeater.stages.base import StageContext
-from scorebeater.stages.features import checkpoint_name, season_complete
+from scorebeater.stages.handoff import Handoff, features_checkpoint_name
 from scorebeater.storage.base import OUTCOMES_SCHEMA, UTC_TS
 
 log = structlog.get_logger(__name__)
@@ -47,25 +47,30 @@ class SeasonLabels:
 
 
 class ValidationStage:
-    """Stores outcomes and exports realized model quality."""
+    """Stores outcomes and exports realized model quality.
+
+    Reads from the hand-off whether a season may be finalized; hands off each season whose
+    final outcomes it stored (once per season, for retraining).
+    """
 
     name = "validation"
 
     def __init__(
         self,
         ctx: StageContext,
+        handoff: Handoff,
         *,
         seasons: Callable[[], Awaitable[list[int]]],
     ) -> None:
+        """``seasons`` gives the seasons to validate: the feature stage's followed seasons."""
         self._ctx = ctx
+        self._handoff = handoff
         self._seasons = seasons
-        self._on_final_labels: list[Callable[[int], None]] = []
         self._state: dict[int, SeasonLabels] = {}
-        self.last_report: dict[str, object] = {}
 
-    def on_final_labels(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(season)`` once, after a season's final outcomes are stored."""
-        self._on_final_labels.append(listener)
+    def status(self) -> dict[str, object]:
+        """Per season seen: whether its final outcomes are stored."""
+        return {str(season): {"final_outcomes_stored": s.final_stored} for season, s in self._state.items()}
 
     async def run(self, run_id: str) -> dict[str, object]:
         """Store new outcomes for the followed seasons, then recompute realized metrics."""
@@ -87,10 +92,8 @@ class ValidationStage:
                     state.final_stored = True
                     if not state.retrain_requested:
                         state.retrain_requested = True
-                        for listener in self._on_final_labels:
-                            listener(season)
+                        self._handoff.final_labels_stored(season)
         report = await self._export_metrics(seasons)
-        self.last_report = report
         return {"early_outcomes": early, "final_outcomes": final, **report}
 
     async def _early_positives(self, season: int) -> int:
@@ -139,11 +142,12 @@ class ValidationStage:
         """Store final outcomes once the season is final; ``None`` while it is not."""
         ctx = self._ctx
         info = await ctx.scores.season(season)
-        if not info.regular_season_final:
-            return None
-        if not season_complete(await ctx.storage.get_checkpoint(checkpoint_name(season))):
-            # Finalizing now would leave the players of still unprocessed games unlabelled.
-            log.info("validation.waiting_for_features", season=season)
+        if not self._handoff.season_ready_for_validation(
+            season,
+            regular_season_final=info.regular_season_final,
+            features_checkpoint=await ctx.storage.get_checkpoint(features_checkpoint_name(season)),
+        ):
+            log.debug("validation.season_not_ready", season=season)
             return None
         latest: dict[int, tuple[int, float]] = {}
         async for table in ctx.storage.read_latest_features(season=season):
@@ -158,7 +162,9 @@ class ValidationStage:
         try:
             async for t in ctx.scores.season_totals(season):
                 official[t.player_id] = t.ftm
-        except ScoreApiError as exc:
+        except ScoreApiNotFound as exc:
+            # Not published yet: the season is final but its totals are not. Any other error
+            # (a revoked token, an outage beyond the retry budget) fails the run, visibly.
             log.warning("validation.totals_unavailable", season=season, error=str(exc))
             return None
         pids = sorted(p for p in latest if p in official)
@@ -270,7 +276,7 @@ class ValidationStage:
             g.clear()
         report: dict[str, object] = {}
         for version, (probs, ys, progress) in sorted(by_version.items()):
-            share = np.clip(np.floor(progress * 4).astype(int), 0, 3)
+            share = progress_bucket_index(progress)
             v = str(version)
             version_report: dict[str, dict[str, float]] = {}
             for bucket in ("all", *PROGRESS_BUCKETS):

@@ -16,7 +16,6 @@ identical, so a random row split would leak the label.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 import structlog
 
 from scorebeater import __version__
-from scorebeater.config import Config, TrainingConfig, load_config
+from scorebeater.config import Config, TrainingConfig
 from scorebeater.data import load_history
 from scorebeater.errors import DataError
 from scorebeater.inputs import MODEL_INPUTS, OUTPUT_NAME
@@ -265,11 +264,14 @@ def _runtime() -> dict[str, str]:
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def train_command(args: argparse.Namespace) -> int:
-    """``scorebeater train``: exit 0 when a version was published, 1 when the gate rejected it."""
-    cfg = load_config(args.config)
+async def train_command(args: argparse.Namespace) -> int:
+    """``scorebeater train``: exit 0 when a version was published, 1 when the gate rejected it.
+
+    Async only to read storage; the training itself blocks the loop, which has nothing else to run.
+    """
+    cfg: Config = args.cfg
     if args.from_storage:
-        stored = asyncio.run(_from_configured_storage(cfg))
+        stored = await _from_configured_storage(cfg)
         rows, source = _with_file_history(stored, args, cfg)
     else:
         data_dir = _data_dir(args, cfg)
@@ -301,7 +303,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from scorebeater.training.evaluate import MODEL_ORDER, ModelLoadError, ServedModel, evaluate  # noqa: PLC0415
     from scorebeater.training.report import write_report  # noqa: PLC0415
 
-    cfg = load_config(args.config)
+    cfg: Config = args.cfg
     base_path = cfg.model.base_path
     version = args.model_version if args.model_version is not None else export.latest_version(base_path)
     if version is None:

@@ -41,7 +41,13 @@ from scorebeater.daemon import Daemon, open_daemon, serve
 from scorebeater.errors import ScoreApiError
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
-from tests.fakes.score_api import Fault, RunningReplay, bundled_catalog, bundled_history, running_replay
+from scorebeater.testing.score_api import (
+    Fault,
+    RunningReplay,
+    bundled_catalog,
+    bundled_history,
+    running_replay,
+)
 from tests.integration.daemon_support import BACKENDS, model_base_path, storage_config
 
 pytestmark = pytest.mark.slow
@@ -166,9 +172,11 @@ async def test_daemon_over_a_real_season(
                 status = await resp.json()
                 assert status["stages"]["features"]["runs"] == 1
                 assert status["stages"]["features"]["watermark"][str(SEASON)]["games_processed"] > 100
-        refeed = await daemon.runners["predictions"].run_once()
-        assert refeed["refeed"]["rows"] == len(expected)
-        hits = daemon.ctx.metrics.cache_hits._value.get()
+        refeed = await daemon.runners["refeed"].run_once()  # the one the POST asked for
+        assert refeed["rows"] == len(expected)
+        assert refeed["cache_cleared"] == 0
+        hits = daemon.ctx.metrics.registry.get_sample_value("scorebeater_prediction_cache_hits_total")
+        assert hits is not None
         assert hits >= len(expected)  # every refeed row was cached by the diff run
 
         # 4. a new model version is published (atomically) and picked up without a restart
@@ -208,10 +216,11 @@ async def test_daemon_over_a_real_season(
         async for table in daemon.ctx.storage.read_predictions(season=SEASON):
             rows.extend(r for r in table.to_pylist() if r["model_version"] == 1)
         want = quality.summary([beat[r["player_id"]] for r in rows], [r["probability"] for r in rows])
-        m = daemon.ctx.metrics
-        assert m.eval_roc_auc.labels("1", "all")._value.get() == pytest.approx(want["roc_auc"])
-        assert m.eval_brier.labels("1", "all")._value.get() == pytest.approx(want["brier"])
-        assert m.eval_rows.labels("1", "all")._value.get() == len(rows)
+        labels = {"model_version": "1", "bucket": "all"}
+        sample = daemon.ctx.metrics.registry.get_sample_value
+        assert sample("scorebeater_eval_roc_auc", labels) == pytest.approx(want["roc_auc"])
+        assert sample("scorebeater_eval_brier_score", labels) == pytest.approx(want["brier"])
+        assert sample("scorebeater_eval_rows", labels) == len(rows)
 
 
 async def test_serve_runs_the_stages_concurrently_and_drains_on_stop(
@@ -236,7 +245,7 @@ async def test_serve_runs_the_stages_concurrently_and_drains_on_stop(
         try:
             await asyncio.wait_for(daemon.started.wait(), 10)
             for _ in range(200):
-                if daemon.runners["predictions"].state.runs and not daemon.predictions.pending_rows:
+                if daemon.runners["predictions"].state.runs and not daemon.handoff.pending_rows:
                     preds = await latest_predictions(daemon)
                     if preds:
                         break

@@ -43,7 +43,7 @@ from scorebeater.daemon import open_daemon
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
 from scorebeater.storage import open_storage
-from tests.fakes.score_api import RunningReplay, bundled_catalog, running_replay
+from scorebeater.testing.score_api import RunningReplay, bundled_catalog, running_replay
 from tests.integration.daemon_support import BACKENDS, model_base_path, storage_config
 
 pytestmark = pytest.mark.slow

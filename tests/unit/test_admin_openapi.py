@@ -16,6 +16,7 @@ from scorebeater.config import Config
 from scorebeater.metrics import Metrics
 from scorebeater.scheduler import SystemClock
 from scorebeater.stages.base import StageContext
+from scorebeater.stages.handoff import Handoff
 
 
 def _spec() -> dict[str, Any]:
@@ -40,7 +41,7 @@ def test_every_route_is_documented_and_every_documented_path_is_served() -> None
         clock=SystemClock(),
     )
     state = AdminState(
-        ctx=ctx, runners={}, features=unused, predictions=unused, token=None, started=asyncio.Event()
+        ctx=ctx, handoff=Handoff(), runners={}, features=unused, token=None, started=asyncio.Event()
     )
     app = create_app(state)
     served = {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import scorebeater.config
+import scorebeater.daemon
 from scorebeater.cli import HANDLERS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +55,28 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["replay-api", "--speed", "-3"])
     assert info.value.code == 2
     assert "must be > 0" in capsys.readouterr().err
+
+
+def test_a_command_loads_its_config_once_and_async_handlers_run_on_one_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The config a command runs with is the one logging was configured from: read once."""
+    loads: list[Path] = []
+    real_load = scorebeater.config.load_config
+
+    def counting_load(path: Path | str, **kwargs: object) -> scorebeater.config.Config:
+        loads.append(Path(path))
+        return real_load(path)
+
+    seen: list[object] = []
+
+    async def fake_run(args: argparse.Namespace) -> int:
+        seen.append(args.cfg)
+        seen.append(asyncio.get_running_loop())
+        return 0
+
+    monkeypatch.setattr(scorebeater.config, "load_config", counting_load)
+    monkeypatch.setattr(scorebeater.daemon, "command", fake_run)
+    assert main(["run", "--config", "config/scorebeater.toml"]) == 0
+    assert loads == [Path("config/scorebeater.toml")]
+    assert isinstance(seen[0], scorebeater.config.Config)

@@ -1,0 +1,82 @@
+"""The refeed stage: re-score every player's latest feature row.
+
+Runs on ``scheduler.refeed_cron`` (e.g. nightly) and whenever a refeed is requested through
+the hand-off (``POST /v1/refeed``, ``scorebeater once --stage refeed``). Unchanged (feature
+vector, model version) pairs come from the prediction cache; a request with ``clear_cache``
+drops the cache first and so forces every row through the model. It shares its runner lock
+with the prediction stage: the two never write predictions at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from scorebeater.stages.base import StageContext
+from scorebeater.stages.handoff import Handoff, RefeedRequest
+from scorebeater.stages.scoring import Scorer
+
+log = structlog.get_logger(__name__)
+
+
+class RefeedStage:
+    """Scores every player's latest feature row with one pinned version."""
+
+    name = "refeed"
+
+    def __init__(self, ctx: StageContext, handoff: Handoff, scorer: Scorer) -> None:
+        self._ctx = ctx
+        self._handoff = handoff
+        self._scorer = scorer
+
+    def status(self) -> dict[str, object]:
+        """Whether a refeed is waiting, and with which options."""
+        return {"requested": self._handoff.status()["refeed_requested"]}
+
+    async def run(self, run_id: str) -> dict[str, object]:
+        """One refeed: the one requested, else a plain one (a cron slot)."""
+        del run_id  # bound into the log context by the runner
+        request = self._handoff.take_refeed()
+        try:
+            version = await self._scorer.pin()
+            return {"model_version": version, **await self._refeed(version, request)}
+        except BaseException:
+            self._handoff.refeed_failed(request)
+            raise
+
+    async def _refeed(self, version: int, request: RefeedRequest) -> dict[str, int]:
+        ctx = self._ctx
+        cleared = await ctx.storage.cache.clear() if request.clear_cache else 0
+        rows = 0
+        started = time.perf_counter()
+        # Right after a clear every lookup would miss: skip them. Batch k's writes overlap
+        # batch k+1's read and scoring, with at most one batch of writes in flight.
+        use_cache = not request.clear_cache
+        storing: asyncio.Task[None] | None = None
+        try:
+            # A failed batch must release the backend's cursor now, not at garbage collection.
+            async with contextlib.aclosing(ctx.storage.read_latest_features()) as tables:
+                async for table in tables:
+                    scored = await self._scorer.score(table, version, use_cache=use_cache)
+                    if storing is not None:
+                        await storing
+                    storing = asyncio.create_task(self._scorer.store(scored, version, mode="refeed"))
+                    rows += scored.rows
+            if storing is not None:
+                await storing
+        finally:
+            if storing is not None and not storing.done():
+                storing.cancel()
+                await asyncio.gather(storing, return_exceptions=True)
+        elapsed = time.perf_counter() - started
+        log.info(
+            "predictions.refeed_completed",
+            rows=rows,
+            cache_cleared=cleared,
+            duration_s=round(elapsed, 3),
+            rows_per_s=round(rows / elapsed) if elapsed > 0 else None,
+        )
+        return {"rows": rows, "cache_cleared": cleared}
