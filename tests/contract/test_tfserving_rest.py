@@ -2,10 +2,10 @@
 
 Built from ``reference/tfserving-rest.md`` (TF Serving's source and tests). It runs against the
 embedded stand-in by default. With ``TFSERVING_URL`` set (and ``TFSERVING_MODELS_DIR``, the
-directory written by ``python -m tests.fakes.savedmodel DIR`` and mounted as ``/models``) the
+directory written by ``python -m scorebeater.testing.savedmodel DIR`` and mounted as ``/models``) the
 same table runs against a real TF Serving (see ``tfserving/README.md``).
 
-Models served (see ``tests/fakes/savedmodel.py``): ``score_beater`` v1 and v2 (the production
+Models served (see ``scorebeater/testing/savedmodel.py``): ``score_beater`` v1 and v2 (the production
 signature; label ``stable`` -> 1), ``single`` (one input ``x`` [batch, 3]) and ``echo``
 (identity on float32 [batch], to see float formatting). Batch limit: 64 rows.
 
@@ -30,7 +30,7 @@ import orjson
 import pytest
 
 from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
-from tests.fakes.savedmodel import (
+from scorebeater.testing.savedmodel import (
     CONTRACT_MAX_BATCH_SIZE,
     ModelCache,
     cached_models,
@@ -77,6 +77,26 @@ def _base_url(models_root: Path) -> Iterator[str]:
         max_batch_size=CONTRACT_MAX_BATCH_SIZE,
     ) as url:
         yield url
+
+
+@pytest.fixture(name="op_determinism")
+def _op_determinism(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """TensorFlow's op determinism for one test: the same inputs on this machine, the same bits.
+
+    The switch is process-wide (the stand-in runs in this process), so it is turned back off
+    afterwards; TensorFlow exports no public way to do that, hence the internal module.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    monkeypatch.setenv("TF_DETERMINISTIC_OPS", "1")
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
 
 
 @dataclass(frozen=True)
@@ -540,9 +560,16 @@ async def test_contract(base_url: str, case: Case) -> None:
         assert set(reply.json) == {"error"}
 
 
+@pytest.mark.usefixtures("op_determinism")
 @pytest.mark.parametrize("fmt", ["row", "columnar"])
 async def test_predict_matches_the_savedmodel_in_process(base_url: str, models_root: Path, fmt: str) -> None:
-    """Both formats give the SavedModel's own float32 outputs, for the version asked."""
+    """Both formats give the SavedModel's own float32 outputs, for the version asked.
+
+    Against the stand-in, bit for bit: it runs the same signature on the same 40-row batch in
+    this process (with op determinism on), so any difference is the reply's float text not
+    reading back exactly; rtol 1e-6 would hide a formatting that keeps only 7 significant digits
+    (float32 needs 9). A real TF Serving is another build in another process: rtol 1e-6 there.
+    """
     columns = random_columns(40, seed=3)
     for version in (1, 2):
         if fmt == "row":

@@ -16,7 +16,6 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from scorebeater.config import (
@@ -32,9 +31,9 @@ from scorebeater.daemon import open_daemon
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
+from scorebeater.testing.score_api import bundled_catalog, bundled_history, running_replay
 from scorebeater.training.dataset import build_training_set
 from scorebeater.training.pipeline import _with_file_history, training_set_from_storage
-from tests.fakes.score_api import bundled_catalog, bundled_history, running_replay
 from tests.integration.daemon_support import model_base_path
 
 pytestmark = pytest.mark.slow
@@ -88,7 +87,8 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
         rows = served.get(pid, [])
         k = bisect.bisect_right([t for t, _ in rows], when) - 1
         expected = tuple(float(trained.inputs[name][i]) for name in INPUT_NAMES)
-        if k < 0 or not np.allclose(rows[k][1], expected):
+        # Exactly equal: every input is a whole-number count, exact in float32 (no arithmetic).
+        if k < 0 or rows[k][1] != expected:
             mismatched.append((pid, when, expected, rows[k][1] if k >= 0 else None))
     assert len(trained) > 50_000
     assert not mismatched, f"{len(mismatched)} of {len(trained)} rows differ, e.g. {mismatched[:3]}"

@@ -6,9 +6,6 @@ names that differ from what the config files read (token_env, dsn_env, the AWS v
 missing healthchecks, mounted files that are not in the repository, a config that does not load
 with the environment compose gives it. Compose's own variable interpolation is reproduced
 (``${VAR:-default}``, ``$$``) with the demo defaults, as with no ``.env`` file.
-
-The tfserving/ files (models.config, monitoring.config, batching_parameters.txt) are written in
-another issue: the checks that read them run when they exist and are skipped until then.
 """
 
 from __future__ import annotations

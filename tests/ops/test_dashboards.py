@@ -132,8 +132,9 @@ def test_alert_uses_only_exported_metrics(rule: AlertRule) -> None:
     assert not unknown, f"{rule.name}: {sorted(unknown)} not exported by the daemon or TF Serving"
 
 
-def test_the_issue_panels_exist() -> None:
-    """Issue 7's list of what each dashboard shows, by the metrics its queries select."""
+def test_each_dashboard_shows_its_required_metrics() -> None:
+    """Quality (per season-progress bucket), pipeline freshness, serving and rejected records:
+    each dashboard's queries select the metrics it exists to show."""
 
     def used(stem: str) -> set[str]:
         return {name for q in QUERIES if q.dashboard == stem for name in metric_names(q.expr)}

@@ -7,7 +7,7 @@ Scenario:
 2. Start the real daemon as the container would (``scorebeater run --config``) with the embedded
    replay Score API and TF Serving stand-in on free loopback ports, local storage in a temporary
    directory, and the newest model of model/score_beater (when the repository holds none, a model
-   with the production signature exported by tests.fakes.savedmodel).
+   with the production signature exported by scorebeater.testing.savedmodel).
 3. Start Debian's real ``prometheus`` with config/prometheus/prometheus.yml, its targets rewritten
    to those ports (scorebeater's admin port, the stand-in's /monitoring/prometheus/metrics), a
    one-second scrape interval, and config/prometheus/alerts.yml loaded.
@@ -155,7 +155,7 @@ def _short_season(directory: Path) -> int:
 
 def _model(base_path: Path, work: Path) -> None:
     """model/score_beater's newest version, copied in; when the repository has none, a model with
-    the production signature (tests.fakes.savedmodel, untrained weights: the checks here are about
+    the production signature (scorebeater.testing.savedmodel, untrained weights: the checks here are about
     metrics and queries, not quality; `scorebeater train` takes minutes)."""
     repo_models = REPO / "model" / "score_beater"
     versions = (
@@ -168,7 +168,8 @@ def _model(base_path: Path, work: Path) -> None:
     if versions:
         shutil.copytree(versions[-1], base_path / versions[-1].name)
         return
-    code = "import sys\nfrom pathlib import Path\nfrom tests.fakes.savedmodel import export_score_model\n"
+    code = "import sys\nfrom pathlib import Path\n"
+    code += "from scorebeater.testing.savedmodel import export_score_model\n"
     code += "export_score_model(Path(sys.argv[1]))\n"
     result = subprocess.run(
         [str(VENV_BIN / "python"), "-c", code, str(base_path / "1")],

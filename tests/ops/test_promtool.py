@@ -88,8 +88,9 @@ def test_alerts_are_routable_and_explained() -> None:
         assert rule.rule.get("for"), f"{rule.name}: fires on one evaluation; give it a `for`"
 
 
-def test_the_issue_alerts_exist() -> None:
-    """Issue 7's alerts: stage without success, stale features, low quality, errors, model not AVAILABLE."""
+def test_alerts_cover_staleness_quality_errors_and_model_availability() -> None:
+    """An alert watches each of: a stage without success, stale features, low realized quality,
+    stage and TF Serving errors, the model not AVAILABLE."""
     by_metric: dict[str, set[str]] = {}
     for rule in alert_rules():
         for name in metric_names(rule.expr):

@@ -10,7 +10,7 @@ import pytest
 from scorebeater.errors import DataError
 from scorebeater.scoreapi import timeline
 from scorebeater.scoreapi.catalog import DERIVED_ID_BASE, ReplayCatalog, derived_player_id, normalise_name
-from tests.fakes.score_api import UNMATCHED_NAME, synthetic_history
+from scorebeater.testing.score_api import UNMATCHED_NAME, synthetic_history
 
 UTC = dt.UTC
 
