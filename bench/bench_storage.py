@@ -98,12 +98,13 @@ def synthetic_features(rows: int, seed: int = 5) -> pa.Table:
     season = 1990 + player_season // PLAYERS_PER_SEASON
     n_ps = int(player_season.max()) + 1
     # Per player-season constants, then per row through the season.
-    prev_ftm = rng.gamma(2.0, 60.0, n_ps).round()
+    prev_ftm = np.minimum(rng.gamma(2.0, 60.0, n_ps).round(), 840)
     prev_fta = (prev_ftm / rng.uniform(0.55, 0.92, n_ps)).round()
     prev_games = rng.integers(10, 83, n_ps)
     rate = prev_ftm / np.maximum(prev_games, 1) * rng.uniform(0.7, 1.3, n_ps)
     progress = seq / GAMES
-    ftm = (rate[player_season] * seq * rng.uniform(0.8, 1.2, rows)).round()
+    # Within storage's plausibility bounds (scorebeater/bounds.py): the season FTM record is 840.
+    ftm = np.minimum((rate[player_season] * seq * rng.uniform(0.8, 1.2, rows)).round(), 840)
     inputs = {
         "prev_ftm": prev_ftm[player_season],
         "prev_fta": prev_fta[player_season],

@@ -76,7 +76,9 @@ def _has_model_version(base_path: Path) -> bool:
     return base_path.is_dir() and any(p.is_dir() and p.name.isdigit() for p in base_path.iterdir())
 
 
-async def _embedded_services(cfg: Config, stack: contextlib.AsyncExitStack, data_dir: Path | None) -> Config:
+async def _embedded_services(
+    cfg: Config, stack: contextlib.AsyncExitStack, data_dir: Path | None, metrics: Metrics
+) -> Config:
     """Start the replay Score API and the TF Serving stand-in when enabled; point the clients at them."""
     replay = cfg.score_api.replay
     if replay.enabled:
@@ -85,6 +87,8 @@ async def _embedded_services(cfg: Config, stack: contextlib.AsyncExitStack, data
         from scorebeater.scoreapi.timeline import parse_start  # noqa: PLC0415
 
         history = await asyncio.to_thread(load_history, data_dir or cfg.data.dir)
+        for kind, reason, count in history.report.rejections():
+            metrics.records_rejected.labels(kind, reason).inc(count)
         server = await stack.enter_async_context(
             serve_replay(
                 history,
@@ -171,7 +175,7 @@ async def open_daemon(
     clock = clock or SystemClock()
     metrics = metrics or Metrics(CollectorRegistry())
     async with contextlib.AsyncExitStack() as stack:
-        cfg = await _embedded_services(cfg, stack, data_dir)
+        cfg = await _embedded_services(cfg, stack, data_dir, metrics)
         storage = await stack.enter_async_context(open_storage(cfg.storage))
         scores = await stack.enter_async_context(ScoreApiClient.open(cfg.score_api, metrics=metrics))
         model = await stack.enter_async_context(

@@ -117,8 +117,14 @@ class ModelUnavailable(TFServingError):
 
 
 class ValidationError(ScorebeaterError, ValueError):
-    """A record from an external source is malformed or impossible; ``reason`` is a short code."""
+    """A record from an external source is malformed or impossible; ``reason`` is a short code.
 
-    def __init__(self, reason: str, message: str) -> None:
+    ``key`` identifies the rejected record where known (``"201400001"`` for a game or box
+    score, ``"201400001/123"`` for a box-score line), so a caller that sees the same record on
+    every fetch can count and quarantine it once.
+    """
+
+    def __init__(self, reason: str, message: str, *, key: str | None = None) -> None:
         self.reason = reason
+        self.key = key
         super().__init__(message)

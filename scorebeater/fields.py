@@ -24,13 +24,22 @@ wrong type, unparsable            ``bad_type``            ``bad_<key>``
 outside its bounds or choices     ``bad_value``           ``bad_<key>``
 negative, below its lower bound   ``negative_count``      ``negative_count`` when the bound
                                                           is 0 (a count), else ``bad_<key>``
+a count above its plausibility    ``implausible_<name>``  ``implausible_<name>``
+bound (:mod:`scorebeater.bounds`)
 made > attempted                  ``ftm_gt_fta``          ``ftm_gt_fta``
 ================================  ======================  ===================================
+
+A plausibility bound (twice a historical record; 50 free throws a game) names the quantity,
+not the column: the loader's ``ft`` and the Score API's ``ftm`` both give ``implausible_ftm``.
+Other bounds of :mod:`scorebeater.bounds` (ids, seasons, ages) are ranges and fail as bad
+values.
 
 A date, date-time, flag or choice that is null or empty fails as a value that does not
 parse (``bad_type`` / ``bad_<key>``), not as a missing one, in both dialects.
 Record-level checks (``same_teams``, ``wrong_season``, ...) raise through :meth:`Fields.error`
-with their own code. Nothing here does I/O or logs; counting and logging are the caller's.
+with their own code. Every rejection carries the record's ``key`` when the caller has set it
+(:attr:`Fields.key`), so a record fetched again and again can be counted once.
+Nothing here does I/O or logs; counting and logging are the caller's.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import datetime as dt
 import enum
 from typing import Any, TypeVar
 
+from scorebeater.bounds import GAME_ID, GAME_ID_MAX_LENGTH, Bound
 from scorebeater.errors import ValidationError
 
 MISSING_FIELD = "missing_field"
@@ -80,19 +90,24 @@ class Fields:
 
     ``what`` names the record in messages (``"game 201400001"``) and may be reassigned once
     the record's id is known; with an empty ``what`` messages name only the field (the loader
-    prefixes its own ``file:line``). Reads have no side effects and may be repeated.
+    prefixes its own ``file:line``). ``key`` is the record's identity for deduplication
+    (``ValidationError.key``), likewise set once known. Reads have no side effects and may be
+    repeated.
 
     Raises:
         ValidationError: ``bad_type`` at construction when ``record`` is not a JSON object.
     """
 
-    __slots__ = ("_csv", "dialect", "record", "what")
+    __slots__ = ("_csv", "dialect", "key", "record", "what")
 
-    def __init__(self, record: object, what: str = "", *, dialect: Dialect = Dialect.JSON) -> None:
+    def __init__(
+        self, record: object, what: str = "", *, dialect: Dialect = Dialect.JSON, key: str | None = None
+    ) -> None:
         if not isinstance(record, dict):
-            raise ValidationError(BAD_TYPE, f"{what} is {type(record).__name__}, not an object")
+            raise ValidationError(BAD_TYPE, f"{what} is {type(record).__name__}, not an object", key=key)
         self.record: dict[str, Any] = record
         self.what = what
+        self.key = key
         self.dialect = dialect
         # Checked for every field of every row the loader reads (~150k rows per load): a bool
         # attribute spares a global and an enum lookup each time.
@@ -102,7 +117,7 @@ class Fields:
 
     def error(self, reason: str, detail: str) -> ValidationError:
         """A rejection of this record with ``reason``; ``detail`` is prefixed with ``what``."""
-        return ValidationError(reason, f"{self.what}: {detail}" if self.what else detail)
+        return ValidationError(reason, f"{self.what}: {detail}" if self.what else detail, key=self.key)
 
     def invalid(self, key: str, detail: str) -> ValidationError:
         """A rejection for an impossible value of ``key`` (``bad_value`` / ``bad_<key>``)."""
@@ -162,7 +177,21 @@ class Fields:
         value = self._value(key)
         return None if value is None else self._integer(key, value, lo, hi)
 
-    def _integer(self, key: str, value: Any, lo: int | None, hi: int | None) -> int:
+    def within(self, key: str, bound: Bound) -> int:
+        """A whole number within ``bound`` (:mod:`scorebeater.bounds`).
+
+        Above a plausibility bound it is ``implausible_<name>``; otherwise as :meth:`integer`.
+        """
+        return self._integer(key, self._required(key), bound.lo, bound.hi, bound)
+
+    def opt_within(self, key: str, bound: Bound) -> int | None:
+        """:meth:`within`, or ``None`` when null."""
+        value = self._value(key)
+        return None if value is None else self._integer(key, value, bound.lo, bound.hi, bound)
+
+    def _integer(
+        self, key: str, value: Any, lo: int | None, hi: int | None, bound: Bound | None = None
+    ) -> int:
         if self._csv:
             try:
                 number = int(value)
@@ -175,8 +204,13 @@ class Fields:
         if lo is not None and number < lo:
             raise self.error(self.dialect.below(key, number, lo), f"{key}={number} is below {lo}")
         if hi is not None and number > hi:
-            raise self.invalid(key, f"{key}={number} is above {hi}")
+            raise self._above(key, number, hi, bound)
         return number
+
+    def _above(self, key: str, number: int, hi: int, bound: Bound | None) -> ValidationError:
+        if bound is not None and bound.implausible:
+            return self.error(bound.reason, f"{key}={number} is above its plausible maximum {hi}")
+        return self.invalid(key, f"{key}={number} is above {hi}")
 
     def text(self, key: str) -> str:
         """A non-empty string (stripped, for CSV)."""
@@ -190,6 +224,17 @@ class Fields:
     def _text(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or not value:
             raise self._bad_type(key, value, "a non-empty string")
+        return value
+
+    def numeric_id(self, key: str, bound: Bound = GAME_ID) -> str:
+        """An id of ASCII digits (leading zeros allowed, at most ``GAME_ID_MAX_LENGTH``) whose
+        value is within ``bound``; returned as the text it arrived as."""
+        value = self.text(key)
+        # isdigit() alone would pass "٣" and "²"; int() alone would pass "+3", " 3" and "3_0".
+        if not (value.isascii() and value.isdigit()):
+            raise self.invalid(key, f"{key}={value!r} is not ASCII digits")
+        if len(value) > GAME_ID_MAX_LENGTH or int(value) not in bound:
+            raise self.invalid(key, f"{key}={value[:40]!r} is outside {bound}")
         return value
 
     def flag(self, key: str) -> bool:
@@ -240,11 +285,23 @@ class Fields:
         """:meth:`time`, or ``None`` when null."""
         return None if self.is_null(key) else self.time(key)
 
-    def made_attempted(self, made: str, attempted: str) -> tuple[int, int]:
-        """Two counts, made then attempted; more made than attempted is ``ftm_gt_fta``."""
+    def made_attempted(
+        self, made: str, attempted: str, bounds: tuple[Bound, Bound] | None = None
+    ) -> tuple[int, int]:
+        """Two counts, made then attempted; more made than attempted is ``ftm_gt_fta``.
+
+        ``bounds`` (``(made, attempted)``, e.g. ``bounds.GAME_FREE_THROWS``) are checked
+        attempted first: ``ftm = fta = 10**6`` is ``implausible_fta``, ``ftm = 9, fta = 3``
+        is ``ftm_gt_fta`` whatever the bounds.
+        """
         made_n, attempted_n = self.integer(made, lo=0), self.integer(attempted, lo=0)
+        made_bound, attempted_bound = bounds or (None, None)
+        if attempted_bound is not None and attempted_n > attempted_bound.hi:
+            raise self._above(attempted, attempted_n, attempted_bound.hi, attempted_bound)
         if made_n > attempted_n:
             raise self.error(FTM_GT_FTA, f"{made} {made_n} > {attempted} {attempted_n}")
+        if made_bound is not None and made_n > made_bound.hi:
+            raise self._above(made, made_n, made_bound.hi, made_bound)
         return made_n, attempted_n
 
 

@@ -7,10 +7,21 @@ Three gzip CSV files (see ``README.md`` beside this module):
 - ``player_games.csv.gz``: one row per player and game in which he took a free throw.
 
 :func:`load_history` checks the header of each file and every row. A bad row is rejected
-with a reason (``ftm_gt_fta``, ``unknown_game``, ...; field reasons as in
-:mod:`scorebeater.fields`, CSV dialect), counted in :class:`LoadReport` and
-never silently dropped: the report is logged and returned. A missing file or a missing
-column is a :class:`~scorebeater.errors.DataError`, since no row of it can be trusted.
+with a reason (``ftm_gt_fta``, ``unknown_game``, ``implausible_fta``, ...; field reasons as in
+:mod:`scorebeater.fields`, CSV dialect; the plausibility bounds are
+:mod:`scorebeater.bounds`, shared with the Score API client and storage), counted in
+:class:`LoadReport` and never silently dropped: the report is logged and returned, and the
+daemon counts its rejections in ``scorebeater_records_rejected_total{kind="data_<file>"}``
+(:meth:`LoadReport.rejections`). A missing file or a missing column is a
+:class:`~scorebeater.errors.DataError`, since no row of it can be trusted.
+
+A row the replay would serve is held to at least what the Score API client checks (its
+records are :mod:`scorebeater.scoreapi.records`), so no accepted row is rejected again on
+every fetch.
+
+A game dated before an earlier ``game_seq`` of its season is kept but reported: a warning
+``date_out_of_order`` in the report and the log. Real schedules do this (a postponed game keeps
+its place), and rejecting the game would also drop its free throws; the bundled data has none.
 
 A directory may hold games for only some seasons while its season totals reach further back
 (previous-season features come from the totals).
@@ -31,6 +42,7 @@ from typing import Literal, TypeVar
 
 import structlog
 
+from scorebeater import bounds
 from scorebeater.errors import DataError, ValidationError
 from scorebeater.fields import Dialect, Fields
 
@@ -44,7 +56,6 @@ FILES = (SEASON_TOTALS, GAMES, PLAYER_GAMES)
 SeasonType = Literal["regular", "playoffs"]
 _SEASON_TYPES: tuple[SeasonType, ...] = ("regular", "playoffs")
 
-_MIN_SEASON, _MAX_SEASON = 1900, 2200
 _MAX_SAMPLES = 5
 
 
@@ -97,23 +108,43 @@ class PlayerGame:
     fta: int
 
 
+def rejection_kind(file: str) -> str:
+    """The ``kind`` label of a data file's rejections: ``data_player_games`` for
+    ``player_games.csv.gz`` (the Score API's kinds are ``game``, ``boxscore_line``, ...)."""
+    return "data_" + file.split(".", 1)[0]
+
+
 @dataclass(slots=True)
 class LoadReport:
-    """What the loader accepted and rejected, per file and reason."""
+    """What the loader accepted, rejected and warned about, per file and reason."""
 
     accepted: Counter[str] = field(default_factory=Counter)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    warnings: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Rows kept but reported (``date_out_of_order``), per file and code."""
     samples: list[str] = field(default_factory=list)
-    """The first few rejections as ``file:line: reason: detail`` lines."""
+    """The first few rejections and warnings as ``file:line: reason: detail`` lines."""
 
     def reject(self, file: str, line: int, reason: str, detail: str) -> None:
         self.rejected[file, reason] += 1
+        self._sample(file, line, reason, detail)
+
+    def warn(self, file: str, line: int, code: str, detail: str) -> None:
+        self.warnings[file, code] += 1
+        self._sample(file, line, code, detail)
+
+    def _sample(self, file: str, line: int, code: str, detail: str) -> None:
         if len(self.samples) < _MAX_SAMPLES * 4:
-            self.samples.append(f"{file}:{line}: {reason}: {detail}")
+            self.samples.append(f"{file}:{line}: {code}: {detail}")
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    def rejections(self) -> list[tuple[str, str, int]]:
+        """``(kind, reason, count)`` of every rejection, for ``records_rejected{kind, reason}``
+        (kind: :func:`rejection_kind`), sorted."""
+        return sorted((rejection_kind(file), reason, n) for (file, reason), n in self.rejected.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,24 +175,27 @@ def _fields(row: dict[str, str]) -> Fields:
 
 
 def _season(f: Fields) -> int:
-    return f.integer("season", lo=_MIN_SEASON, hi=_MAX_SEASON)
+    return f.within("season", bounds.SEASON)
 
 
 def _parse_total(row: dict[str, str]) -> SeasonTotal:
     f = _fields(row)
-    ftm, fta = f.made_attempted("ft", "fta")
+    ftm, fta = f.made_attempted("ft", "fta", bounds.SEASON_FREE_THROWS)
+    pts = f.within("pts", bounds.SEASON_PTS)
+    if pts < ftm:
+        raise f.invalid("pts", f"pts {pts} < ft {ftm}")
     return SeasonTotal(
         season=_season(f),
-        player_id=f.integer("player_id", lo=1),
+        player_id=f.within("player_id", bounds.DATA_PLAYER_ID),
         player=f.text("player"),
-        age=f.opt_integer("age", lo=10, hi=70),
-        experience=f.integer("experience", lo=1, hi=40),
+        age=f.opt_within("age", bounds.AGE),
+        experience=f.within("experience", bounds.EXPERIENCE),
         team=f.opt_text("team") or "",
-        games=f.integer("g", lo=0, hi=200),
-        minutes=f.opt_integer("mp", lo=0),
+        games=f.within("g", bounds.SEASON_GAMES),
+        minutes=f.opt_within("mp", bounds.SEASON_MINUTES),
         ftm=ftm,
         fta=fta,
-        pts=f.integer("pts", lo=0),
+        pts=pts,
     )
 
 
@@ -170,34 +204,32 @@ def _parse_game(row: dict[str, str]) -> Game:
     away, home = f.text("away"), f.text("home")
     if away == home:
         raise f.error("same_teams", f"away and home are both {away!r}")
-    game_id = f.text("game_id")
-    if not game_id.isdigit():
-        raise f.invalid("game_id", f"game_id={game_id!r} is not numeric")
+    game_id = f.numeric_id("game_id")
     estimated = f.flag("date_estimated")
     return Game(
         season=_season(f),
         season_type=f.choice("season_type", _SEASON_TYPES),
-        game_seq=f.integer("game_seq", lo=1),
+        game_seq=f.within("game_seq", bounds.GAME_SEQ),
         game_id=game_id,
         date=f.date("date"),
         date_estimated=estimated,
         away=away,
         home=home,
-        away_pts=f.integer("away_pts", lo=0),
-        home_pts=f.integer("home_pts", lo=0),
+        away_pts=f.within("away_pts", bounds.GAME_PTS),
+        home_pts=f.within("home_pts", bounds.GAME_PTS),
     )
 
 
 def _parse_player_game(row: dict[str, str]) -> PlayerGame:
     f = _fields(row)
-    ftm, fta = f.made_attempted("ftm", "fta")
+    ftm, fta = f.made_attempted("ftm", "fta", bounds.GAME_FREE_THROWS)
     return PlayerGame(
         season=_season(f),
         season_type=f.choice("season_type", _SEASON_TYPES),
-        game_seq=f.integer("game_seq", lo=1),
+        game_seq=f.within("game_seq", bounds.GAME_SEQ),
         game_id=f.text("game_id"),
         date=f.date("date"),
-        player_id=f.opt_integer("player_id", lo=1),
+        player_id=f.opt_within("player_id", bounds.DATA_PLAYER_ID),
         player=f.text("player"),
         team=f.opt_text("team") or "",
         ftm=ftm,
@@ -288,17 +320,65 @@ def _load(
     return out
 
 
+def _check_player_game(
+    pg: PlayerGame, game: Game | None, seen: set[tuple[str, str]]
+) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a player-game disagrees with its game or repeats, else ``None``."""
+    if game is None:
+        return "unknown_game", f"game_id {pg.game_id} is not in {GAMES}"
+    if (game.season, game.season_type, game.game_seq, game.date) != (
+        pg.season,
+        pg.season_type,
+        pg.game_seq,
+        pg.date,
+    ):
+        return "game_mismatch", f"game_id {pg.game_id} disagrees with {GAMES}"
+    if pg.team and pg.team not in (game.home, game.away):
+        # The Score API client would reject the served line on every fetch.
+        return "unknown_team", f"game_id {pg.game_id}: team {pg.team!r} did not play in it"
+    key = (pg.game_id, str(pg.player_id) if pg.player_id is not None else pg.player)
+    if key in seen:
+        return "duplicate", f"game_id {pg.game_id} player {pg.player!r}"
+    seen.add(key)
+    return None
+
+
+def _report_dates_out_of_order(games: list[Game], report: LoadReport) -> None:
+    """Warn for each game dated before a game earlier in its season's schedule.
+
+    ``games`` is sorted by ``(season, game_seq)``. The game is kept: see the module docstring.
+    """
+    latest: Game | None = None
+    out_of_order: list[str] = []
+    for g in games:
+        if latest is not None and latest.season == g.season and g.date < latest.date:
+            out_of_order.append(g.game_id)
+            report.warn(
+                GAMES,
+                0,
+                "date_out_of_order",
+                f"season {g.season} game_seq {g.game_seq} (game_id {g.game_id}) on {g.date}"
+                f" is before game_seq {latest.game_seq} on {latest.date}",
+            )
+        if latest is None or latest.season != g.season or g.date > latest.date:
+            latest = g
+    if out_of_order:
+        log.warning("data.dates_out_of_order", games=len(out_of_order), first=out_of_order[:_MAX_SAMPLES])
+
+
 def bundled_data_dir() -> resources.abc.Traversable:
     """The data directory shipped inside the package."""
     return resources.files(__name__)
 
 
-def load_history(directory: Path | str | None = None) -> History:  # noqa: PLR0912 - three files, one pass each
+def load_history(directory: Path | str | None = None) -> History:
     """Load and check a data directory (``None``: the bundled copy).
 
     Rows are checked one by one; cross-file checks follow: a player-game whose game is not
-    in ``games`` (or disagrees with it on season, type, sequence or date) is rejected as
-    ``unknown_game`` / ``game_mismatch``, duplicates as ``duplicate``.
+    in ``games`` (or disagrees with it on season, type, sequence or date, or names a team
+    that did not play in it) is rejected as ``unknown_game`` / ``game_mismatch`` /
+    ``unknown_team``, duplicates as ``duplicate``. Games dated out of schedule order are
+    kept, with a ``date_out_of_order`` warning.
 
     Raises:
         DataError: a file or a required column is missing, or a file cannot be decoded.
@@ -336,30 +416,16 @@ def load_history(directory: Path | str | None = None) -> History:  # noqa: PLR09
     player_games: list[PlayerGame] = []
     seen_pg: set[tuple[str, str]] = set()
     for pg in _load(source, PLAYER_GAMES, _parse_player_game, report):
-        game = by_id.get(pg.game_id)
-        reason = detail = ""
-        if game is None:
-            reason, detail = "unknown_game", f"game_id {pg.game_id} is not in {GAMES}"
-        elif (game.season, game.season_type, game.game_seq, game.date) != (
-            pg.season,
-            pg.season_type,
-            pg.game_seq,
-            pg.date,
-        ):
-            reason, detail = "game_mismatch", f"game_id {pg.game_id} disagrees with {GAMES}"
-        else:
-            pg_key = (pg.game_id, str(pg.player_id) if pg.player_id is not None else pg.player)
-            if pg_key in seen_pg:
-                reason, detail = "duplicate", f"game_id {pg.game_id} player {pg.player!r}"
-            seen_pg.add(pg_key)
-        if reason:
+        rejection = _check_player_game(pg, by_id.get(pg.game_id), seen_pg)
+        if rejection is not None:
             report.accepted[PLAYER_GAMES] -= 1
-            report.reject(PLAYER_GAMES, 0, reason, detail)
+            report.reject(PLAYER_GAMES, 0, *rejection)
             continue
         player_games.append(pg)
 
     games.sort(key=lambda g: (g.season, g.game_seq))
     player_games.sort(key=lambda p: (p.season, p.game_seq))
+    _report_dates_out_of_order(games, report)
     log.info(
         "data.loaded",
         source=str(source),
@@ -368,6 +434,7 @@ def load_history(directory: Path | str | None = None) -> History:  # noqa: PLR09
         player_games=len(player_games),
         rejected=report.rejected_total,
         rejected_by_reason={f"{f}:{r}": n for (f, r), n in sorted(report.rejected.items())},
+        warnings={f"{f}:{c}": n for (f, c), n in sorted(report.warnings.items())},
     )
     return History(
         source=str(source),

@@ -3,8 +3,12 @@
 Each ``parse_*`` function turns one JSON object of the contract (``openapi.yaml`` beside this
 module) into a frozen record, or raises :class:`~scorebeater.errors.ValidationError` with a
 reason code (:mod:`scorebeater.fields`): a missing field, a negative count, FTM > FTA, a box
-score of another game, a row of another season. The functions are pure: counting, logging and
-skipping a rejected record are the client's (:class:`scorebeater.clients.score_api.ScoreApiClient`).
+score of another game, a row of another season, a value beyond its plausibility bound
+(:mod:`scorebeater.bounds`: ``fta = 2**63`` is ``implausible_fta``, a season of 1 is a bad
+value). Every rejection carries the record's key (``ValidationError.key``: the game id, the
+season, ``<game_id>/<player_id>`` for a box-score line, ``<season>/<player_id>`` for a player
+total) once it is known. The functions are pure: counting, logging and skipping a rejected
+record are the client's (:class:`scorebeater.clients.score_api.ScoreApiClient`).
 
 Seasons are named by their end year (``2014`` is 2013-14). Date-times are tz-aware UTC.
 This module imports no HTTP or server code.
@@ -16,6 +20,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from scorebeater import bounds
 from scorebeater.fields import BAD_TYPE, Fields
 
 GameStatus = Literal["scheduled", "in_progress", "final"]
@@ -140,7 +145,7 @@ class PlayerSeasonTotal:
 
 def _season(f: Fields, expected: int | None) -> int:
     """The record's season; ``wrong_season`` unless it is ``expected`` (any when ``None``)."""
-    season = f.integer("season", lo=1)
+    season = f.within("season", bounds.SEASON)
     if expected is not None and season != expected:
         raise f.error("wrong_season", f"season {season}, asked for {expected}")
     return season
@@ -149,23 +154,25 @@ def _season(f: Fields, expected: int | None) -> int:
 def parse_season(obj: object) -> SeasonInfo:
     """Validate one ``Season`` object. Raises ``ValidationError``."""
     f = Fields(obj, "season")
-    counts = Fields(f.record.get("games"), "season.games")
+    season = _season(f, None)
+    f.key = str(season)
+    counts = Fields(f.record.get("games"), "season.games", key=f.key)
     return SeasonInfo(
-        season=_season(f, None),
+        season=season,
         status=f.choice("status", _SEASON_STATUSES),
         has_games=f.flag("has_games"),
         published_at=f.time("published_at"),
-        scheduled_games_per_team=f.opt_integer("scheduled_games_per_team", lo=1),
+        scheduled_games_per_team=f.opt_within("scheduled_games_per_team", bounds.SCHEDULED_GAMES),
         first_regular_date=f.opt_date("first_regular_date"),
         last_regular_date=f.opt_date("last_regular_date"),
         regular_season_final_at=f.opt_time("regular_season_final_at"),
         final_at=f.opt_time("final_at"),
         games=GameCounts(
-            regular=counts.integer("regular", lo=0),
-            playoffs=counts.integer("playoffs", lo=0),
-            scheduled=counts.integer("scheduled", lo=0),
-            in_progress=counts.integer("in_progress", lo=0),
-            final=counts.integer("final", lo=0),
+            regular=counts.within("regular", bounds.LEAGUE_GAMES),
+            playoffs=counts.within("playoffs", bounds.LEAGUE_GAMES),
+            scheduled=counts.within("scheduled", bounds.LEAGUE_GAMES),
+            in_progress=counts.within("in_progress", bounds.LEAGUE_GAMES),
+            final=counts.within("final", bounds.LEAGUE_GAMES),
         ),
         totals_available=f.flag("totals_available"),
     )
@@ -174,16 +181,14 @@ def parse_season(obj: object) -> SeasonInfo:
 def parse_game(obj: object, *, season: int | None = None) -> GameInfo:
     """Validate one ``Game`` of ``season`` (any season if ``None``). Raises ``ValidationError``."""
     f = Fields(obj, "game")
-    game_id = f.text("game_id")
-    if not game_id.isdigit():
-        raise f.invalid("game_id", f"game_id={game_id!r} is not numeric")
-    f.what = f"game {game_id}"
+    game_id = f.numeric_id("game_id")
+    f.what, f.key = f"game {game_id}", game_id
     home, away = f.text("home"), f.text("away")
     if home == away:
         raise f.error("same_teams", f"home and away are both {home!r}")
     status = f.choice("status", _GAME_STATUSES)
     final_at = f.opt_time("final_at")
-    home_pts, away_pts = f.opt_integer("home_pts", lo=0), f.opt_integer("away_pts", lo=0)
+    home_pts, away_pts = f.opt_within("home_pts", bounds.GAME_PTS), f.opt_within("away_pts", bounds.GAME_PTS)
     scored = final_at is not None and home_pts is not None and away_pts is not None
     unscored = final_at is None and home_pts is None and away_pts is None
     if (status == "final" and not scored) or (status != "final" and not unscored):
@@ -192,7 +197,7 @@ def parse_game(obj: object, *, season: int | None = None) -> GameInfo:
         game_id=game_id,
         season=_season(f, season),
         season_type=f.choice("season_type", _SEASON_TYPES),
-        game_seq=f.integer("game_seq", lo=1),
+        game_seq=f.within("game_seq", bounds.GAME_SEQ),
         date=f.date("date"),
         date_estimated=f.flag("date_estimated"),
         scheduled_at=f.time("scheduled_at"),
@@ -208,7 +213,7 @@ def parse_game(obj: object, *, season: int | None = None) -> GameInfo:
 
 def parse_box_score_header(obj: dict[str, Any], game_id: str, season: int | None) -> BoxScore:
     """Validate a box score's game fields (``players`` left empty). Raises ``ValidationError``."""
-    f = Fields(obj, f"box score {game_id}")
+    f = Fields(obj, f"box score {game_id}", key=game_id)
     got = f.text("game_id")
     if got != game_id:
         raise f.error("unknown_game", f"asked for game {game_id}, got a box score of game {got}")
@@ -218,15 +223,15 @@ def parse_box_score_header(obj: dict[str, Any], game_id: str, season: int | None
     if not isinstance(raw_teams, list) or len(raw_teams) != 2:  # noqa: PLR2004 - home and away
         raise f.error(BAD_TYPE, "teams must be a list of two")
     for raw in raw_teams:
-        t = Fields(raw, f"{f.what} team")
-        teams[t.choice("side", ("home", "away"))] = (t.text("team"), t.integer("pts", lo=0))
+        t = Fields(raw, f"{f.what} team", key=game_id)
+        teams[t.choice("side", ("home", "away"))] = (t.text("team"), t.within("pts", bounds.GAME_PTS))
     if set(teams) != {"home", "away"} or teams["home"][0] == teams["away"][0]:
         raise f.invalid("teams", "teams must be one home and one away team")
     return BoxScore(
         game_id=got,
         season=_season(f, season),
         season_type=f.choice("season_type", _SEASON_TYPES),
-        game_seq=f.integer("game_seq", lo=1),
+        game_seq=f.within("game_seq", bounds.GAME_SEQ),
         date=f.date("date"),
         final_at=f.time("final_at"),
         home=teams["home"][0],
@@ -239,34 +244,35 @@ def parse_box_score_header(obj: dict[str, Any], game_id: str, season: int | None
 
 def parse_box_score_line(obj: object, box: BoxScore) -> BoxScoreLine:
     """Validate one player line of ``box``. Raises ``ValidationError``."""
-    f = Fields(obj, f"box score {box.game_id} player")
-    player_id = f.integer("player_id", lo=1)
-    f.what = f"box score {box.game_id} player {player_id}"
+    f = Fields(obj, f"box score {box.game_id} player", key=box.game_id)
+    player_id = f.within("player_id", bounds.PLAYER_ID)
+    f.what, f.key = f"box score {box.game_id} player {player_id}", f"{box.game_id}/{player_id}"
     team = f.opt_text("team")
     if team is not None and team not in (box.home, box.away):
         raise f.error("unknown_team", f"team {team!r} did not play in this game")
-    ftm, fta = f.made_attempted("ftm", "fta")
+    ftm, fta = f.made_attempted("ftm", "fta", bounds.GAME_FREE_THROWS)
     return BoxScoreLine(player_id=player_id, player=f.text("player"), team=team, ftm=ftm, fta=fta)
 
 
 def parse_player_total(obj: object, *, season: int | None = None) -> PlayerSeasonTotal:
     """Validate one ``PlayerTotal`` of ``season``. Raises ``ValidationError``."""
     f = Fields(obj, "player total")
-    player_id = f.integer("player_id", lo=1)
+    player_id = f.within("player_id", bounds.PLAYER_ID)
     f.what = f"player total {player_id}"
-    ftm, fta = f.made_attempted("ftm", "fta")
-    pts = f.integer("pts", lo=0)
+    f.key = f"{season}/{player_id}" if season is not None else None
+    ftm, fta = f.made_attempted("ftm", "fta", bounds.SEASON_FREE_THROWS)
+    pts = f.within("pts", bounds.SEASON_PTS)
     if pts < ftm:
         raise f.invalid("pts", f"pts {pts} < ftm {ftm}")
     return PlayerSeasonTotal(
         season=_season(f, season),
         player_id=player_id,
         player=f.text("player"),
-        age=f.opt_integer("age", lo=0),
-        experience=f.integer("experience", lo=1),
+        age=f.opt_within("age", bounds.AGE),
+        experience=f.within("experience", bounds.EXPERIENCE),
         team=f.opt_text("team"),
-        games=f.integer("games", lo=0),
-        minutes=f.opt_integer("minutes", lo=0),
+        games=f.within("games", bounds.SEASON_GAMES),
+        minutes=f.opt_within("minutes", bounds.SEASON_MINUTES),
         ftm=ftm,
         fta=fta,
         pts=pts,

@@ -3,7 +3,10 @@
 Batches are Apache Arrow tables with the schemas below: columnar, so a million-row refeed or
 export streams without building a Python object per row, and the same batch goes to a
 Parquet file, an S3 object or a Postgres ``COPY`` unchanged. :func:`conform` checks a table
-against its schema (names, types, no nulls in key columns) before any backend writes it.
+against its schema (names, types, no nulls in key columns) and its values against their
+plausibility bounds (:data:`COLUMN_BOUNDS`, from :mod:`scorebeater.bounds`) before any backend
+writes it: the last line of defence, after the data loader and the Score API client, against
+an impossible count reaching the model's training data.
 
 Keys (all idempotent: writing the same key again replaces the row, never duplicates it):
 
@@ -18,10 +21,10 @@ Keys (all idempotent: writing the same key again replaces the row, never duplica
 Every write that takes ``checkpoint=(name, value)`` commits the rows and the checkpoint
 together: a reader sees both or neither, so a stage's watermark never runs ahead of its data.
 
-The contract's input checks (schemas, outcome resolutions, cache entries and model versions,
-checkpoint and Postgres schema names) are written here once; backends call them and only
-translate to their medium. This module imports nothing of the package but ``errors`` and
-``inputs``, so the config can check names with the same functions.
+The contract's input checks (schemas, value bounds, outcome resolutions, cache entries and
+model versions, checkpoint and Postgres schema names) are written here once; backends call
+them and only translate to their medium. This module imports nothing of the package but
+``errors``, ``inputs`` and ``bounds``, so the config can check names with the same functions.
 """
 
 from __future__ import annotations
@@ -30,14 +33,19 @@ import hashlib
 import operator
 import re
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scorebeater import bounds
+from scorebeater.bounds import Bound
 from scorebeater.errors import StorageError
 from scorebeater.inputs import INPUT_NAMES
+
+if TYPE_CHECKING:
+    from scorebeater.storage.quarantine import Quarantine
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 
@@ -103,6 +111,33 @@ TRAINING_SCHEMA = pa.schema(
 """Feature history rows joined with their player-season's outcome (inner join)."""
 
 RESOLUTIONS = ("early", "final")
+
+COLUMN_BOUNDS: dict[str, Bound] = {
+    "player_id": bounds.PLAYER_ID,
+    "season": bounds.SEASON,
+    "as_of_seq": bounds.GAME_SEQ,
+    "resolved_seq": bounds.GAME_SEQ,
+    # Model inputs (features) and outcomes: season counts, by the same names in both.
+    "prev_ftm": bounds.SEASON_FTM,
+    "prev_fta": bounds.SEASON_FTA,
+    "prev_games": bounds.SEASON_GAMES,
+    "prev_minutes": bounds.SEASON_MINUTES,
+    "prev2_ftm": bounds.SEASON_FTM,
+    "prev2_games": bounds.SEASON_GAMES,
+    "experience": bounds.EXPERIENCE.widened(1),  # last season's + 1
+    "age": bounds.AGE.widened(1),  # last season's + 1; 0 where unknown
+    "ftm": bounds.SEASON_FTM,
+    "fta": bounds.SEASON_FTA,
+    "games_with_fta": bounds.SEASON_GAMES,
+    "team_games": bounds.SEASON_GAMES,
+    "season_games": bounds.SEASON_GAMES,
+}
+"""The plausible range of every stored column that has one, by column name, in every schema
+that has the column (``ftm`` is a season's FTM so far in features, the final one in outcomes).
+Every model input has one (a test checks), and a float one must also be finite."""
+
+ORDERED_COLUMNS = (("ftm", "fta"), ("prev_ftm", "prev_fta"))
+"""``(made, attempted)`` column pairs: no row makes more than it attempted."""
 CheckpointWrite = tuple[str, bytes]
 
 _CHECKPOINT_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
@@ -242,7 +277,46 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         if not f.nullable and col.null_count:
             raise StorageError(f"{what}: column {f.name} has {col.null_count} null value(s)")
         columns.append(col)
-    return pa.Table.from_arrays(columns, schema=schema)
+    table = pa.Table.from_arrays(columns, schema=schema)
+    check_bounds(table, what)
+    return table
+
+
+def check_bounds(table: pa.Table, what: str) -> None:
+    """Check every column of :data:`COLUMN_BOUNDS` in ``table``, and :data:`ORDERED_COLUMNS`.
+
+    Raises:
+        StorageError: naming ``what``, the column, the bound and an offending value.
+    """
+    if not table.num_rows:
+        return
+    for name in table.column_names:
+        bound = COLUMN_BOUNDS.get(name)
+        if bound is None:
+            continue
+        col = table.column(name)
+        if pa.types.is_floating(col.type) and not pc.all(pc.is_finite(col)).as_py():
+            bad = pc.invert(pc.is_finite(col))
+            raise StorageError(
+                f"{what}: column {name} has {pc.sum(bad).as_py()} value(s) that are not finite"
+                f" (bound {bound}), e.g. {pc.filter(col, bad)[0].as_py()}"
+            )
+        extremes = pc.min_max(col)
+        if extremes["min"].as_py() >= bound.lo and extremes["max"].as_py() <= bound.hi:
+            continue
+        bad = pc.or_(pc.less(col, bound.lo), pc.greater(col, bound.hi))
+        why = bound.reason if bound.implausible else "out of range"
+        raise StorageError(
+            f"{what}: column {name} has {pc.sum(bad).as_py()} value(s) outside {bound} ({why}),"
+            f" e.g. {pc.filter(col, bad)[0].as_py()}"
+        )
+    for made, attempted in ORDERED_COLUMNS:
+        if made in table.column_names and attempted in table.column_names:
+            bad = pc.greater(table.column(made), table.column(attempted))
+            if pc.any(bad).as_py():
+                raise StorageError(
+                    f"{what}: column {made} exceeds {attempted} in {pc.sum(bad).as_py()} row(s)"
+                )
 
 
 @runtime_checkable
@@ -341,6 +415,12 @@ class Storage(Protocol):
     @property
     def cache(self) -> PredictionCache:
         """The prediction cache kept in the same store (the same object on every access)."""
+        ...
+
+    @property
+    def quarantine(self) -> Quarantine:
+        """The dead-letter table kept in the same store (the same object on every access; see
+        :mod:`scorebeater.storage.quarantine`)."""
         ...
 
     async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:

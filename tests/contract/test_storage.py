@@ -66,7 +66,9 @@ def features(keys: Iterable[tuple[int, int, int]], *, bump: float = 0.0) -> pa.T
         "team": pa.array(["BOS" if p % 2 else "LAL" for p in player]),
     }
     for i, name in enumerate(INPUT_NAMES):
-        columns[name] = pa.array((player % 97 + seq * 0.25 + i + bump).astype(np.float32))
+        # Halved, so that every input stays within its bound (age and experience are the
+        # narrowest: storage.base.COLUMN_BOUNDS) for the few hundred players a case writes.
+        columns[name] = pa.array(((player % 97 + seq * 0.25) * 0.5 + i + bump).astype(np.float32))
     table = pa.table({**columns, "feature_hash": pa.array([""] * n)})
     hashes = pa.array(feature_hashes(table), pa.string())
     table = table.set_column(table.schema.get_field_index("feature_hash"), "feature_hash", hashes)
@@ -165,6 +167,7 @@ async def test_empty_store_reads_nothing(storage: Storage) -> None:
     assert await storage.cache.get(1, ["00ff"]) == {}
     assert await storage.get_checkpoint("features") is None
     assert await storage.cache.clear() == 0
+    assert await storage.quarantine.entries() == []
 
 
 # --- round trips and upserts -----------------------------------------------------------------
@@ -425,6 +428,56 @@ async def test_schema_violation_is_rejected_and_writes_nothing(
         )
     assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), good, FEATURE_KEY)
     assert await storage.get_checkpoint("features") == b"1"
+
+
+def _set(**values: float) -> Callable[[pa.Table], pa.Table]:
+    """A mutation that sets the first row's ``column=value`` pairs, after ``conform``."""
+
+    def mutate(t: pa.Table) -> pa.Table:
+        for column, value in values.items():
+            cells = t.column(column).to_pylist()
+            cells[0] = value
+            t = t.set_column(
+                t.schema.get_field_index(column), column, pa.array(cells, t.schema.field(column).type)
+            )
+        return t
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set(fta=2.0**63), r"column fta has 1 value\(s\) outside 0\.\.2726 \(implausible_fta.*9\.22"),
+        (_set(ftm=1e6, fta=1e6), r"column ftm has 1 value\(s\) outside 0\.\.1680 \(implausible_ftm"),
+        (_set(ftm=500.0), r"column ftm exceeds fta in 1 row"),
+        (_set(prev_fta=float("nan")), r"column prev_fta has 1 value\(s\) that are not finite"),
+        (_set(age=200.0), r"column age has 1 value\(s\) outside 0\.\.61"),
+        (_set(player_id=0), r"column player_id has 1 value\(s\) outside 1\.\.9223372036854775807"),
+        (_set(season=3000), r"column season has 1 value\(s\) outside 1947\.\.2100"),
+        (_set(as_of_seq=-1), r"column as_of_seq has 1 value\(s\) outside 1\.\.2634"),
+    ],
+    ids=["fta-2^63", "ftm=fta=10^6", "ftm>fta", "nan", "age", "player-id-0", "season", "negative-seq"],
+)
+async def test_values_beyond_their_bounds_are_rejected_and_write_nothing(
+    storage: Storage, mutate: Callable[[pa.Table], pa.Table], message: str
+) -> None:
+    """The last line of defence: an impossible count never reaches a model input or a label."""
+    good = features(grid([1], [2024], [1]))
+    await storage.write_features(good, checkpoint=("features", b"1"))
+    with pytest.raises(StorageError, match=r"^features: " + message):
+        await storage.write_features(
+            mutate(features(grid([2, 3], [2024], [1]))), checkpoint=("features", b"2")
+        )
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), good, FEATURE_KEY)
+    assert await storage.get_checkpoint("features") == b"1"
+
+
+async def test_outcomes_beyond_their_bounds_are_rejected(storage: Storage) -> None:
+    for mutate in (_set(ftm=10**6), _set(prev_ftm=-1), _set(resolved_seq=0)):
+        with pytest.raises(StorageError, match=r"^outcomes: column (ftm|prev_ftm|resolved_seq) has 1 value"):
+            await storage.write_outcomes(mutate(outcomes([(1, 2024, True, "early")])))
+    assert [t async for t in storage.read_outcomes()] == []
 
 
 async def test_unknown_resolution_is_rejected(storage: Storage) -> None:

@@ -35,6 +35,8 @@ from scorebeater.storage.base import (
     feature_hashes,
 )
 from scorebeater.storage.postgres import PG_TYPES, migrate, migration_lock_key, open_postgres
+from scorebeater.storage.postgres.writer import FEATURES, OUTCOMES
+from scorebeater.storage.quarantine import QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -84,7 +86,8 @@ def features(
         "team": pa.array(["BOS"] * n),
     }
     for k, name in enumerate(INPUT_NAMES):
-        cols[name] = pa.array([s * 1.1 + k + bump for s in seqs], pa.float32())
+        # Wrapped at 30: inputs stay within their bounds (storage.base.COLUMN_BOUNDS).
+        cols[name] = pa.array([(s * 1.1) % 30 + k + bump for s in seqs], pa.float32())
     table = pa.table({**cols, "feature_hash": pa.array([""] * n)})
     table = table.set_column(table.num_columns - 1, "feature_hash", pa.array(feature_hashes(table)))
     return conform(table, FEATURES_SCHEMA, "test features")
@@ -155,9 +158,9 @@ async def test_open_creates_schema_and_reopen_is_idempotent(
         async with open_postgres(_cfg(pg_dsn, schema)):
             pass
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[1], []]
+    assert [e["migrations_applied"] for e in opened] == [[1, 2], []]
     rows = await raw.fetch(f'SELECT version, name FROM "{schema}".schema_migrations')  # noqa: S608 - a test-made schema name
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial")]
+    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial"), (2, "quarantine")]
     assert await migrate(raw, schema) == []
 
 
@@ -171,6 +174,7 @@ async def test_columns_match_arrow_schemas(
         ("predictions", PREDICTIONS_SCHEMA),
         ("prediction_cache", CACHE_SCHEMA),
         ("outcomes", OUTCOMES_SCHEMA),
+        ("quarantine", QUARANTINE_SCHEMA),
     ]:
         rows = await raw.fetch(
             "SELECT column_name, udt_name, is_nullable FROM information_schema.columns"
@@ -182,6 +186,21 @@ async def test_columns_match_arrow_schemas(
         assert [tuple(r) for r in rows] == expected, table
 
 
+async def test_a_store_at_version_1_gains_the_quarantine_table(
+    pg_dsn: str, schema: str, raw: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """A schema created before migration 0002 keeps its data and gets the dead-letter table."""
+    async with open_postgres(_cfg(pg_dsn, schema)):
+        pass
+    await raw.execute(f'DROP TABLE "{schema}".quarantine')
+    await raw.execute(f'DELETE FROM "{schema}".schema_migrations WHERE version = 2')  # noqa: S608 - a test-made schema name
+    with capture_logs() as logs:
+        async with open_postgres(_cfg(pg_dsn, schema)) as storage:
+            assert await storage.quarantine.entries() == []
+    opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
+    assert [e["migrations_applied"] for e in opened] == [[2]]
+
+
 async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> None:
     conns = [await asyncpg.connect(pg_dsn) for _ in range(4)]
     try:
@@ -189,7 +208,7 @@ async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> Non
     finally:
         for c in conns:
             await c.close()
-    assert sorted(results) == [[], [], [], [1]]
+    assert sorted(results) == [[], [], [], [1, 2]]
 
 
 async def test_migration_waits_for_the_advisory_lock(
@@ -215,7 +234,7 @@ async def test_migration_waits_for_the_advisory_lock(
         assert await raw.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
         # 3. once released, it proceeds and applies everything
         await raw.execute("SELECT pg_advisory_unlock($1)", migration_lock_key(schema))
-        assert await asyncio.wait_for(task, 10) == [1]
+        assert await asyncio.wait_for(task, 10) == [1, 2]
     finally:
         await other.close()
 
@@ -303,7 +322,11 @@ async def test_rows_round_trip_with_exact_types(pg_dsn: str, schema: str) -> Non
 
 
 async def test_binary_copy_keeps_edge_values_exactly(pg_dsn: str, schema: str) -> None:
-    """The vectorised COPY encoder against the server: extremes, odd text, old and far timestamps."""
+    """The vectorised COPY encoder against the server: extremes, odd text, old and far timestamps.
+
+    The contract refuses most of these values (``storage.base.COLUMN_BOUNDS``), so they go in
+    below it, through the backend's table writer.
+    """
     base = features(4)
     edge = {
         "player_id": [-(2**63), 2**63 - 1, 0, 7],
@@ -324,7 +347,7 @@ async def test_binary_copy_keeps_edge_values_exactly(pg_dsn: str, schema: str) -
         base = base.set_column(
             base.schema.get_field_index(name), name, pa.array(values, base.schema.field(name).type)
         )
-    base = conform(base, FEATURES_SCHEMA, "edge features")
+    base = pa.Table.from_arrays(base.columns, schema=FEATURES_SCHEMA)
     outcomes = pa.Table.from_pylist(
         [
             {**outcome(1, "final").to_pylist()[0], "beat": False, "ftm": -(2**31), "prev_ftm": 2**31 - 1},
@@ -337,8 +360,8 @@ async def test_binary_copy_keeps_edge_values_exactly(pg_dsn: str, schema: str) -
         schema=OUTCOMES_SCHEMA,
     )
     async with open_postgres(_cfg(pg_dsn, schema)) as st:
-        await st.write_features(base)
-        await st.write_outcomes(outcomes)
+        await st._writer.write(FEATURES, base, None)
+        await st._writer.write(OUTCOMES, outcomes, None)
         await st.write_predictions(
             pa.Table.from_pylist(
                 [prediction(1, 1, 1, 0.1 + 0.2), prediction(1, 2, 1, 5e-324)], schema=PREDICTIONS_SCHEMA
@@ -353,9 +376,9 @@ async def test_binary_copy_keeps_edge_values_exactly(pg_dsn: str, schema: str) -
         assert probabilities == [5e-324, 0.1 + 0.2]
         nan = features(1, player_id=99)
         nan = nan.set_column(nan.schema.get_field_index("ftm"), "ftm", pa.array([float("nan")], pa.float32()))
-        await st.write_features(nan)
-        got = await collect(st.read_latest_features(player_ids=[99]), FEATURES_SCHEMA)
-        assert math.isnan(got.column("ftm")[0].as_py())
+        await st._writer.write(FEATURES, nan, None)
+        got = (await collect(st.read_feature_history(), FEATURES_SCHEMA)).to_pylist()
+        assert [math.isnan(r["ftm"]) for r in got if r["player_id"] == 99] == [True]
 
 
 async def test_rewrite_goes_through_staging_and_updates_in_place(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from scorebeater import bounds
 from scorebeater.errors import ValidationError
 from scorebeater.fields import Dialect, Fields
 
@@ -151,3 +152,129 @@ def test_csv_values_are_stripped_text_and_empty_is_null() -> None:
     assert (f.opt_text("team"), f.opt_integer("age", lo=10)) == (None, None)
     assert f.is_null("team")
     assert f.made_attempted("g", "g") == (82, 82)
+
+
+GAME_FT = bounds.GAME_FREE_THROWS
+SEASON_FT = bounds.SEASON_FREE_THROWS
+
+
+@pytest.mark.parametrize(
+    ("record", "read", "expected"),
+    [
+        pytest.param(
+            {"ftm": 0, "fta": 2**63},
+            lambda f: f.made_attempted("ftm", "fta", GAME_FT),
+            "implausible_fta",
+            id="game-fta-2^63",
+        ),
+        pytest.param(
+            {"ftm": 10**6, "fta": 10**6},
+            lambda f: f.made_attempted("ftm", "fta", GAME_FT),
+            "implausible_fta",
+            id="game-ftm=fta=10^6",
+        ),
+        pytest.param(
+            {"ftm": 51, "fta": 51},
+            lambda f: f.made_attempted("ftm", "fta", GAME_FT),
+            "implausible_fta",
+            id="51",
+        ),
+        pytest.param(
+            {"ftm": 9, "fta": 3},
+            lambda f: f.made_attempted("ftm", "fta", GAME_FT),
+            "ftm_gt_fta",
+            id="ftm>fta",
+        ),
+        pytest.param(
+            {"ftm": 1681, "fta": 2000},
+            lambda f: f.made_attempted("ftm", "fta", SEASON_FT),
+            "implausible_ftm",
+            id="season-ftm",
+        ),
+        pytest.param(
+            {"g": 177}, lambda f: f.within("g", bounds.SEASON_GAMES), "implausible_games", id="games"
+        ),
+        pytest.param(
+            {"g": -1}, lambda f: f.within("g", bounds.SEASON_GAMES), "negative_count", id="neg-games"
+        ),
+        pytest.param(
+            {"m": 10**30},
+            lambda f: f.opt_within("m", bounds.SEASON_MINUTES),
+            "implausible_minutes",
+            id="minutes",
+        ),
+        pytest.param(
+            {"player_id": 2**63}, lambda f: f.within("player_id", bounds.PLAYER_ID), "bad_value", id="id-2^63"
+        ),
+        pytest.param({"season": 2101}, lambda f: f.within("season", bounds.SEASON), "bad_value", id="season"),
+        pytest.param({"age": 200}, lambda f: f.opt_within("age", bounds.AGE), "bad_value", id="age"),
+        pytest.param(
+            {"id": "\u0663\u0668\u0660\u0665"}, lambda f: f.numeric_id("id"), "bad_value", id="arabic"
+        ),
+        pytest.param({"id": "\u00b2"}, lambda f: f.numeric_id("id"), "bad_value", id="superscript"),
+        pytest.param({"id": "3805\n"}, lambda f: f.numeric_id("id"), "bad_value", id="newline"),
+        pytest.param({"id": "+3805"}, lambda f: f.numeric_id("id"), "bad_value", id="sign"),
+        pytest.param({"id": "0"}, lambda f: f.numeric_id("id"), "bad_value", id="zero"),
+        pytest.param({"id": "9223372036854775808"}, lambda f: f.numeric_id("id"), "bad_value", id="id>int64"),
+        pytest.param({"id": "1" * 5000}, lambda f: f.numeric_id("id"), "bad_value", id="5000-digits"),
+        pytest.param({"id": 3805}, lambda f: f.numeric_id("id"), "bad_type", id="id-as-number"),
+    ],
+)
+def test_json_bounds(record: dict[str, Any], read: Read, expected: str) -> None:
+    assert reason(record, read) == expected
+
+
+@pytest.mark.parametrize(
+    ("row", "read", "expected"),
+    [
+        pytest.param(
+            {"ftm": "0", "fta": "99999999999999999999"},
+            lambda f: f.made_attempted("ftm", "fta", GAME_FT),
+            "implausible_fta",
+            id="game-fta-huge",
+        ),
+        pytest.param(
+            {"ft": "1681", "fta": "1700"},
+            lambda f: f.made_attempted("ft", "fta", SEASON_FT),
+            "implausible_ftm",
+            id="season-ft-names-the-quantity",
+        ),
+        pytest.param({"g": "177"}, lambda f: f.within("g", bounds.SEASON_GAMES), "implausible_games", id="g"),
+        pytest.param(
+            {"season": "1946"}, lambda f: f.within("season", bounds.SEASON), "bad_season", id="1946"
+        ),
+        pytest.param(
+            {"player_id": "9000000000"},
+            lambda f: f.opt_within("player_id", bounds.DATA_PLAYER_ID),
+            "bad_player_id",
+            id="derived-id-range",
+        ),
+        pytest.param({"game_id": "12a"}, lambda f: f.numeric_id("game_id"), "bad_game_id", id="game-id"),
+    ],
+)
+def test_csv_bounds(row: dict[str, str], read: Read, expected: str) -> None:
+    assert reason(row, read, CSV) == expected
+
+
+def test_values_at_their_bounds_pass() -> None:
+    f = Fields({"ftm": 50, "fta": 50, "id": " 0021300001 ", "season": 1947, "player_id": 2**63 - 1})
+    assert f.made_attempted("ftm", "fta", GAME_FT) == (50, 50)
+    assert f.within("season", bounds.SEASON) == 1947
+    assert f.within("player_id", bounds.PLAYER_ID) == 2**63 - 1
+    assert Fields({"id": " 0021300001 "}, dialect=CSV).numeric_id("id") == "0021300001"
+    assert Fields({"n": None}).opt_within("n", bounds.AGE) is None
+
+
+def test_a_rejection_carries_the_record_key() -> None:
+    f = Fields({"ftm": 1, "fta": 2**63}, "box score 7 player 3", key="7/3")
+    with pytest.raises(ValidationError) as failure:
+        f.made_attempted("ftm", "fta", GAME_FT)
+    assert (failure.value.reason, failure.value.key) == ("implausible_fta", "7/3")
+    assert (
+        str(failure.value)
+        == "box score 7 player 3: fta=9223372036854775808 is above its plausible maximum 50"
+    )
+    assert Fields({}).error("x", "y").key is None
+    with pytest.raises(ValidationError) as not_object:
+        Fields([], "box score 7", key="7")
+    assert not_object.value.key == "7"

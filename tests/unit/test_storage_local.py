@@ -4,6 +4,7 @@ collection, compaction, two writers."""
 from __future__ import annotations
 
 import datetime as dt
+import pathlib
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -75,6 +76,21 @@ async def test_root_that_cannot_be_created_is_unavailable(tmp_path: Path) -> Non
             pass
 
 
+@pytest.mark.skipif(not pathlib.Path("/proc/self").is_dir(), reason="needs Linux procfs")
+@pytest.mark.parametrize(
+    ("root", "reason"),
+    [
+        ("/proc/scorebeater-x", "/proc/scorebeater-x cannot be created: ENOENT"),
+        ("/proc", "/proc is not writable: ENOENT"),
+    ],
+)
+async def test_an_unusable_root_is_named_with_the_reason_at_open(root: str, reason: str) -> None:
+    """The root is created and a file made in it at open, not at the first write (``no object ''``)."""
+    with pytest.raises(StorageUnavailable, match=f"^storage.local.root: {reason}"):
+        async with open_local(config(pathlib.Path(root))):
+            pass
+
+
 async def test_corrupt_manifest_fails_open(tmp_path: Path) -> None:
     async with open_local(config(tmp_path)) as storage:
         await storage.write_features(rows([1], 1))
@@ -107,13 +123,13 @@ async def test_compaction_bounds_segments_and_keeps_rows(tmp_path: Path) -> None
     async with open_local(config(tmp_path, batch_rows=7)) as storage:
         for seq in range(1, 41):
             await storage.write_features(rows([1, 2, 3], seq, value=float(seq)))
-        await storage.write_features(rows([2], 5, value=99.0))  # a correction after compaction
+        await storage.write_features(rows([2], 5, value=41.0))  # a correction after compaction
         manifest = await storage.snapshot()
         segments = manifest.partitions(FEATURES.name)["season=2024"]
         assert len(segments) <= FEATURES.max_segments
         got = await history(storage)
         assert len(got) == 120
-        assert (2, 5, 99.0) in got
+        assert (2, 5, 41.0) in got
         latest = [t async for t in storage.read_latest_features()]
         assert sorted(pa.concat_tables(latest)["as_of_seq"].to_pylist()) == [40, 40, 40]
         assert await storage.compact(FEATURES, "season=2024", everything=True)

@@ -184,7 +184,7 @@ def test_tiny_directory_team_fallback_and_skips(tmp_path: Path) -> None:
         ["season", "player_id", "player", "age", "experience", "team", "g", "mp", "ft", "fta", "pts"],
         [
             [2009, 1, "A", 24, 2, "AAA", 70, 2000, 100, 120, 900],
-            [2010, 1, "A", 25, 3, "AAA", 3, 90, 100, 120, 30],
+            [2010, 1, "A", 25, 3, "AAA", 3, 90, 100, 120, 300],  # pts >= ft, or the row is rejected
             [2010, 2, "B", 22, 1, "BBB", 3, 90, 5, 6, 30],
         ],
     )
