@@ -1,21 +1,26 @@
-"""The config's rules beyond field types: ranges, URLs, ports, cron expressions, names.
+"""The config's rules beyond field types: ranges, URLs, hosts, cron expressions, names.
 
 :func:`validate` runs after :mod:`~scorebeater.config.conversion` has built the sections (a
-field that failed to convert keeps its default here). A backend's section is checked only
-when that backend may be used, so a file need not fill sections it does not use.
+field that failed to convert keeps its default here). Every numeric field is checked against
+its range in :mod:`~scorebeater.config.ranges`. A backend's section is checked only when that
+backend may be used, so a file need not fill sections it does not use. URLs never carry
+credentials (``user:password@``): those belong in the environment, and a URL is never echoed
+with them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import date
+from urllib.parse import urlsplit
 
 from croniter import croniter
 
-from scorebeater.config.conversion import Problems
+from scorebeater.config.conversion import Problems, shown
+from scorebeater.config.ranges import check_ranges
 from scorebeater.config.sections import (
     Config,
     ModelConfig,
-    ModelServerConfig,
     SchedulerConfig,
     ScoreApiConfig,
     StorageConfig,
@@ -24,112 +29,133 @@ from scorebeater.config.sections import (
 )
 from scorebeater.storage.base import is_schema_name
 
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_MAX_LAYERS = 16
+_MAX_CRON_CHARS = 200
+
 
 def validate(cfg: Config, problems: Problems) -> None:
     """Record in ``problems`` every rule ``cfg`` breaks, each with its key path; never raises."""
+    check_ranges(cfg, problems, skip=_unused_backends(cfg.storage))
     _score_api(cfg.score_api, problems)
-    _model(cfg.model_server, cfg.model, problems)
+    _check_host(problems, "model_server.host", cfg.model_server.host)
+    _check_host(problems, "admin.host", cfg.admin.host)
+    _model(cfg.model, problems)
     _tfserving(cfg.tfserving, problems)
     _storage(cfg.storage, problems)
     _scheduler(cfg.scheduler, problems)
-    _check_port(problems, "admin.port", cfg.admin.port)
     _training(cfg.training, problems)
 
 
-def _check_positive(problems: Problems, path: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        problems.add(path, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+def _unused_backends(st: StorageConfig) -> set[str]:
+    uses = {st.backend} if st.backend != "auto" else {"local", "s3"}
+    return {f"storage.{name}" for name in ("local", "s3", "postgres") if name not in uses}
 
 
 def _check_url(problems: Problems, path: str, url: str) -> None:
-    if not url.startswith(("http://", "https://")):
-        problems.add(path, f"must be an http(s) URL, got {url!r}")
+    """An http(s) URL with a host, a valid port, and no credentials, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        problems.add(path, f"is not a valid URL: {shown(url)}")
+        return
+    if "@" in parts.netloc:
+        problems.add(
+            path,
+            "must not contain credentials (user:password@, not shown): "
+            "secrets belong in the environment (see the *_env settings)",
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.add(path, f"must be an http(s) URL with a host, got {shown(url)}")
+    elif parts.query or parts.fragment:
+        problems.add(path, "must not have a query string or fragment (not shown)")
 
 
-def _check_port(problems: Problems, path: str, port: int) -> None:
-    if not 0 <= port <= 65535:  # noqa: PLR2004 - the TCP port range
-        problems.add(path, f"must be a TCP port (0-65535), got {port}")
+def _check_host(problems: Problems, path: str, host: str) -> None:
+    """A host name or IP address to listen on: no scheme, port, path or blanks."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            problems.add(path, f"must be a host name or IP address (no scheme or port), got {shown(host)}")
+        return
+    if not host or any(c.isspace() or c in "/@[]\0" for c in host):
+        problems.add(path, f"must be a host name or IP address (no scheme or port), got {shown(host)}")
 
 
 def _check_cron(problems: Problems, path: str, expr: str) -> None:
-    if expr and not croniter.is_valid(expr):
-        problems.add(path, f"is not a valid cron expression: {expr!r}")
+    # The length cap first: croniter takes seconds over a long list ("1,1,1,...").
+    if expr and (len(expr) > _MAX_CRON_CHARS or not croniter.is_valid(expr)):
+        problems.add(path, f"is not a valid cron expression: {shown(expr)}")
 
 
 def _score_api(sa: ScoreApiConfig, problems: Problems) -> None:
     _check_url(problems, "score_api.base_url", sa.base_url)
-    for name in ("timeout_s", "connect_timeout_s", "retry_budget_s"):
-        _check_positive(problems, f"score_api.{name}", getattr(sa, name))
-    for name in ("max_attempts", "page_size", "max_connections"):
-        _check_positive(problems, f"score_api.{name}", getattr(sa, name))
-    _check_port(problems, "score_api.replay.port", sa.replay.port)
-    _check_positive(problems, "score_api.replay.speed", sa.replay.speed)
+    _check_host(problems, "score_api.replay.host", sa.replay.host)
     if sa.replay.start:
         try:
             date.fromisoformat(sa.replay.start)
         except ValueError:
-            problems.add("score_api.replay.start", f"must be an ISO date, got {sa.replay.start!r}")
+            problems.add("score_api.replay.start", f"must be an ISO date, got {shown(sa.replay.start)}")
 
 
-def _model(server: ModelServerConfig, model: ModelConfig, problems: Problems) -> None:
-    _check_port(problems, "model_server.port", server.port)
-    _check_positive(problems, "model_server.poll_interval_s", server.poll_interval_s)
-    if not model.name or "/" in model.name or ":" in model.name:
-        problems.add("model.name", f"must be non-empty without '/' or ':', got {model.name!r}")
+def _is_label(text: str) -> bool:
+    """A name that is safe as one URL path segment: ``[A-Za-z0-9._-]+``, not ``.`` or ``..``."""
+    return bool(text) and set(text) <= _LABEL_CHARS and text not in {".", ".."}
+
+
+def _model(model: ModelConfig, problems: Problems) -> None:
+    if not _is_label(model.name):
+        problems.add("model.name", f"must be a name of [A-Za-z0-9._-], got {shown(model.name)}")
 
 
 def _tfserving(tf: TFServingConfig, problems: Problems) -> None:
     _check_url(problems, "tfserving.base_url", tf.base_url)
-    for name in ("max_batch_size", "max_concurrency", "timeout_s", "connect_timeout_s"):
-        _check_positive(problems, f"tfserving.{name}", getattr(tf, name))
-    for name in ("max_attempts", "retry_budget_s"):
-        _check_positive(problems, f"tfserving.{name}", getattr(tf, name))
+    if tf.version_label and not _is_label(tf.version_label):
+        problems.add(
+            "tfserving.version_label",
+            f"must be empty or a name of [A-Za-z0-9._-], got {shown(tf.version_label)}",
+        )
 
 
 def _storage(st: StorageConfig, problems: Problems) -> None:
-    _check_positive(problems, "storage.batch_rows", st.batch_rows)
-    _check_positive(problems, "storage.auto_threshold_rows", st.auto_threshold_rows)
-    _check_positive(problems, "storage.expected_rows", st.expected_rows, allow_zero=True)
-    uses = {st.backend} if st.backend != "auto" else {"local", "s3"}
-    if "s3" in uses and (st.backend == "s3" or st.s3.bucket):
+    unused = _unused_backends(st)
+    if "storage.s3" not in unused and (st.backend == "s3" or st.s3.bucket):
         if not st.s3.bucket:
             problems.add("storage.s3.bucket", 'required when storage.backend = "s3"')
         elif not _valid_bucket(st.s3.bucket):
-            problems.add("storage.s3.bucket", f"is not a valid S3 bucket name: {st.s3.bucket!r}")
+            problems.add("storage.s3.bucket", f"is not a valid S3 bucket name: {shown(st.s3.bucket)}")
         if st.s3.endpoint_url:
             _check_url(problems, "storage.s3.endpoint_url", st.s3.endpoint_url)
         if not _valid_prefix(st.s3.prefix):
             problems.add(
-                "storage.s3.prefix", f"must be slash-separated [A-Za-z0-9._-] segments, got {st.s3.prefix!r}"
+                "storage.s3.prefix",
+                f"must be slash-separated [A-Za-z0-9._-] segments, got {shown(st.s3.prefix)}",
             )
-    if st.backend == "postgres":
+        if not _is_label(st.s3.region):
+            problems.add("storage.s3.region", f"must be a region name (us-east-1), got {shown(st.s3.region)}")
+    if "storage.postgres" not in unused:
         schema = st.postgres.schema
         if not is_schema_name(schema):
             problems.add(
                 "storage.postgres.schema",
-                f"must match [a-z_][a-z0-9_]* (at most 63 characters, not pg_*), got {schema!r}",
+                f"must match [a-z_][a-z0-9_]* (at most 63 characters, not pg_*), got {shown(schema)}",
             )
-        if st.postgres.min_pool < 1 or st.postgres.max_pool < st.postgres.min_pool:
-            problems.add("storage.postgres.max_pool", "must be >= min_pool >= 1")
+        if st.postgres.max_pool < st.postgres.min_pool:
+            problems.add("storage.postgres.max_pool", "must be >= min_pool")
 
 
 def _scheduler(sc: SchedulerConfig, problems: Problems) -> None:
-    for name in ("poll_interval_s", "backoff_initial_s", "backoff_max_s"):
-        _check_positive(problems, f"scheduler.{name}", getattr(sc, name))
-    _check_positive(problems, "scheduler.shutdown_grace_s", sc.shutdown_grace_s, allow_zero=True)
+    if sc.backoff_max_s < sc.backoff_initial_s:
+        problems.add("scheduler.backoff_max_s", "must be >= backoff_initial_s")
     _check_cron(problems, "scheduler.validation_cron", sc.validation_cron)
     _check_cron(problems, "scheduler.refeed_cron", sc.refeed_cron)
 
 
 def _training(tr: TrainingConfig, problems: Problems) -> None:
-    for name in ("epochs", "batch_size", "learning_rate"):
-        _check_positive(problems, f"training.{name}", getattr(tr, name))
-    if not 0 <= tr.dropout < 1:
-        problems.add("training.dropout", f"must be in [0, 1), got {tr.dropout}")
-    if not tr.hidden_units or any(u <= 0 for u in tr.hidden_units):
-        problems.add("training.hidden_units", "must be a non-empty array of positive integers")
-    _check_positive(problems, "training.holdout_seasons", tr.holdout_seasons, allow_zero=True)
-    _check_positive(problems, "training.validation_seasons", tr.validation_seasons)
+    if not 1 <= len(tr.hidden_units) <= _MAX_LAYERS:
+        problems.add("training.hidden_units", f"must hold 1 to {_MAX_LAYERS} layer sizes")
 
 
 def _valid_bucket(name: str) -> bool:

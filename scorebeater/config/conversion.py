@@ -3,9 +3,12 @@
 Generic: it knows the types a config field may have (``bool``, ``int``, ``float``, ``str``,
 ``Path``, ``Literal``, ``X | None``, ``tuple[X, ...]`` and nested dataclasses), not the
 sections themselves. A value that does not fit is recorded as ``key.path: must be ...`` and
-conversion goes on, so one pass reports every problem in a file. Fields typed
-:class:`~scorebeater.config.secret.Secret` are never taken from a table: a key naming one is
-unknown (secrets come from the environment).
+conversion goes on, so one pass reports every problem in a file. A value is converted
+whole or not at all: an array with one bad item (``hidden_units = ["a", 16]``) reports
+``training.hidden_units[0]`` and the field keeps its default, so the rules that run next only
+ever see well-typed values. Values echoed in a message are shortened, and a URL's
+``user:password@`` is masked. Fields typed :class:`~scorebeater.config.secret.Secret` are never
+taken from a table: a key naming one is unknown (secrets come from the environment).
 """
 
 from __future__ import annotations
@@ -17,10 +20,19 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
-from scorebeater.config.secret import Secret
+from scorebeater.config.secret import Secret, redact_urls
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+
+_SHOWN_CHARS = 80
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message: a URL's userinfo masked, cut to about 80 characters."""
+    text = redact_urls(repr(value))
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."
 
 
 class Problems:
@@ -63,7 +75,7 @@ def _convert(tp: Any, value: Any, path: str, problems: Problems) -> Any:  # noqa
         return _convert(inner[0], value, path, problems)
     if origin is Literal:
         if value not in get_args(tp):
-            problems.add(path, f"must be one of {_type_name(tp)}, got {value!r}")
+            problems.add(path, f"must be one of {_type_name(tp)}, got {shown(value)}")
             return None
         return value
     if origin is tuple:
@@ -72,7 +84,7 @@ def _convert(tp: Any, value: Any, path: str, problems: Problems) -> Any:  # noqa
             return None
         item_tp = get_args(tp)[0]
         items = [_convert(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-        return tuple(items)
+        return None if any(item is None for item in items) else tuple(items)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.add(path, f"must be a table, got {type(value).__name__}")
@@ -80,30 +92,34 @@ def _convert(tp: Any, value: Any, path: str, problems: Problems) -> Any:  # noqa
         return build_table(tp, value, path, problems)
     if tp is bool:
         if not isinstance(value, bool):
-            problems.add(path, f"must be a boolean, got {value!r}")
+            problems.add(path, f"must be a boolean, got {shown(value)}")
             return None
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.add(path, f"must be an integer, got {value!r}")
+            problems.add(path, f"must be an integer, got {shown(value)}")
             return None
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.add(path, f"must be a number, got {value!r}")
+            problems.add(path, f"must be a number, got {shown(value)}")
             return None
-        if not math.isfinite(value):
-            problems.add(path, f"must be finite, got {value!r}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range (TOML integers are unbounded here)
+            number = math.inf
+        if not math.isfinite(number):
+            problems.add(path, f"must be a finite number, got {shown(value)}")
             return None
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
-            problems.add(path, f"must be a string, got {value!r}")
+            problems.add(path, f"must be a string, got {shown(value)}")
             return None
         return value
     if tp is Path:
-        if not isinstance(value, str) or not value:
-            problems.add(path, f"must be a non-empty path string, got {value!r}")
+        if not isinstance(value, str) or not value or "\0" in value:
+            problems.add(path, f"must be a non-empty path string, got {shown(value)}")
             return None
         return Path(value)
     problems.add(path, f"unsupported type {tp!r}")  # pragma: no cover - a bug in this module
@@ -123,7 +139,7 @@ def build_table(cls: Any, table: Mapping[str, Any], path: str, problems: Problem
     for key in table:
         if key not in known:
             where = f"{path}.{key}" if path else key
-            problems.add(where, "unknown key")
+            problems.add(redact_urls(where), "unknown key")  # a quoted key may be anything
     kwargs: dict[str, Any] = {}
     for f in from_file:
         if f.name not in table:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from scorebeater.config.checks import validate
 from scorebeater.config.conversion import Problems, build_table
-from scorebeater.config.secret import Secret, env_name_problem, secret_from_env
+from scorebeater.config.secret import Secret, env_name_problem, redact_urls, secret_from_env
 from scorebeater.config.sections import Config
 from scorebeater.errors import ConfigError
 
@@ -98,13 +98,19 @@ def load_config(path: Path | str, *, env: Mapping[str, str] | None = None) -> Co
         raise ConfigError(str(path), [f"cannot read file: {exc.strerror}"]) from exc
     try:
         table = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer of 4,300+ digits
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError(str(path), ["not valid TOML: arrays or tables nested too deeply"]) from exc
     return parse_config(table, source=str(path), env=env)
 
 
 def describe(cfg: Config) -> dict[str, Any]:
-    """The effective config as plain data for ``check-config`` output; secrets show as set/unset."""
+    """The effective config as plain data for ``check-config`` output.
+
+    Secrets show as ``<set>``, and any URL's ``user:password@`` as ``***@`` (``load_config``
+    refuses such URLs; this guards a config built in code).
+    """
 
     def walk(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -112,7 +118,9 @@ def describe(cfg: Config) -> dict[str, Any]:
         if isinstance(obj, Secret):
             return "<set>"
         if isinstance(obj, Path):
-            return str(obj)
+            return redact_urls(str(obj))
+        if isinstance(obj, str):
+            return redact_urls(obj)
         if isinstance(obj, tuple):
             return [walk(v) for v in obj]
         return obj

@@ -167,7 +167,8 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateConfig:
-    """Promotion gate tolerances: how much worse than the champion a candidate may be."""
+    """Promotion gate tolerances: how much worse than the champion a candidate may be (a negative
+    tolerance requires the candidate to be that much better)."""
 
     max_auc_drop: float = 0.005
     max_brier_increase: float = 0.002

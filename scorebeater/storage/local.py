@@ -64,8 +64,18 @@ class LocalObjectStore:
             ) from exc
 
     async def ensure_root(self) -> None:
-        """Create the root directory (and parents) if missing."""
-        await self._run("", self.root.mkdir, parents=True, exist_ok=True)
+        """Create the root directory (and parents) if missing, then create and remove a file in it.
+
+        Raises:
+            StorageUnavailable: naming the root and why it cannot be used (it cannot be created,
+                is not a directory, or no file can be created in it: read-only, permissions).
+        """
+        for failure, check in (("cannot be created", _make_root), ("is not writable", _probe_root)):
+            try:
+                await asyncio.to_thread(check, self.root)
+            except OSError as exc:
+                reason = f"{errno.errorcode.get(exc.errno or 0, type(exc).__name__)} ({exc.strerror or exc})"
+                raise StorageUnavailable(f"storage.local.root: {self.root} {failure}: {reason}") from exc
 
     async def put(self, key: str, data: bytes | ObjectSource, *, exclusive: bool = False) -> None:
         """Write ``data`` atomically at ``key``; ``exclusive`` fails with ``ObjectExists`` if present.
@@ -120,6 +130,16 @@ def _write_file(path: Path, data: bytes | ObjectSource, exclusive: bool) -> None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _make_root(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)  # FileExistsError: it exists and is not a directory
+
+
+def _probe_root(root: Path) -> None:
+    probe = root / f".probe-{uuid.uuid4().hex}"
+    probe.touch(exist_ok=False)
+    probe.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -88,3 +88,59 @@ def test_bad_arguments_are_one_line_errors(args: list[str], message: str) -> Non
     assert len(errors) == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("token_env", "message"),
+    [
+        ("SCOREBEATER_TEST_UNSET_VAR", "SCOREBEATER_TEST_UNSET_VAR is not set or is empty"),
+        ("SCOREBEATER_TEST_EMPTY_VAR", "SCOREBEATER_TEST_EMPTY_VAR is not set or is empty"),
+        ("postgresql://u:hunter2@db/x", "looks like a secret value, not an environment variable name"),
+    ],
+)
+def test_a_token_variable_that_cannot_be_used_exits_2(token_env: str, message: str) -> None:
+    """Naming a variable is asking for auth: unset or empty is an error, not an open server."""
+    env = {k: v for k, v in os.environ.items() if k != "SCOREBEATER_TEST_UNSET_VAR"}
+    env["SCOREBEATER_TEST_EMPTY_VAR"] = ""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scorebeater", "replay-api", "--port", "0", "--token-env", token_env],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.startswith("scorebeater:")] == [
+        "scorebeater: config error: --token-env:"
+    ]
+    assert message in proc.stderr
+    assert "hunter2" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--token-env", ""], []], ids=["explicit-empty", "default-unset"])
+def test_serving_without_auth_logs_a_warning(args: list[str]) -> None:
+    """Scenario: --token-env '' (or the default variable unset); a warning names the variable
+    before the server listens; /v1 answers without a token; SIGTERM exits 0."""
+    env = {k: v for k, v in os.environ.items() if k != "SCOREBEATER_SCORE_API_TOKEN"}
+    proc = _start("--season", "2013", *args, env=env)
+    try:
+        assert proc.stderr is not None
+        events = []
+        for line in proc.stderr:
+            if line.startswith("{"):
+                events.append(json.loads(line))
+                if events[-1]["event"] == "replay.started":
+                    break
+        warning = next(e for e in events if e["event"] == "replay.auth_disabled")
+        assert warning["level"] == "warning"
+        assert warning["token_env"] == ("" if args else "SCOREBEATER_SCORE_API_TOKEN")
+        assert events[-1]["auth"] is False
+        assert _get(f"{events[-1]['url']}/v1/seasons/2013")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+        assert proc.stderr is not None
+        proc.stderr.read()
+        proc.stderr.close()
+    assert code == 0
