@@ -8,9 +8,17 @@ Routes (``reference/tfserving-rest.md`` section 2; case-insensitive, whole-path 
     GET  /monitoring/prometheus/metrics                                 Prometheus text
 
 Any other ``/v1`` request gets 400 ``Malformed request: <METHOD> <path>``; any other path a
-404 HTML page (as libevent's), not JSON. Every ``/v1`` reply is ``application/json``; errors are
-``{"error": ...}`` with TF Serving's HTTP status. Request bodies may be gzip-compressed
-(``Content-Encoding: gzip``, decoded by aiohttp).
+404. Every reply but the metrics page is ``application/json``, and every error is TF Serving's
+``{"error": "..."}`` with its HTTP status, whatever produced it: the shared error middleware of
+:mod:`scorebeater.httpsurface` renders aiohttp's own errors and an unexpected exception (a
+logged 500) in that shape too. (TF Serving answers 404s outside ``/v1`` with libevent's HTML
+page; the stand-in keeps its one shape.) Version numbers are ASCII digits (``[0-9]+``, as RE2's
+digit class); one beyond int64 is TF Serving's 400 ``Failed to convert version``.
+
+Request bodies may be compressed (``Content-Encoding: gzip`` or ``deflate``). They are inflated
+in the predict worker thread in bounded chunks, counting as they go (``httpsurface.inflate``): a
+body that is not valid gzip is a 400, one that inflates past :data:`MAX_BODY_BYTES` a 413, and
+its inflated bytes are never held (a gzip bomb costs CPU, not memory). Other encodings get 415.
 
 A ``:predict`` runs in one worker thread from the body to the reply bytes (parse, checks in
 TF Serving's order, tensors, the signature's concrete function, formatting), so the event
@@ -39,6 +47,7 @@ import structlog
 from aiohttp import web
 
 from scorebeater.errors import ConfigError
+from scorebeater.httpsurface import ApiError, inflate, surface_app
 from scorebeater.lifecycle import run_until_signal
 from scorebeater.modelserver.jsonio import RequestError, echo, error_body, parse_document
 from scorebeater.modelserver.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -66,19 +75,16 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 REST_TIMEOUT_S = 30.0
 """TF Serving's ``--rest_api_timeout_in_ms`` default; past it a request gets 504."""
 MAX_BODY_BYTES = 512 * 1024 * 1024
-"""Largest request body after gzip decoding (aiohttp's default of 1 MiB is far too small)."""
+"""Largest request body, as sent and after decoding (aiohttp's default of 1 MiB is far too small)."""
 
 _PREDICT = re.compile(
-    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)", re.IGNORECASE
+    r"/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:(classify|regress|predict)", re.IGNORECASE
 )
 _STATUS = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?", re.IGNORECASE
+    r"/v1/models(?:/([^/:]+))?(?:/versions/([0-9]+)|/labels/([^/:]+))?(?:/(metadata))?", re.IGNORECASE
 )
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
-_NOT_FOUND_HTML = (
-    "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
-    "The requested URL {path} was not found on this server.<P>\n</BODY></HTML>\n"
-)
+_INT64_DIGITS = len(str(INT64_MAX))
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -89,13 +95,21 @@ def _error(exc: RequestError) -> web.Response:
     return _json(error_body(exc.message), exc.http_status)
 
 
+def _surface_error(exc: ApiError) -> web.Response:
+    """TF Serving's shape for what the shared error middleware renders."""
+    return web.Response(
+        body=error_body(exc.message), status=exc.status, content_type="application/json", headers=exc.headers
+    )
+
+
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    value = int(text)
-    if value > INT64_MAX:
+    # Past 19 significant digits it cannot be an int64 (and int() refuses thousands of digits).
+    digits = text.lstrip("0") or "0"
+    if len(digits) > _INT64_DIGITS or int(digits) > INT64_MAX:
         raise RequestError(f"Failed to convert version: {text} to numeric.")
-    return value
+    return int(digits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +134,20 @@ def predict_job(
     target: _Target,
     api: str,
     max_batch_size: int,
+    *,
+    content_encoding: str = "",
 ) -> tuple[bytes, float]:
-    """Everything of one ``:predict`` after the URL: body to reply bytes (blocking, thread-safe).
+    """Everything of one ``:predict`` after the URL: body (as sent) to reply bytes (blocking, thread-safe).
 
     Returns the reply and the microseconds spent in TensorFlow.
 
     Raises:
         RequestError: with TF Serving's status and message, checks in TF Serving's order.
     """
+    try:
+        body = inflate(body, content_encoding, limit=MAX_BODY_BYTES)
+    except ApiError as exc:
+        raise RequestError(exc.message, http_status=exc.status) from None
     doc = parse_document(body)
     if not isinstance(doc, dict):
         raise RequestError(f"JSON Value: {echo(doc)} Is not object")
@@ -210,7 +230,7 @@ class ModelServer:
 
     def make_app(self) -> web.Application:
         """The aiohttp application: one catch-all route, dispatched by TF Serving's regexes."""
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = surface_app(_surface_error, surface="modelserver", client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -224,7 +244,9 @@ class ModelServer:
         if path == METRICS_PATH and method == "GET":
             return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
         if not _V1.fullmatch(path):
-            return web.Response(text=_NOT_FOUND_HTML.format(path=path), status=404, content_type="text/html")
+            return _error(
+                RequestError(f"The requested URL {path} was not found on this server.", http_status=404)
+            )
         try:
             return await self._route(request, method, path)
         except RequestError as exc:
@@ -258,9 +280,16 @@ class ModelServer:
         runtime_us: float | None = None
         try:
             async with asyncio.timeout(self.request_timeout_s):
-                reply, runtime_us = await loop.run_in_executor(
-                    self._executor, predict_job, body, self.registry.views, target, api, self.max_batch_size
+                job = functools.partial(
+                    predict_job,
+                    body,
+                    self.registry.views,
+                    target,
+                    api,
+                    self.max_batch_size,
+                    content_encoding=request.headers.get("Content-Encoding", ""),
                 )
+                reply, runtime_us = await loop.run_in_executor(self._executor, job)
             response = _json(reply)
         except TimeoutError:
             response = _error(RequestError("Timed out waiting for notification", http_status=504))

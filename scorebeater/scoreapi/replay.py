@@ -6,9 +6,11 @@ the replay clock's current time, so a game turns final as the clock passes it an
 totals appear after its last regular-season game. The contract is ``openapi.yaml`` beside
 this module (served at ``/openapi.yaml``).
 
-Request pipeline (outermost first, from :mod:`scorebeater.scoreapi.middleware`): JSON errors,
-bearer auth (constant-time compare), an optional token-bucket rate limit (429 +
-``Retry-After``), then the handler. Every response carries ``X-Replay-Time``.
+Request pipeline (outermost first): the contract's JSON errors for every failure
+(:func:`scorebeater.httpsurface.surface_app`), then from :mod:`scorebeater.scoreapi.middleware`
+bearer auth (constant-time compare) and an optional token-bucket rate limit (429 +
+``Retry-After``), then the handler. Every response carries ``X-Replay-Time``. Integer
+parameters are ASCII digits within their documented range (:func:`~scorebeater.httpsurface.int_param`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import orjson
 import structlog
 from aiohttp import web
 
-from scorebeater.config import Secret, secret_from_env
+from scorebeater.config import Secret, secret_from_option
 from scorebeater.data import History, load_history
 from scorebeater.errors import ConfigError
+from scorebeater.httpsurface import ApiError, coded_error, int_param, json_response, surface_app
 from scorebeater.lifecycle import run_until_signal
 from scorebeater.scoreapi import timeline
 from scorebeater.scoreapi.catalog import GAME_STATUSES, GameKey, GameStatus, ReplayCatalog, SeasonIndex
-from scorebeater.scoreapi.middleware import ApiError, TokenBucket, auth, errors, json_response
+from scorebeater.scoreapi.middleware import TokenBucket, auth
 from scorebeater.scoreapi.middleware import rate_limit as limit_rate
 from scorebeater.scoreapi.timeline import AcceleratedClock, ReplayClock
 
@@ -48,6 +51,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
 CURSOR_VERSION = 1
+DEFAULT_TOKEN_ENV = "SCOREBEATER_SCORE_API_TOKEN"  # noqa: S105 - a variable's name, not a secret
 REPLAY_TIME_HEADER = "X-Replay-Time"
 
 
@@ -88,27 +92,15 @@ def _replay_time(request: web.Request) -> int:
 # --- parameters --------------------------------------------------------------------------------
 
 
-def _int_param(value: str, name: str, *, lo: int, hi: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ApiError(
-            400, "invalid_parameter", f"{name} must be an integer, got {value!r}", param=name
-        ) from None
-    if not lo <= number <= hi:
-        raise ApiError(400, "invalid_parameter", f"{name} must be in {lo}..{hi}, got {number}", param=name)
-    return number
-
-
 def _season_param(value: str | None, name: str) -> int:
     if value is None or value == "":
         raise ApiError(400, "missing_parameter", f"{name} is required", param=name)
-    return _int_param(value, name, lo=1, hi=9999)
+    return int_param(value, name, lo=1, hi=9999)
 
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit")
-    return DEFAULT_LIMIT if raw is None else _int_param(raw, "limit", lo=1, hi=MAX_LIMIT)
+    return DEFAULT_LIMIT if raw is None else int_param(raw, "limit", lo=1, hi=MAX_LIMIT)
 
 
 def _status_param(value: str | None) -> GameStatus | None:
@@ -191,7 +183,7 @@ async def list_seasons(request: web.Request) -> web.Response:
 
 
 async def get_season(request: web.Request) -> web.Response:
-    season = _int_param(request.match_info["season"], "season", lo=1, hi=9999)
+    season = int_param(request.match_info["season"], "season", lo=1, hi=9999)
     return json_response(_visible_season(request, season).to_json(_replay_time(request)))
 
 
@@ -248,7 +240,7 @@ async def get_box_score(request: web.Request) -> web.Response:
 
 
 async def list_player_totals(request: web.Request) -> web.Response:
-    season = _int_param(request.match_info["season"], "season", lo=1, hi=9999)
+    season = int_param(request.match_info["season"], "season", lo=1, hi=9999)
     limit = _limit(request)
     after: int | None = None
     cursor = request.query.get("cursor")
@@ -295,12 +287,12 @@ def create_app(
     requests per second before 429 (``None``: unlimited). ``middlewares`` run inside the
     error middleware and before auth (tests inject faults there).
     """
-    chain: list[Middleware] = [errors(_stamp_replay_time), *middlewares]
+    chain: list[Middleware] = [*middlewares]
     if token is not None and token.get():
         chain.append(auth(token))
     if rate_limit is not None:
         chain.append(limit_rate(TokenBucket(rate_limit)))
-    app = web.Application(middlewares=chain)
+    app = surface_app(coded_error, surface="replay", stamp=_stamp_replay_time, middlewares=chain)
     app[STATE] = ReplayState(catalog=catalog, clock=clock, openapi=_openapi_text())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.yaml", openapi)
@@ -400,7 +392,8 @@ async def command(args: argparse.Namespace) -> int:
     """``scorebeater replay-api``: serve until SIGINT/SIGTERM, then exit 0 (see ``lifecycle``).
 
     Raises:
-        ConfigError: ``--start`` is not an ISO date or date-time with an offset.
+        ConfigError: ``--start`` is not an ISO date or date-time with an offset, or
+            ``--token-env`` names a variable that is unset or empty (or is no valid name).
         DataError: the data directory is unusable or has no such season.
     """
     start: dt.datetime | None = None
@@ -409,7 +402,12 @@ async def command(args: argparse.Namespace) -> int:
             start = timeline.parse_start(args.start)
         except ValueError as exc:
             raise ConfigError("--start", [str(exc)]) from exc
+    # --token-env VAR must name a set variable; without the option, the default variable is
+    # used if set; '' (or the default unset) serves without auth, which is worth a warning.
+    token_env = DEFAULT_TOKEN_ENV if args.token_env is None else args.token_env
+    token = secret_from_option(token_env, option="--token-env", required=args.token_env is not None)
+    if token is None:
+        log.warning("replay.auth_disabled", token_env=token_env, effect="/v1 requests need no token")
     history = load_history(args.data)
-    token = secret_from_env(args.token_env)
     await run_until_signal(functools.partial(_serve, history, args, token, start), name="replay-api")
     return 0

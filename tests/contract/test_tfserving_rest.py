@@ -10,8 +10,10 @@ signature; label ``stable`` -> 1), ``single`` (one input ``x`` [batch, 3]) and `
 (identity on float32 [batch], to see float formatting). Batch limit: 64 rows.
 
 Where the stand-in may differ (documented): parse-error texts after the ``JSON Parse error:``
-prefix, TensorFlow runtime error texts, and the body of 404s outside ``/v1``. The table checks
-those by status and prefix only.
+prefix, TensorFlow runtime error texts, and the body of 404s outside ``/v1`` (libevent's HTML
+page from TF Serving, ``{"error": ...}`` from the stand-in). The table checks those by status
+and prefix only. The stand-in's own error contract (encoded bodies, JSON everywhere, a logged
+500 for the unexpected) is checked after the table, against the stand-in only.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
+from scorebeater.modelserver.app import ModelServer
+from scorebeater.modelserver.metrics import ServerMetrics
 from scorebeater.testing.savedmodel import (
     CONTRACT_MAX_BATCH_SIZE,
     ModelCache,
@@ -43,6 +50,7 @@ from scorebeater.testing.savedmodel import (
 REAL_URL = os.environ.get("TFSERVING_URL", "")
 REAL_MODELS = os.environ.get("TFSERVING_MODELS_DIR", "")
 SB = "/v1/models/score_beater"
+HUGE = "9" * 5000
 
 
 @pytest.fixture(name="model_cache", scope="session")
@@ -221,6 +229,42 @@ CASES: list[Case] = [
         error="Could not find version 7 of model score_beater",
     ),
     Case("missing-model-name", "GET", "/v1/models", status=400, error="Missing model name in request."),
+    # --- version numbers: digits only, within int64 ------------------------------------------
+    Case(
+        "status-version-beyond-int64",
+        "GET",
+        f"{SB}/versions/9223372036854775808",
+        status=400,
+        error="Failed to convert version: 9223372036854775808 to numeric.",
+    ),
+    Case(
+        "metadata-version-5000-digits",
+        "GET",
+        f"{SB}/versions/{HUGE}/metadata",
+        status=400,
+        error=f"Failed to convert version: {HUGE} to numeric.",
+    ),
+    Case(
+        "predict-version-5000-digits",
+        "POST",
+        f"{SB}/versions/{HUGE}:predict",
+        _body({"instances": [ROW]}),
+        400,
+        error=f"Failed to convert version: {HUGE} to numeric.",
+    ),
+    Case(
+        "version-leading-zeros",
+        "GET",
+        f"{SB}/versions/{'0' * 5000}1",
+        check=lambda d: _versions(d) == ["1"],
+    ),
+    Case(
+        "version-arabic-indic-digit",
+        "GET",
+        f"{SB}/versions/%D9%A1",
+        status=400,
+        error=f"Malformed request: GET {SB}/versions/%D9%A1",
+    ),
     # --- metadata ---------------------------------------------------------------------------
     Case("metadata-version", "GET", f"{SB}/versions/1/metadata", check=_metadata_ok("1")),
     Case("metadata-latest", "GET", f"{SB}/metadata", check=_metadata_ok("2")),
@@ -595,3 +639,83 @@ async def test_metrics_page(base_url: str) -> None:
     assert ':tensorflow:serving:request_count{model_name="score_beater",status="OK"}' in reply.text
     assert ":tensorflow:serving:request_latency_bucket{" in reply.text
     assert 'entrypoint="REST"' in reply.text
+
+
+# --- the stand-in's own error contract (not TF Serving's: skipped against a real server) ---------
+
+standin_only = pytest.mark.skipif(bool(REAL_URL), reason="the stand-in's own behaviour")
+
+
+@standin_only
+@pytest.mark.parametrize(
+    ("body", "encoding", "status", "contains"),
+    [
+        pytest.param(_body({"instances": [ROW]}), "gzip", 400, "not valid gzip", id="not-gzip"),
+        pytest.param(
+            gzip.compress(_body({"instances": [ROW]}))[:-8], "gzip", 400, "not valid gzip", id="truncated"
+        ),
+        pytest.param(
+            gzip.compress(_body({"instances": [ROW]})) + b"junk", "gzip", 400, "after the end", id="trailing"
+        ),
+        pytest.param(_body({"instances": [ROW]}), "br", 415, "not supported", id="brotli"),
+        pytest.param(
+            zlib.compress(_body({"instances": [ROW] * 2})), "deflate", 200, "predictions", id="deflate"
+        ),
+        pytest.param(
+            gzip.compress(_body({"instances": [ROW]})) + gzip.compress(b" "),
+            "gzip",
+            200,
+            "predictions",
+            id="members",
+        ),
+    ],
+)
+async def test_encoded_bodies(base_url: str, body: bytes, encoding: str, status: int, contains: str) -> None:
+    reply = await send(base_url, "POST", f"{SB}:predict", body, **{"Content-Encoding": encoding})
+    assert reply.status == status, reply.text
+    assert reply.content_type.split(";")[0] == "application/json"
+    assert contains in reply.text
+    if status != 200:
+        assert set(reply.json) == {"error"}
+
+
+@standin_only
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/healthz"), ("GET", "/"), ("PUT", "/monitoring/prometheus/metrics")]
+)
+async def test_outside_v1_errors_are_json_too(base_url: str, method: str, path: str) -> None:
+    reply = await send(base_url, method, path)
+    assert reply.status == 404
+    assert reply.content_type.split(";")[0] == "application/json"
+    assert reply.json == {"error": f"The requested URL {path} was not found on this server."}
+
+
+class BrokenRegistry:
+    """A registry whose status lookups fail with an error nothing expects."""
+
+    views: dict[str, Any] = {}  # noqa: RUF012 - read only
+
+    def status(self, name: str, version: int | None) -> list[Any]:
+        raise RuntimeError("injected")
+
+
+async def test_an_unexpected_exception_is_logged_and_answered_500_json() -> None:
+    server = ModelServer(
+        cast("Any", BrokenRegistry()),
+        ServerMetrics(),
+        max_batch_size=64,
+        request_timeout_s=5.0,
+        predict_workers=1,
+    )
+    try:
+        async with TestServer(server.make_app(), host="127.0.0.1", port=0) as test_server:
+            url = f"http://127.0.0.1:{test_server.port}"
+            with capture_logs() as logs:
+                reply = await send(url, "GET", SB)
+            assert (reply.status, reply.json) == (500, {"error": "internal error"})
+            assert reply.content_type.split(";")[0] == "application/json"
+            assert (await send(url, "GET", "/v1/models")).status == 400  # and it goes on serving
+    finally:
+        server.close()
+    failed = [e for e in logs if e["event"] == "http.request_failed"]
+    assert [(e["surface"], e["path"]) for e in failed] == [("modelserver", SB)]

@@ -8,8 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from scorebeater.scoreapi.catalog import ReplayCatalog
+from scorebeater.scoreapi.replay import create_app
+from scorebeater.scoreapi.timeline import ManualClock
 from scorebeater.testing.score_api import (
     RunningReplay,
     bundled_catalog,
@@ -17,6 +22,7 @@ from scorebeater.testing.score_api import (
     running_replay,
     synthetic_history,
 )
+from tests.services.rawhttp import raw_request
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -192,6 +198,14 @@ async def test_rate_limit_answers_429_with_retry_after() -> None:
         ("/v1/games", {"season": 2014, "cursor": "!!!"}, 400, "invalid_cursor", "cursor"),
         ("/v1/seasons/2014/player-totals", {"cursor": "e30"}, 400, "invalid_cursor", "cursor"),
         ("/v1/seasons/abc", {}, 400, "invalid_parameter", "season"),
+        ("/v1/games", {"season": "\u0662\u0660\u0661\u0664"}, 400, "invalid_parameter", "season"),
+        ("/v1/games", {"season": "2014\n"}, 400, "invalid_parameter", "season"),
+        ("/v1/games", {"season": " 2014"}, 400, "invalid_parameter", "season"),
+        ("/v1/games", {"season": "9223372036854775808"}, 400, "invalid_parameter", "season"),
+        ("/v1/games", {"season": 2014, "limit": "1" * 5000}, 400, "invalid_parameter", "limit"),
+        ("/v1/games", {"season": 2014, "limit": "\u0665"}, 400, "invalid_parameter", "limit"),
+        ("/v1/seasons/9223372036854775808", {}, 400, "invalid_parameter", "season"),
+        ("/v1/seasons/\u0662\u0660\u0661\u0664/player-totals", {}, 400, "invalid_parameter", "season"),
         ("/v1/games/999/boxscore", {}, 404, "game_not_found", None),
         ("/v1/seasons/1900", {}, 404, "season_not_found", None),
         ("/v2/nothing", {}, 404, "not_found", None),
@@ -251,3 +265,45 @@ async def _replay_2014_final() -> Any:
     catalog = bundled_catalog()
     async with running_replay(catalog, dt.datetime(2014, 4, 20, tzinfo=UTC)) as replay:
         yield replay
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer s3cr\xc3\xa9t",  # UTF-8
+        b"Authorization: Bearer \xff\xfe",  # not even UTF-8
+        b"Authorization: B\xc3\xa9arer s3cret",
+    ],
+)
+async def test_a_non_ascii_authorization_header_is_a_401(header: bytes) -> None:
+    catalog = ReplayCatalog.build(synthetic_history())
+    async with running_replay(catalog, catalog.default_start(2014), token="s3cret") as replay:
+        reply = await raw_request(replay.url, "GET", b"/v1/seasons", headers=[header])
+    assert reply.status == 401
+    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.json["error"]["code"] == "unauthorized"
+    assert "x-replay-time" in reply.headers
+
+
+async def test_an_unexpected_exception_is_logged_and_answered_500_json() -> None:
+    """Scenario: a middleware inside the error contract fails with an exception nothing expects;
+    the client gets the contract's Error body (with X-Replay-Time), the log gets the traceback."""
+
+    @web.middleware
+    async def broken(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/v1/seasons":
+            raise RuntimeError("injected")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    catalog = ReplayCatalog.build(synthetic_history())
+    app = create_app(catalog, ManualClock(catalog.default_start(2014)), middlewares=[broken])
+    async with TestServer(app, host="127.0.0.1", port=0) as server, aiohttp.ClientSession() as session:
+        with capture_logs() as logs:
+            status, body, headers = await get(session, f"http://127.0.0.1:{server.port}/v1/seasons")
+        assert (status, body) == (500, {"error": {"code": "internal", "message": "internal error"}})
+        assert "X-Replay-Time" in headers
+        status, _, _ = await get(session, f"http://127.0.0.1:{server.port}/v1/seasons/2014")
+        assert status == 200
+    failed = [e for e in logs if e["event"] == "http.request_failed"]
+    assert [(e["surface"], e["path"]) for e in failed] == [("replay", "/v1/seasons")]
