@@ -5,6 +5,10 @@ backoff with jitter, bounded by attempts *and* total time, and only for transien
 (timeouts, connection errors, 429, 5xx). A server's ``Retry-After`` replaces the computed
 backoff for that attempt (capped by the remaining budget). Every retry is logged as
 ``upstream.retry_scheduled`` and counted through the optional ``on_retry`` callback.
+
+"One layer" includes aiohttp itself: a session from :func:`make_session` does not resend a
+request on its own when a reused keep-alive connection turns out to be closed, so that retry
+too goes through :func:`retrying` and is logged, counted and bounded like any other.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ def make_session(
 ) -> aiohttp.ClientSession:
     """A keep-alive session with a deadline on every request and a bounded connection pool.
 
-    The caller owns the session and must close it (``async with``).
+    aiohttp's own silent resend of an idempotent request over a reused connection that the
+    server closed is turned off: the caller's :func:`retrying` sees that failure (a transient
+    connection error) and counts its retry. The caller owns the session and must close it
+    (``async with``).
     """
     connector = aiohttp.TCPConnector(
         limit=max_connections, limit_per_host=max_connections, keepalive_timeout=30
@@ -47,9 +54,15 @@ def make_session(
         total=timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
     )
     all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers=all_headers, raise_for_status=raise_for_status
     )
+    # aiohttp resends a GET once, silently, when a reused keep-alive connection was closed under
+    # it (ServerDisconnectedError, ClientOSError): a second retry layer that nothing logs,
+    # counts or bounds. It has no public switch; its own TestClient clears the same attribute.
+    # tests/integration/test_keepalive_retries.py fails if this stops taking effect.
+    session._retry_connection = False  # noqa: SLF001
+    return session
 
 
 def is_transient_status(status: int) -> bool:

@@ -19,10 +19,15 @@ one (missing field, negative count, FTM > FTA, a box score for another game, a r
 season) is rejected with a reason: counted in :attr:`ScoreApiClient.rejected` and
 ``records_rejected{kind, reason}``, logged as ``score_api.record_rejected``, and skipped. It
 never reaches nor crashes the caller.
+
+Readiness (:meth:`ScoreApiClient.check_ready`) is one authenticated ``GET /v1/seasons``, not
+the public ``/healthz``: a refused token makes the daemon not ready instead of failing every
+run behind a green probe. Its answer is reused for :data:`READY_CACHE_S` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import time
@@ -33,15 +38,22 @@ import aiohttp
 import orjson
 import structlog
 
-from scorebeater.clients.http import is_transient_status, make_session, parse_retry_after, retrying
+from scorebeater.clients.http import make_session, retrying
+from scorebeater.clients.score_api_errors import (
+    TARGET,
+    GameNotFinal,
+    RecordRejected,
+    ScoreApiNotFinal,
+    SeasonNotFinal,
+    contract_error,
+    status_error,
+)
 from scorebeater.errors import (
-    ScoreApiAuthError,
     ScoreApiError,
-    ScoreApiNotFound,
     UpstreamError,
     ValidationError,
 )
-from scorebeater.fields import Fields
+from scorebeater.fields import BAD_TYPE, Fields
 from scorebeater.scoreapi.records import (
     BoxScore,
     BoxScoreLine,
@@ -65,54 +77,36 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-TARGET = "score_api"
 MAX_PAGE_SIZE = 1000
+READY_CACHE_S = 5.0
+"""How long a readiness answer, success or failure, is reused: a probe every second (or several
+probes at once) costs the Score API at most one request per period."""
+READY_TIMEOUT_S = 2.0
+"""Deadline of the readiness request. Below the admin API's own check deadline, so a hanging
+Score API is reported, and cached, as a timeout of this request."""
 
 Endpoint = Literal["games", "boxscore", "season", "seasons", "totals"]
 T = TypeVar("T")
-
-
-class ScoreApiNotFinal(ScoreApiError):
-    """409: the resource exists but is not final yet; ask again later. ``code`` is the API's."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        self.code = code
-        super().__init__(TARGET, message, status=409, transient=False)
-
-
-class SeasonNotFinal(ScoreApiNotFinal):
-    """The season's regular season is not final, so its totals are not served yet."""
-
-
-class GameNotFinal(ScoreApiNotFinal):
-    """The game is not final, so its box score is not served yet."""
-
-
-def _contract_error(path: str, detail: str) -> ScoreApiError:
-    log.error("score_api.response_invalid", path=path, detail=detail)
-    return ScoreApiError(
-        TARGET, f"GET {path}: response does not match the contract: {detail}", transient=False
-    )
 
 
 def _page(
     body: object, path: str, *, cursor_nullable: bool
 ) -> tuple[list[Any], str | None, bool, dt.datetime]:
     if not isinstance(body, dict):
-        raise _contract_error(path, f"body is {type(body).__name__}, not an object")
+        raise contract_error(path, f"body is {type(body).__name__}, not an object")
     data, cursor, has_more = body.get("data"), body.get("next_cursor"), body.get("has_more")
     if not isinstance(data, list):
-        raise _contract_error(path, "data is not a list")
+        raise contract_error(path, "data is not a list")
     if not isinstance(has_more, bool):
-        raise _contract_error(path, "has_more is not a boolean")
+        raise contract_error(path, "has_more is not a boolean")
     if not (isinstance(cursor, str) or (cursor is None and cursor_nullable)):
-        raise _contract_error(path, "next_cursor is not a string")
+        raise contract_error(path, "next_cursor is not a string")
     if has_more and cursor is None:
-        raise _contract_error(path, "has_more without next_cursor")
+        raise contract_error(path, "has_more without next_cursor")
     try:
         replay_time = Fields(body, "page").time("replay_time")
     except ValidationError as exc:
-        raise _contract_error(path, str(exc)) from exc
+        raise contract_error(path, str(exc)) from exc
     return data, cursor, has_more, replay_time
 
 
@@ -128,12 +122,18 @@ class ScoreApiClient:
     """
 
     def __init__(
-        self, cfg: ScoreApiConfig, *, session: aiohttp.ClientSession, metrics: Metrics | None = None
+        self,
+        cfg: ScoreApiConfig,
+        *,
+        session: aiohttp.ClientSession,
+        metrics: Metrics | None = None,
+        ready_cache_s: float = READY_CACHE_S,
     ) -> None:
         """A client over ``session``, which the caller owns and closes; :meth:`open` builds both.
 
         ``session`` should carry the headers :meth:`open` sets (Accept, bearer token) and a
-        deadline on every request.
+        deadline on every request. ``ready_cache_s`` is how long :meth:`check_ready` reuses
+        its answer.
         """
         self._cfg = cfg
         self._metrics = metrics
@@ -142,10 +142,16 @@ class ScoreApiClient:
         self.rejected: Counter[tuple[str, str]] = Counter()
         """Rejected records by ``(kind, reason)`` since the client was created."""
         self.retries = 0
+        self._ready_cache_s = ready_cache_s
+        self._ready: tuple[float, ScoreApiError | None] | None = None
+        """``(monotonic time, error or None)`` of the last readiness request."""
+        self._ready_lock = asyncio.Lock()
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, cfg: ScoreApiConfig, *, metrics: Metrics | None = None) -> AsyncIterator[Self]:
+    async def open(
+        cls, cfg: ScoreApiConfig, *, metrics: Metrics | None = None, ready_cache_s: float = READY_CACHE_S
+    ) -> AsyncIterator[Self]:
         """A ready client for the duration of the block; its session closes on exit.
 
         Opening makes no request (the server may still be down: calls retry). Not reentrant:
@@ -160,20 +166,44 @@ class ScoreApiClient:
             max_connections=cfg.max_connections,
             headers=headers,
         ) as session:
-            yield cls(cfg, session=session, metrics=metrics)
+            yield cls(cfg, session=session, metrics=metrics, ready_cache_s=ready_cache_s)
 
     # --- public API ----------------------------------------------------------------------------
 
     async def ping(self) -> dt.datetime:
         """One unretried ``GET /healthz``; returns the server's replay time.
 
-        Raises ``ScoreApiError`` (transient when unreachable). Not counted in the metrics.
+        ``/healthz`` is public: this proves the server answers, not that our token is
+        accepted (that is :meth:`check_ready`). Raises ``ScoreApiError`` (transient when
+        unreachable). Not counted in the metrics.
         """
         body = await self._attempt(None, "/healthz", None)
         try:
             return Fields(body, "health").time("replay_time")
         except ValidationError as exc:
-            raise _contract_error("/healthz", str(exc)) from exc
+            raise contract_error("/healthz", str(exc)) from exc
+
+    async def check_ready(self) -> None:
+        """Readiness: the Score API answers an authenticated call. Returns ``None`` when ready.
+
+        One unretried ``GET /v1/seasons`` (the cheapest authenticated call of the contract)
+        within :data:`READY_TIMEOUT_S`. Its answer, success or failure, is reused for
+        ``ready_cache_s`` seconds after it arrives, and concurrent callers share one request.
+        Not counted in the request metrics.
+
+        Raises:
+            ScoreApiAuthError: the token is refused (401/403).
+            ScoreApiError: unreachable, timed out, 429 or 5xx, or an answer that is not the
+                contract's season list.
+        """
+        async with self._ready_lock:
+            if self._ready is None or time.monotonic() - self._ready[0] >= self._ready_cache_s:
+                self._ready = (time.monotonic(), await self._probe_ready())
+            error = self._ready[1]
+        if error is not None:
+            # The cached instance is raised again: drop the traceback of its previous raise
+            # so it does not grow with every probe.
+            raise error.with_traceback(None)
 
     async def seasons(self) -> list[SeasonInfo]:
         """Every season visible now, ascending. Invalid season objects are rejected and skipped.
@@ -183,7 +213,7 @@ class ScoreApiClient:
         path = "/v1/seasons"
         body = await self._get("seasons", path)
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise _contract_error(path, "data is not a list")
+            raise contract_error(path, "data is not a list")
         out: list[SeasonInfo] = []
         for obj in body["data"]:
             season = self._validated("season", parse_season, obj)
@@ -202,10 +232,10 @@ class ScoreApiClient:
             info = parse_season(body)
         except ValidationError as exc:
             self._reject("season", exc)
-            raise _contract_error(path, str(exc)) from exc
+            raise contract_error(path, str(exc)) from exc
         if info.season != season:
             self._reject("season", ValidationError("wrong_season", f"asked for {season}, got {info.season}"))
-            raise _contract_error(path, f"season {info.season} returned for {season}")
+            raise contract_error(path, f"season {info.season} returned for {season}")
         return info
 
     async def games_page(
@@ -269,20 +299,31 @@ class ScoreApiClient:
             for game in page.games:
                 yield game
 
-    async def box_score(self, game_id: str, *, season: int | None = None) -> BoxScore | None:
+    async def box_score(
+        self, game_id: str, *, season: int | None = None, strict: bool = False
+    ) -> BoxScore | None:
         """The box score of a final game, or ``None`` if the API's answer was rejected.
 
         ``None`` means the box score itself was invalid (another game's, another season's,
-        malformed teams): it is counted and logged. Invalid player lines are skipped, as are
-        repeated player ids. Raises ``GameNotFinal`` (409), ``ScoreApiNotFound`` (404) and
-        ``ScoreApiError`` after retries.
+        malformed teams): it is counted and logged. With ``strict``, such a box score, and a
+        body that is not a box score object with a players list, raise :class:`RecordRejected`
+        instead (not counted). Invalid player lines are skipped, as are repeated player ids.
+        Raises ``GameNotFinal`` (409), ``ScoreApiNotFound`` (404) and ``ScoreApiError`` after
+        retries.
         """
         path = f"/v1/games/{game_id}/boxscore"
         body = await self._get("boxscore", path)
         if not isinstance(body, dict) or not isinstance(body.get("players"), list):
-            raise _contract_error(path, "not a box score object with a players list")
-        box = self._validated("boxscore", lambda o: parse_box_score_header(o, game_id, season), body)
-        if box is None:
+            if strict:
+                detail = f"box score {game_id}: not an object with a players list"
+                raise RecordRejected("boxscore", BAD_TYPE, detail, payload=orjson.dumps(body))
+            raise contract_error(path, "not a box score object with a players list")
+        try:
+            box = parse_box_score_header(body, game_id, season)
+        except ValidationError as exc:
+            if strict:
+                raise RecordRejected("boxscore", exc.reason, str(exc), payload=orjson.dumps(body)) from exc
+            self._reject("boxscore", exc)
             return None
         lines: list[BoxScoreLine] = []
         seen: set[int] = set()
@@ -293,7 +334,11 @@ class ScoreApiClient:
             if line.player_id in seen:
                 self._reject(
                     "boxscore_line",
-                    ValidationError("duplicate", f"game {game_id}: player {line.player_id} repeated"),
+                    ValidationError(
+                        "duplicate",
+                        f"game {game_id}: player {line.player_id} repeated",
+                        key=f"{game_id}/{line.player_id}",
+                    ),
                 )
                 continue
             seen.add(line.player_id)
@@ -333,7 +378,10 @@ class ScoreApiClient:
                     continue
                 if row.player_id in seen:
                     self._reject(
-                        "player_total", ValidationError("duplicate", f"player {row.player_id} repeated")
+                        "player_total",
+                        ValidationError(
+                            "duplicate", f"player {row.player_id} repeated", key=f"{season}/{row.player_id}"
+                        ),
                     )
                     continue
                 seen.add(row.player_id)
@@ -342,6 +390,19 @@ class ScoreApiClient:
                 return
 
     # --- internals -----------------------------------------------------------------------------
+
+    async def _probe_ready(self) -> ScoreApiError | None:
+        path = "/v1/seasons"
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                body = await self._attempt(None, path, None)
+        except TimeoutError:
+            return ScoreApiError(TARGET, f"GET {path}: timed out after {READY_TIMEOUT_S} s", transient=True)
+        except ScoreApiError as exc:
+            return exc
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            return contract_error(path, "data is not a list")
+        return None
 
     def _page_size(self, limit: int | None) -> int:
         # The contract caps pages at MAX_PAGE_SIZE; a larger setting would only earn 400s.
@@ -358,7 +419,7 @@ class ScoreApiClient:
         self.rejected[kind, exc.reason] += 1
         if self._metrics is not None:
             self._metrics.records_rejected.labels(kind, exc.reason).inc()
-        log.warning("score_api.record_rejected", kind=kind, reason=exc.reason, detail=str(exc))
+        log.warning("score_api.record_rejected", kind=kind, reason=exc.reason, key=exc.key, detail=str(exc))
 
     def _on_retry(self, exc: UpstreamError | Exception) -> None:  # noqa: ARG002 - retrying() callback
         self.retries += 1
@@ -397,7 +458,7 @@ class ScoreApiClient:
         finally:
             self._observe(endpoint, code, time.perf_counter() - started)
         if code != 200:  # noqa: PLR2004
-            raise _status_error(path, code, body, headers)
+            raise status_error(path, code, body, headers)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -415,38 +476,9 @@ class ScoreApiClient:
         self._metrics.score_api_duration.labels(endpoint).observe(elapsed_s)
 
 
-def _error_detail(body: bytes) -> tuple[str, str]:
-    """``(code, message)`` from a JSON error body; empty code when the body is not one."""
-    try:
-        error = orjson.loads(body).get("error", {})
-        return str(error.get("code", "")), str(error.get("message", ""))
-    except (orjson.JSONDecodeError, AttributeError):
-        return "", body[:200].decode("utf-8", "replace")
-
-
-def _status_error(  # noqa: PLR0911 - one return per status class
-    path: str, status: int, body: bytes, headers: Mapping[str, str]
-) -> ScoreApiError:
-    code, message = _error_detail(body)
-    text = f"GET {path}: {code or 'error'}: {message}"
-    if status in (401, 403):
-        return ScoreApiAuthError(TARGET, text, status=status)
-    if status == 404:  # noqa: PLR2004
-        return ScoreApiNotFound(TARGET, text, status=status)
-    if status == 409:  # noqa: PLR2004
-        if code == "season_not_final":
-            return SeasonNotFinal(text, code=code)
-        if code == "game_not_final":
-            return GameNotFinal(text, code=code)
-        return ScoreApiNotFinal(text, code=code)
-    if is_transient_status(status):
-        retry_after = parse_retry_after(headers.get("Retry-After"))
-        return ScoreApiError(TARGET, text, status=status, transient=True, retry_after_s=retry_after)
-    return ScoreApiError(TARGET, text, status=status, transient=False)
-
-
 __all__ = [
     "GameNotFinal",
+    "RecordRejected",
     "ScoreApiClient",
     "ScoreApiNotFinal",
     "SeasonNotFinal",
