@@ -37,6 +37,7 @@ HANDLERS: dict[str, str] = {
     "serve-model": "scorebeater.modelserver.app:command",
     "train": "scorebeater.training.pipeline:train_command",
     "evaluate": "scorebeater.training.pipeline:evaluate_command",
+    "quarantine": "scorebeater.admin.quarantine:command",
 }
 
 
@@ -86,6 +87,30 @@ def _add_data(p: argparse.ArgumentParser, *, help_text: str | None = None) -> No
         or "data directory laid out like the bundled data (season_totals/games/player_games .csv.gz); "
         "default: the config's data.dir, else the copy bundled in the package",
     )
+
+
+def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``quarantine list|retry|skip`` (its handler is :mod:`scorebeater.admin.quarantine`'s)."""
+    p = sub.add_parser(
+        "quarantine",
+        help="list, retry or skip the records the features stage set aside",
+        description="The quarantine (dead-letter) table of the configured storage: box scores that "
+        "failed validation, and games whose fetch kept failing. A season completes once each of its "
+        "entries is skipped, or retried and resolved. Works with or without a running daemon.",
+    )
+    _add_config(p)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list the entries")
+    listing.add_argument("--season", type=int, default=None, help="only this season (end year)")
+    listing.add_argument(
+        "--state", choices=("open", "retry", "skipped", "resolved"), default=None, help="only this state"
+    )
+    listing.add_argument("--json", action="store_true", help="print the entries as a JSON array")
+    for action, text in (
+        ("retry", "fetch the record again on the next features run (resolved on success)"),
+        ("skip", "accept the record's loss: its season completes without it"),
+    ):
+        actions.add_parser(action, help=text).add_argument("id", type=int, help="the entry's id (see list)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,9 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token-env",
-        default="SCOREBEATER_SCORE_API_TOKEN",
+        default=None,
         metavar="VAR",
-        help="environment variable with the bearer token clients must send (unset: no auth)",
+        help="environment variable with the bearer token clients must send; naming one that is "
+        "unset or empty is an error; '' serves without auth (default: SCOREBEATER_SCORE_API_TOKEN "
+        "if set, else no auth; serving without auth logs a warning)",
     )
     p.add_argument(
         "--rate-limit",
@@ -237,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-version", type=int, default=None, help="version to evaluate (default: the latest)"
     )
+
+    _add_quarantine(sub)
     return parser
 
 

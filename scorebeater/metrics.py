@@ -4,7 +4,8 @@ Names follow Prometheus conventions: the ``scorebeater_`` prefix, base units (``
 ``_ratio``), ``_total`` for counters, timestamps rather than ages (``*_timestamp_seconds``;
 dashboards compute ``time() - metric``). Labels are bounded: ``stage``, ``outcome``,
 ``endpoint``, ``code``, ``mode``, ``model_version``, ``bucket`` (``all`` and the four
-season-progress buckets), ``bin`` (ten calibration bins), ``reason``; never a player or game id.
+season-progress buckets), ``bin`` (ten calibration bins), ``kind``, ``reason``, ``state``; never
+a player or game id.
 Known label values are pre-initialised so series exist (as 0) before the first event.
 
 Tests pass a fresh ``CollectorRegistry`` so nothing leaks between them.
@@ -25,6 +26,9 @@ CALIBRATION_BINS = tuple(f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10))
 SCORE_API_ENDPOINTS = ("games", "boxscore", "season", "seasons", "totals")
 TFSERVING_APIS = ("predict", "status", "metadata")
 PREDICTION_MODES = ("diff", "refeed")
+QUARANTINE_KINDS = ("box_score",)
+QUARANTINE_STATES = ("open", "retry", "skipped", "resolved")
+"""The dead-letter table's kinds and states (``storage.quarantine``'s; a test keeps them equal)."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -96,6 +100,13 @@ class Metrics:
             "scorebeater_records_rejected_total",
             "External records rejected by validation, by kind and reason.",
             ["kind", "reason"],
+            registry=r,
+        )
+        self.quarantined = Gauge(
+            "scorebeater_quarantined_records",
+            "Records set aside in the dead-letter table, by kind and state (open: waiting for an "
+            "operator; a season completes once its quarantined games are skipped or resolved).",
+            ["kind", "state"],
             registry=r,
         )
 
@@ -271,6 +282,9 @@ class Metrics:
         for resolution in ("early", "final"):
             self.label_coverage.labels(resolution)
             self.outcomes_stored.labels(resolution)
+        for kind in QUARANTINE_KINDS:
+            for state in QUARANTINE_STATES:
+                self.quarantined.labels(kind, state)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -5,6 +5,13 @@ Read endpoints are open (put the port behind your network policy). State-changin
 <token>`` with the token from the environment variable named by ``admin.token_env``; with no
 token configured they answer 403, never run unauthenticated. ``openapi.yaml`` beside this
 module documents every endpoint and is served at ``/openapi.yaml``.
+
+Every error is ``{"error": {"code", "message", "param"?}}``, whatever produced it (the shared
+error middleware of :mod:`scorebeater.httpsurface`: unknown paths, wrong methods, bodies too
+large, an unexpected exception as a logged 500). Inputs are checked strictly: ids and seasons
+are ASCII digits in range, a request body is a JSON object with only the documented fields of
+the documented types (``Content-Encoding: gzip``/``deflate`` decoded within
+:data:`MAX_BODY_BYTES`), and an ``Authorization`` header that is not ASCII is a 401.
 """
 
 from __future__ import annotations
@@ -17,13 +24,24 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from scorebeater.admin.quarantine import QuarantineRoutes
+from scorebeater.bounds import PLAYER_ID, SEASON
 from scorebeater.config import Secret
 from scorebeater.errors import ScorebeaterError
+from scorebeater.httpsurface import (
+    ApiError,
+    bearer_token,
+    bool_param,
+    coded_error,
+    int_param,
+    json_object_body,
+    json_response,
+    surface_app,
+)
 from scorebeater.scheduler import StageRunner
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.features import FeaturesStage
@@ -32,6 +50,8 @@ from scorebeater.stages.handoff import Handoff
 log = structlog.get_logger(__name__)
 
 READY_CHECK_TIMEOUT_S = 3.0
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body, decoded (the only body is ``POST /v1/refeed``'s small object)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +71,11 @@ STATE = web.AppKey("state", AdminState)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
-        status=status,
-        content_type="application/json",
-    )
+    return json_response(data, status=status)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return _json({"error": {"code": code, "message": message}}, status)
+    return coded_error(ApiError(status, code, message))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -75,15 +91,12 @@ def _requires_token(handler: Handler) -> Handler:
                 "state-changing endpoints are disabled: "
                 "set the environment variable named by admin.token_env",
             )
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.get().encode()):
-            return web.Response(
-                body=orjson.dumps(
-                    {"error": {"code": "unauthorized", "message": "missing or invalid bearer token"}}
-                ),
-                status=401,
-                content_type="application/json",
+        given = bearer_token(request.headers.get("Authorization", ""))
+        if given is None or not hmac.compare_digest(given.encode("ascii"), token.get().encode("utf-8")):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or invalid bearer token",
                 headers={"WWW-Authenticate": 'Bearer realm="scorebeater-admin"'},
             )
         return await handler(request)
@@ -107,7 +120,7 @@ async def _check(name: str, probe: Awaitable[object]) -> tuple[str, str | None]:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: storage reachable, the model AVAILABLE, the Score API reachable."""
+    """Readiness: storage reachable, the model AVAILABLE, the Score API accepting our token (cached)."""
     state = request.app[STATE]
     ctx = state.ctx
     if not state.started.is_set():
@@ -115,7 +128,7 @@ async def readyz(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         _check("storage", ctx.storage.ping()),
         _check("model", ctx.model.pin_version(ctx.cfg.tfserving.version_label or None)),
-        _check("score_api", ctx.scores.ping()),
+        _check("score_api", ctx.scores.check_ready()),
     )
     checks = {name: (error or "ok") for name, error in results}
     ready = all(error is None for _, error in results)
@@ -130,22 +143,16 @@ def _iso(value: object) -> object:
 async def get_predictions(request: web.Request) -> web.Response:
     """Latest probability (or the history) for one player and season."""
     state = request.app[STATE]
-    try:
-        player_id = int(request.match_info["player_id"])
-    except ValueError:
-        return _error(400, "bad_player_id", "player_id must be an integer")
+    player_id = int_param(request.match_info["player_id"], "player_id", lo=PLAYER_ID.lo, hi=PLAYER_ID.hi)
     season_raw = request.query.get("season")
-    history = request.query.get("history", "false").lower() in {"1", "true", "yes"}
+    history = bool_param(request.query.get("history", "false"), "history")
     if season_raw is None:
         latest = state.features.latest_season()
         if latest is None:
             return _error(404, "no_season", "no season has been processed yet; pass ?season=S")
         season = latest
     else:
-        try:
-            season = int(season_raw)
-        except ValueError:
-            return _error(400, "bad_season", "season must be an integer (end year)")
+        season = int_param(season_raw, "season", lo=SEASON.lo, hi=SEASON.hi)
     rows: list[dict[str, Any]] = []
     async for table in state.ctx.storage.read_predictions(
         season=season, player_id=player_id, latest_only=not history
@@ -193,15 +200,8 @@ async def get_status(request: web.Request) -> web.Response:
 async def post_refeed(request: web.Request) -> web.Response:
     """Force a full re-prediction; ``{"clear_cache": true}`` drops the cache first."""
     state = request.app[STATE]
-    clear_cache = False
-    if request.can_read_body:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "bad_json", "body must be a JSON object")
-        if not isinstance(body, dict) or not isinstance(body.get("clear_cache", False), bool):
-            return _error(400, "bad_body", 'body must be {"clear_cache": true|false}')
-        clear_cache = body.get("clear_cache", False)
+    body = await json_object_body(request, {"clear_cache": bool}, limit=MAX_BODY_BYTES)
+    clear_cache = bool(body.get("clear_cache", False))
     state.handoff.request_refeed(clear_cache=clear_cache)
     log.info("admin.refeed_requested", clear_cache=clear_cache)
     return _json({"accepted": True, "clear_cache": clear_cache}, 202)
@@ -228,7 +228,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(state: AdminState) -> web.Application:
     """The admin application over one daemon's state."""
-    app = web.Application()
+    app = surface_app(coded_error, surface="admin")
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -238,4 +238,5 @@ def create_app(state: AdminState) -> web.Application:
     app.router.add_get(r"/v1/predictions/{player_id}", get_predictions)
     app.router.add_post("/v1/refeed", post_refeed)
     app.router.add_post(r"/v1/stages/{stage:[a-z_]+}:run", post_stage_run)
+    QuarantineRoutes(STATE).register(app, _requires_token)
     return app

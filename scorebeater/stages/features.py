@@ -7,34 +7,57 @@ box score and every known player of the two teams (their team played a game, so 
 changed even without a free throw).
 
 Exactly-once, across crashes: the feature rows of a batch of games and the season's
-checkpoint (processed game ids, team game counts, watermark) commit together; on start the
-running totals are rebuilt from the latest stored rows, which always match the checkpoint. A
-game seen twice (a feed overlap, a restart) is skipped by id, so it is never counted twice;
-games missed while the daemon was down are caught up from the watermark.
+checkpoint (:mod:`~scorebeater.stages.season_state`: processed and set-aside game ids, team
+game counts, watermark) commit together; on start the running totals are rebuilt from the
+latest stored rows, which always match the checkpoint. A game seen twice (a feed overlap, a
+restart) is skipped by id, so it is never counted twice; games missed while the daemon was
+down are caught up from the watermark.
+
+Progress is committed incrementally: the box scores are fetched in processing order
+(:mod:`~scorebeater.stages.box_scores`), and when one game's fetch fails the games before it
+are committed and only that game and the later ones are held back for the next run (the box
+scores fetched after it are kept in memory, so the next run asks only for the games that
+failed). A run that committed something returns normally (``held_back`` in its result and
+status); a run whose very first game fails raises, and is backed off. A cancelled run (shutdown) commits the
+games it fetched completely, in order, within ``shutdown_grace_s``, before the cancellation
+goes on.
+
+No record stops a season (:mod:`~scorebeater.stages.quarantine`): a box score that fails
+validation is quarantined at once, and a game whose fetch keeps failing past its retry budget
+(:data:`~scorebeater.stages.season_state.RETRY_BUDGET_RUNS` runs over
+:data:`~scorebeater.stages.season_state.RETRY_BUDGET_S` seconds) is quarantined too; the
+stage moves past it. A quarantined game is wholly absent until an operator's retry succeeds:
+its players have no rows as of it, their totals and their teams' games played leave it out.
+A season completes once each of its regular-season games is processed or quarantined and
+skipped by an operator; a rejected box score is counted in ``records_rejected`` once, when
+first quarantined.
 
 ``as_of_seq`` is the game's place in the order this stage processed the season's final
 regular-season games (1, 2, ...): it equals the schedule's ``game_seq`` order whenever games
-finish in schedule order, and stays monotonic when a game's result arrives late.
+finish in schedule order, and stays monotonic when a game's result arrives late (or is
+retried after quarantine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import orjson
-import pyarrow as pa
 import structlog
 
 from scorebeater.errors import ScoreApiNotFound, StageError
-from scorebeater.inputs import INPUT_NAMES, PreviousSeasons, RunningTotals, as_of_inputs
+from scorebeater.inputs import PreviousSeasons, RunningTotals
 from scorebeater.scoreapi.records import BoxScore, GameInfo
 from scorebeater.stages.base import StageContext
-from scorebeater.stages.handoff import CommittedFeatures, Handoff, features_checkpoint_name
-from scorebeater.storage.base import FEATURES_SCHEMA, feature_hashes
+from scorebeater.stages.box_scores import BoxScoreFetch, GameFailure, Outcome, Rejected
+from scorebeater.stages.handoff import CommittedFeatures, Handoff
+from scorebeater.stages.quarantine import KIND, SeasonQuarantine
+from scorebeater.stages.season_state import GameFailures, PlayerState, SeasonState
+from scorebeater.storage.quarantine import STATES, QuarantineEntry
 
 log = structlog.get_logger(__name__)
 
@@ -44,80 +67,21 @@ BOX_SCORE_CONCURRENCY = 8
 FEED_OVERLAP = timedelta(milliseconds=1)
 """The feed's ``updated_since`` is exclusive; asking from just before the watermark re-reads
 the games at it, which the processed-id set then skips: overlap is cheap, a gap is data loss."""
+REJECTED_KIND = "boxscore"
+"""``records_rejected``'s ``kind`` of a box score (the Score API client's name for it)."""
 
 
-@dataclass(slots=True)
-class PlayerState:
-    """A player's season so far, as the stage keeps it between games."""
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What one commit of a catch-up did."""
 
-    player: str
-    team: str
-    """His team: that of his latest box-score line with a known team ("" if none yet)."""
-    totals: RunningTotals
-    last_game_teams: tuple[str, str] = ("", "")
-    """Home and away of his latest game: while ``team`` is unknown, his team is whichever of
-    the two has played more (the same rule the training set uses)."""
-
-    def team_games(self, counts: dict[str, int]) -> int:
-        if self.team:
-            return counts.get(self.team, 0)
-        return max(counts.get(t, 0) for t in self.last_game_teams)
-
-    def plays_for_one_of(self, teams: set[str]) -> bool:
-        return self.team in teams if self.team else bool(teams.intersection(self.last_game_teams))
-
-
-@dataclass(slots=True)
-class SeasonState:
-    """Everything the stage knows about one season; the checkpoint part is persisted."""
-
-    season: int
-    season_games: int = 0
-    processed: set[str] = field(default_factory=set)
-    team_games: dict[str, int] = field(default_factory=dict)
-    updated_since: str | None = None
-    last_final_at: str | None = None
-    complete: bool = False
-    players: dict[int, PlayerState] = field(default_factory=dict)
-    previous: dict[int, PreviousSeasons] = field(default_factory=dict)
-    no_previous: set[int] = field(default_factory=set)
-    last_game_teams: dict[int, tuple[str, str]] = field(default_factory=dict)
-    """Restored from the checkpoint; moved into ``players`` once their rows are loaded."""
-    loaded: bool = False
-
-    @property
-    def checkpoint_name(self) -> str:
-        return features_checkpoint_name(self.season)
-
-    def checkpoint(self) -> bytes:
-        return orjson.dumps(
-            {
-                "season": self.season,
-                "season_games": self.season_games,
-                "processed": sorted(self.processed),
-                "team_games": self.team_games,
-                "updated_since": self.updated_since,
-                "last_final_at": self.last_final_at,
-                "complete": self.complete,
-                "no_previous": sorted(self.no_previous),
-                # Read by the hand-off (season_complete) in any process.
-                # Not derivable from the stored rows, unlike the running totals.
-                "last_game_teams": {str(pid): list(ps.last_game_teams) for pid, ps in self.players.items()},
-            }
-        )
-
-    def restore(self, raw: bytes) -> None:
-        data = orjson.loads(raw)
-        self.season_games = int(data["season_games"])
-        self.processed = set(data["processed"])
-        self.team_games = {str(k): int(v) for k, v in data["team_games"].items()}
-        self.updated_since = data["updated_since"]
-        self.last_final_at = data["last_final_at"]
-        self.complete = bool(data["complete"])
-        self.no_previous = {int(p) for p in data.get("no_previous", [])}
-        self.last_game_teams = {
-            int(p): (str(t[0]), str(t[1])) for p, t in data.get("last_game_teams", {}).items()
-        }
+    games: int = 0
+    """Games processed (their box scores became feature rows)."""
+    rows: int = 0
+    quarantined: int = 0
+    """Games set aside in the quarantine table."""
+    held_back: int = 0
+    """Games left for the next run (the failed one and every later one)."""
 
 
 class FeaturesStage:
@@ -133,12 +97,19 @@ class FeaturesStage:
         self._ctx = ctx
         self._handoff = handoff
         self.seasons: dict[int, SeasonState] = {}
+        self._fetched: dict[str, tuple[datetime, BoxScore]] = {}
+        """Box scores fetched but held back (a game before them failed), by game id, with the
+        game's ``updated_at``: the next run asks only for the games that failed. They are facts
+        from the API, not state, so they survive a reset; a committed game's is dropped."""
 
     def status(self) -> dict[str, object]:
-        """Per followed season: games processed, feed watermark, whether the season is done."""
+        """Per followed season: games processed and quarantined (by state), the feed
+        watermark, why games were held back in the last run, whether the season is done."""
         return {
             str(season): {
                 "games_processed": len(s.processed),
+                "games_quarantined": dict(s.quarantine_counts) or dict.fromkeys(STATES, 0),
+                "held_back": s.held_back,
                 "last_final_at": s.last_final_at,
                 "updated_since": s.updated_since,
                 "regular_season_complete": s.complete,
@@ -165,19 +136,35 @@ class FeaturesStage:
     async def run(self, run_id: str) -> dict[str, object]:
         """One iteration over every followed season; returns counts for status and logs."""
         del run_id  # bound into the log context by the runner
-        games = rows = 0
+        done: Counter[str] = Counter(games=0, rows=0, quarantined=0, held_back=0)
         try:
-            for season in await self.followed_seasons():
-                state = await self._season_state(season)
-                g, r = await self._catch_up(state)
-                games += g
-                rows += r
+            listed = await self._ctx.storage.quarantine.entries(kind=KIND)
+            views: dict[int, SeasonQuarantine] = {}
+            try:
+                for season in await self.followed_seasons():
+                    state = await self._season_state(season)
+                    views[season] = SeasonQuarantine(self._ctx.storage.quarantine, season, listed)
+                    done.update(await self._catch_up(state, views[season]))
+            finally:
+                self._publish_quarantine(listed, views)
         except BaseException:
             # In-memory totals may be ahead of what committed: reload them from storage,
             # whose rows and checkpoint always agree.
             self.reset()
             raise
-        return {"games": games, "rows": rows}
+        return dict(done)
+
+    def _publish_quarantine(
+        self, listed: Sequence[QuarantineEntry], views: dict[int, SeasonQuarantine]
+    ) -> None:
+        """Set the quarantine gauge: this run's view of its seasons, the listing for the rest."""
+        counts: Counter[str] = Counter(e.state for e in listed if e.season not in views)
+        for season, view in views.items():
+            counts.update(view.counts())
+            if season in self.seasons:
+                self.seasons[season].quarantine_counts = view.counts()
+        for state in STATES:
+            self._ctx.metrics.quarantined.labels(KIND, state).set(counts[state])
 
     async def _season_state(self, season: int) -> SeasonState:
         state = self.seasons.get(season)
@@ -198,7 +185,8 @@ class FeaturesStage:
         if not info.scheduled_games_per_team:
             raise StageError(self.name, f"season {state.season} has no scheduled games per team yet")
         state.season_games = info.scheduled_games_per_team
-        state.previous = await self._previous_seasons(state.season)
+        if not state.previous:  # fetched once: a reload after a failed run reuses them
+            state.previous = await self._previous_seasons(state.season)
         async for batch in ctx.storage.read_latest_features(season=state.season):
             for row in batch.to_pylist():
                 state.players[int(row["player_id"])] = PlayerState(
@@ -217,6 +205,7 @@ class FeaturesStage:
             "features.season_loaded",
             season=state.season,
             processed_games=len(state.processed),
+            quarantined_games=len(state.quarantined),
             players=len(state.players),
             with_previous_season=len(state.previous),
         )
@@ -252,155 +241,182 @@ class FeaturesStage:
             )
         return out
 
-    async def _new_final_games(self, state: SeasonState) -> list[GameInfo]:
-        since = datetime.fromisoformat(state.updated_since) - FEED_OVERLAP if state.updated_since else None
+    async def _new_final_games(self, state: SeasonState, retry: set[str]) -> list[GameInfo]:
+        """Final regular-season games not processed, in processing order: those turned final
+        since the watermark, and quarantined ones an operator marked for retry (the whole feed
+        is read then: the watermark has passed them)."""
+        since = None
+        if state.updated_since and not retry:
+            since = datetime.fromisoformat(state.updated_since) - FEED_OVERLAP
+        set_aside = state.quarantined - retry
         fresh: dict[str, GameInfo] = {}
         async for game in self._ctx.scores.games(state.season, status="final", updated_since=since):
-            if game.season_type != "regular" or game.game_id in state.processed:
+            if game.season_type != "regular" or game.game_id in state.processed or game.game_id in set_aside:
                 continue
             fresh[game.game_id] = game
         return sorted(fresh.values(), key=lambda g: (g.final_at or g.updated_at, g.game_seq, g.game_id))
 
-    async def _catch_up(self, state: SeasonState) -> tuple[int, int]:
-        ctx = self._ctx
+    async def _catch_up(self, state: SeasonState, quarantine: SeasonQuarantine) -> dict[str, int]:
+        # A crash after a commit may have left entries of processed games unresolved.
+        await quarantine.put(quarantine.resolved(state.processed))
         seen_at = time.monotonic()
-        games = await self._new_final_games(state)
-        processed_games = rows_written = 0
-        stuck: list[GameInfo] = []
+        games = await self._new_final_games(state, quarantine.keys("retry"))
+        done: Counter[str] = Counter()
+        state.held_back = None
         for start in range(0, len(games), MAX_GAMES_PER_COMMIT):
             chunk = games[start : start + MAX_GAMES_PER_COMMIT]
-            fetched = await self._box_scores(chunk)
-            ready = [(g, b) for g, b in zip(chunk, fetched, strict=True) if b is not None]
-            stuck.extend(g for g, b in zip(chunk, fetched, strict=True) if b is None)
-            if stuck:
-                # A rejected box score stays unprocessed and is asked for again on the next
-                # poll: the watermark must not pass it.
-                log.warning(
-                    "features.box_scores_rejected", season=state.season, games=[g.game_id for g in stuck]
-                )
-            table = self._apply(state, [g for g, _ in ready], [b for _, b in ready], hold=stuck)
-            await ctx.storage.write_features(table, checkpoint=(state.checkpoint_name, state.checkpoint()))
-            processed_games += len(chunk)
-            rows_written += table.num_rows
-            ctx.metrics.games_processed.inc(len(chunk))
-            ctx.metrics.feature_rows_written.inc(table.num_rows)
-            ctx.metrics.features_last_materialized.set(time.time())
-            ctx.metrics.watermark_seq.labels(self.name).set(len(state.processed))
-            if state.last_final_at:
-                ctx.metrics.watermark_time.labels(self.name).set(
-                    datetime.fromisoformat(state.last_final_at).timestamp()
-                )
-            if table.num_rows:
-                self._handoff.features_committed(CommittedFeatures(rows=table, seen_at=seen_at))
-        await self._check_complete(state)
-        return processed_games, rows_written
+            known = {
+                g.game_id: hit[1]
+                for g in chunk
+                if (hit := self._fetched.get(g.game_id)) is not None and hit[0] == g.updated_at
+            }
+            fetch = BoxScoreFetch(self._ctx.scores, chunk, concurrency=BOX_SCORE_CONCURRENCY, known=known)
+            try:
+                await fetch.run()
+            except BaseException:
+                self._remember(fetch)
+                await self._keep_fetched(state, quarantine, fetch, seen_at)
+                raise
+            self._remember(fetch)
+            committed = await self._commit(
+                state,
+                quarantine,
+                prefix=fetch.prefix(),
+                held=fetch.held(),
+                failure=fetch.failure,
+                seen_at=seen_at,
+            )
+            done.update(games=committed.games, rows=committed.rows, quarantined=committed.quarantined)
+            if fetch.failure is not None:
+                if not (done["games"] or done["quarantined"]):
+                    raise fetch.failure.error  # no progress at all: back off
+                # The failed game and every later one, in this chunk and the next ones.
+                done["held_back"] = len(games) - start - len(fetch.games) + committed.held_back
+                break
+        state.quarantine_counts = quarantine.counts()
+        await self._check_complete(state, quarantine)
+        return dict(done)
 
-    async def _box_scores(self, games: list[GameInfo]) -> list[BoxScore | None]:
-        sem = asyncio.Semaphore(BOX_SCORE_CONCURRENCY)
+    def _remember(self, fetch: BoxScoreFetch) -> None:
+        """Keep the box scores fetched past the prefix for the next run (see ``_fetched``)."""
+        for game, box in fetch.fetched_later():
+            self._fetched[game.game_id] = (game.updated_at, box)
 
-        async def fetch(game: GameInfo) -> BoxScore | None:
-            async with sem:
-                return await self._ctx.scores.box_score(game.game_id, season=game.season)
-
-        # A TaskGroup: when one fetch fails, the others are cancelled, not left running. The
-        # first failure is raised as itself (a typed Score API error), not as a group.
+    async def _keep_fetched(
+        self, state: SeasonState, quarantine: SeasonQuarantine, fetch: BoxScoreFetch, seen_at: float
+    ) -> None:
+        """An aborted or cancelled fetch: commit the games it completed, in order (bounded by
+        ``shutdown_grace_s``), so a run cut short at shutdown keeps what it fetched."""
+        prefix = fetch.prefix()
+        if not prefix:
+            return
         try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(fetch(g)) for g in games]
-        except ExceptionGroup as group:
-            raise group.exceptions[0] from None
-        return [t.result() for t in tasks]
+            async with asyncio.timeout(self._ctx.cfg.scheduler.shutdown_grace_s):
+                committed = await self._commit(
+                    state, quarantine, prefix=prefix, held=fetch.held(), failure=None, seen_at=seen_at
+                )
+        except Exception:  # the caller re-raises the original error (or cancellation)
+            log.warning(
+                "features.fetched_games_not_kept", season=state.season, games=len(prefix), exc_info=True
+            )
+        else:
+            log.info("features.fetched_games_kept", season=state.season, games=committed.games)
 
-    def _apply(
-        self, state: SeasonState, games: list[GameInfo], boxes: list[BoxScore], *, hold: list[GameInfo]
-    ) -> pa.Table:
-        """Advance the in-memory state over ``games`` and return their feature rows.
+    async def _commit(
+        self,
+        state: SeasonState,
+        quarantine: SeasonQuarantine,
+        *,
+        prefix: list[tuple[GameInfo, Outcome]],
+        held: list[GameInfo],
+        failure: GameFailure | None,
+        seen_at: float,
+    ) -> Committed:
+        """Quarantine what must be, apply the prefix in order and commit it with the checkpoint.
 
-        The commit follows at once; if it fails, ``run`` resets the state so it is reloaded
-        from storage: in-memory totals never outlive a failed write.
+        ``failure`` (the fetch of ``held[0]`` failed) charges that game one run of its retry
+        budget; a spent budget quarantines it after the prefix. Quarantine entries are stored
+        before the feature commit, resolved ones after it.
         """
-        columns: dict[str, list[object]] = {f.name: [] for f in FEATURES_SCHEMA if f.name != "feature_hash"}
-        for game, box in zip(games, boxes, strict=True):
-            seq = len(state.processed) + 1
-            state.processed.add(game.game_id)
-            for team in (game.home, game.away):
-                state.team_games[team] = state.team_games.get(team, 0) + 1
-            affected: set[int] = set()
-            for line in box.players:
-                pid = line.player_id
-                if pid not in state.previous:
-                    state.no_previous.add(pid)
-                    continue
-                current = state.players.get(pid)
-                team = line.team or (current.team if current else "")
-                base = current.totals if current else RunningTotals()
-                totals = RunningTotals(
-                    ftm=base.ftm + line.ftm,
-                    fta=base.fta + line.fta,
-                    games_with_fta=base.games_with_fta + (1 if line.fta > 0 else 0),
-                    team_games=base.team_games,
-                )
-                state.players[pid] = PlayerState(
-                    player=line.player, team=team, totals=totals, last_game_teams=(game.home, game.away)
-                )
-                affected.add(pid)
-            teams = {game.home, game.away}
-            affected.update(pid for pid, ps in state.players.items() if ps.plays_for_one_of(teams))
-            final_at = game.final_at or game.updated_at
-            if state.last_final_at is not None:
-                # A game whose result came late still yields rows that include every earlier
-                # processed game: its knowledge time is the latest of them, never earlier.
-                final_at = max(final_at, datetime.fromisoformat(state.last_final_at))
-            for pid in sorted(affected):
-                ps = state.players[pid]
-                ps.totals = RunningTotals(
-                    ftm=ps.totals.ftm,
-                    fta=ps.totals.fta,
-                    games_with_fta=ps.totals.games_with_fta,
-                    team_games=ps.team_games(state.team_games),
-                )
-                values = as_of_inputs(state.previous[pid], ps.totals, state.season_games)
-                columns["player_id"].append(pid)
-                columns["season"].append(state.season)
-                columns["as_of_seq"].append(seq)
-                columns["as_of_game_id"].append(game.game_id)
-                columns["as_of_time"].append(final_at)
-                columns["player"].append(ps.player)
-                columns["team"].append(ps.team)
-                for name in INPUT_NAMES:
-                    columns[name].append(values[name])
-            state.updated_since = max(state.updated_since or "", game.updated_at.isoformat())
-            state.last_final_at = final_at.isoformat()
-        if hold:
-            earliest = min(g.updated_at for g in hold).isoformat()
-            if state.updated_since is None or earliest < state.updated_since:
-                state.updated_since = earliest
-        table = pa.table(
-            columns, schema=FEATURES_SCHEMA.remove(FEATURES_SCHEMA.get_field_index("feature_hash"))
-        )
-        return table.append_column(
-            FEATURES_SCHEMA.field("feature_hash"), pa.array(feature_hashes(table), pa.string())
+        ctx = self._ctx
+        now = ctx.clock.now()
+        entries: list[QuarantineEntry] = []
+        new: list[QuarantineEntry] = []
+        order: list[tuple[GameInfo, BoxScore | None]] = []
+        for game, outcome in prefix:
+            if isinstance(outcome, Rejected):
+                entry, first_time = quarantine.rejected(game, outcome, now)
+                entries.append(entry)
+                if first_time:
+                    new.append(entry)
+                order.append((game, None))
+            else:
+                order.append((game, outcome))
+        if failure is not None and held:
+            game, error = held[0], f"{type(failure.error).__name__}: {failure.error}"
+            known = state.failures.get(game.game_id)
+            failures = GameFailures(1, now, now, error) if known is None else known.charged(now, error)
+            state.held_back = f"game {game.game_id}: {error}"
+            if failures.budget_spent:
+                entries.append(quarantine.budget_spent(game, failures))
+                order.append((game, None))
+                held = held[1:]
+            else:
+                state.failures[game.game_id] = failures
+            log.warning(
+                "features.games_held_back",
+                season=state.season,
+                game_id=game.game_id,
+                failed_runs=failures.runs,
+                quarantined=failures.budget_spent,
+                held_back=len(held),
+                error=error,
+            )
+        await quarantine.put(entries)
+        for entry in new:
+            ctx.metrics.records_rejected.labels(REJECTED_KIND, entry.reason).inc()
+        processed = sum(1 for _, box in order if box is not None)
+        table = state.apply(order, hold=held)
+        await ctx.storage.write_features(table, checkpoint=(state.checkpoint_name, state.checkpoint()))
+        for game, _ in order:
+            self._fetched.pop(game.game_id, None)
+        ctx.metrics.games_processed.inc(processed)
+        ctx.metrics.feature_rows_written.inc(table.num_rows)
+        ctx.metrics.features_last_materialized.set(time.time())
+        ctx.metrics.watermark_seq.labels(self.name).set(len(state.processed))
+        if state.last_final_at:
+            ctx.metrics.watermark_time.labels(self.name).set(
+                datetime.fromisoformat(state.last_final_at).timestamp()
+            )
+        if table.num_rows:
+            self._handoff.features_committed(CommittedFeatures(rows=table, seen_at=seen_at))
+        await quarantine.put(quarantine.resolved(state.processed))
+        return Committed(
+            games=processed, rows=table.num_rows, quarantined=len(order) - processed, held_back=len(held)
         )
 
     def reset(self) -> None:
         """Forget in-memory state so the next run reloads it from storage (after a failure)."""
         self._handoff.features_failed()
         for state in self.seasons.values():
-            state.loaded = False
-            state.players.clear()
-            state.last_game_teams.clear()
-            state.processed.clear()
-            state.team_games.clear()
-            state.updated_since = state.last_final_at = None
+            state.forget()
 
-    async def _check_complete(self, state: SeasonState) -> None:
+    async def _check_complete(self, state: SeasonState, quarantine: SeasonQuarantine) -> None:
+        """Complete once the regular season is final and every game is processed, or set aside
+        and skipped by an operator."""
         if state.complete:
             return
         info = await self._ctx.scores.season(state.season)
-        if info.regular_season_final and len(state.processed) >= info.games.regular:
+        skipped = state.quarantined & quarantine.keys("skipped")
+        if info.regular_season_final and len(state.processed) + len(skipped) >= info.games.regular:
             state.complete = True
             await self._ctx.storage.put_checkpoint(state.checkpoint_name, state.checkpoint())
-            log.info("features.season_complete", season=state.season, games=len(state.processed))
+            log.info(
+                "features.season_complete",
+                season=state.season,
+                games=len(state.processed),
+                skipped=len(skipped),
+            )
             self._handoff.season_features_complete(state.season)
 
     def known_without_previous(self, season: int) -> Iterable[int]:

@@ -25,6 +25,9 @@ The rules:
    :meth:`Handoff.season_ready_for_validation` is the one test of whether final outcomes may be
    stored, whatever woke the validation stage (this rule, its cron, an operator).
 5. **Stored final labels are retrained on**, once per season, when retraining is enabled.
+6. **An operator's quarantine decision wakes the feature stage.** A quarantined record marked
+   for retry is fetched again by the next feature run, and a skipped one may complete its
+   season: either wakes the feature stage at once instead of at its next poll.
 
 The feature stage's stored checkpoint is the part of the hand-off that outlives a restart:
 its ``complete`` flag (read by :func:`season_complete`) tells a new process that a season's
@@ -42,7 +45,8 @@ import orjson
 import pyarrow as pa
 
 Waker = Callable[[str], None]
-"""Wakes a stage by name (``"predictions"``, ``"refeed"``, ``"validation"``, ``"retrain"``)."""
+"""Wakes a stage by name (``"features"``, ``"predictions"``, ``"refeed"``, ``"validation"``,
+``"retrain"``)."""
 
 
 def features_checkpoint_name(season: int) -> str:
@@ -199,6 +203,12 @@ class Handoff:
     def retrain_failed(self, seasons: list[int]) -> None:
         """Keep seasons a failed retrain run did not get to."""
         self._retrain[:0] = seasons
+
+    # -- rule 6: an operator's quarantine decision -> the feature stage ------------------------
+
+    def quarantine_decided(self) -> None:
+        """An operator marked a quarantined record for retry or skipped it: wake the feature stage."""
+        self._wake("features")
 
     def status(self) -> dict[str, object]:
         """What is in flight, for ``GET /v1/status``."""

@@ -155,3 +155,10 @@ def test_status_shows_the_work_in_flight(woken: Woken) -> None:
         "seasons_awaiting_predictions": [2014],
         "seasons_awaiting_retrain": [],
     }
+
+
+def test_an_operators_quarantine_decision_wakes_the_feature_stage(woken: Woken) -> None:
+    handoff = Handoff(woken)
+    handoff.quarantine_decided()
+    assert woken.stages == ["features"]
+    assert handoff.pending_rows == 0  # nothing else changes hands

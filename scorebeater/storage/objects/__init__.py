@@ -6,6 +6,7 @@ Both backends keep the same layout under their root (a directory, or an S3 prefi
     features/season=<S>/part-<commit>-<n>.parquet
     features_latest/season=<S>/...              each player-season's latest feature row
     predictions/season=<S>/...   outcomes/season=<S>/...   cache/model_version=<V>/...
+    quarantine/season=<S>/...                   the dead-letter table (records set aside)
 
 **Commits.** A write first uploads its Parquet segments, then commits by creating the next
 manifest generation with one exclusive create (S3 ``If-None-Match: *``; locally a hard link
@@ -31,8 +32,8 @@ are merged into one (size-tiered, so a large base segment is not rewritten on ev
 Modules, in import order: ``tables`` (table specs, winners, segment cutting, Parquet
 options), ``store`` (the ``ObjectStore`` protocol and keys), ``manifest`` (the committed
 state), ``scan`` (reads), ``commit`` (writes, commits, compaction, garbage collection),
-``cache`` (the prediction cache) and ``engine`` (``ObjectTableStorage``, the ``Storage``
-protocol on top).
+``cache`` (the prediction cache), ``quarantine`` (the dead-letter table) and ``engine``
+(``ObjectTableStorage``, the ``Storage`` protocol on top).
 """
 
 from scorebeater.storage.objects.cache import ObjectPredictionCache
@@ -46,6 +47,7 @@ from scorebeater.storage.objects.manifest import (
     check_segment,
     manifest_key,
 )
+from scorebeater.storage.objects.quarantine import ObjectQuarantine
 from scorebeater.storage.objects.scan import rebatch
 from scorebeater.storage.objects.store import (
     ObjectExists,
@@ -62,6 +64,7 @@ from scorebeater.storage.objects.tables import (
     FEATURES_LATEST,
     OUTCOMES,
     PREDICTIONS,
+    QUARANTINE,
     ROW_GROUP_ROWS,
     SEGMENT_MAX_ROWS,
     TABLES,
@@ -82,6 +85,7 @@ __all__ = [
     "OUTCOMES",
     "PING_KEY",
     "PREDICTIONS",
+    "QUARANTINE",
     "ROW_GROUP_ROWS",
     "SEGMENT_MAX_ROWS",
     "TABLES",
@@ -90,6 +94,7 @@ __all__ = [
     "ObjectExists",
     "ObjectInfo",
     "ObjectPredictionCache",
+    "ObjectQuarantine",
     "ObjectSource",
     "ObjectStore",
     "ObjectTableStorage",

@@ -28,6 +28,7 @@ from scorebeater.storage.base import (
 from scorebeater.storage.objects.cache import ObjectPredictionCache
 from scorebeater.storage.objects.commit import Committer
 from scorebeater.storage.objects.manifest import Manifest
+from scorebeater.storage.objects.quarantine import ObjectQuarantine
 from scorebeater.storage.objects.scan import Latest, RowFilter, player_filter, scan
 from scorebeater.storage.objects.store import ObjectStore
 from scorebeater.storage.objects.tables import (
@@ -57,6 +58,7 @@ class ObjectTableStorage:
         self._batch_rows = batch_rows
         self._committer = Committer(objects, batch_rows=batch_rows, gc_grace_s=gc_grace_s)
         self._cache = ObjectPredictionCache(self._committer, batch_rows=batch_rows)
+        self._quarantine = ObjectQuarantine(self._committer, batch_rows=batch_rows)
 
     @property
     def objects(self) -> ObjectStore:
@@ -71,6 +73,11 @@ class ObjectTableStorage:
     def cache(self) -> ObjectPredictionCache:
         """The prediction cache, in the ``cache`` table of the same store."""
         return self._cache
+
+    @property
+    def quarantine(self) -> ObjectQuarantine:
+        """The dead-letter table, in the ``quarantine`` table of the same store."""
+        return self._quarantine
 
     async def open(self) -> None:
         """Load the newest manifest and remove garbage older than the grace period."""

@@ -28,6 +28,7 @@ from scorebeater.storage.base import (
     PREDICTION_KEY,
     PREDICTIONS_SCHEMA,
 )
+from scorebeater.storage.quarantine import QUARANTINE_SCHEMA
 
 SEGMENT_MAX_ROWS = 262_144
 """A partition larger than this is written as several segments (disjoint by key, one commit),
@@ -102,7 +103,16 @@ CACHE = TableSpec(
     key=("feature_hash", "model_version"),
     max_segments=16,
 )
-TABLES = (FEATURES, FEATURES_LATEST, PREDICTIONS, OUTCOMES, CACHE)
+QUARANTINE = TableSpec(
+    name="quarantine",
+    schema=QUARANTINE_SCHEMA,
+    partition="season",
+    key=("season", "id"),
+    max_segments=8,
+)
+"""The dead-letter table (:mod:`scorebeater.storage.quarantine`): its ``id`` stands for the
+entry's ``(kind, key)``; a rewritten entry wins by commit order."""
+TABLES = (FEATURES, FEATURES_LATEST, PREDICTIONS, OUTCOMES, CACHE, QUARANTINE)
 
 
 def winner_indices(

@@ -5,8 +5,8 @@ and yields a ready :class:`PostgresStorage`. Modules, in import order: ``codec``
 binary ``COPY`` format and back), ``connection`` (pool access, streamed reads, driver errors
 without secrets), ``migration`` (versioned DDL under ``migrations/``, applied under an
 advisory lock), ``writer`` (transactional upserts: ``COPY`` first, ``ON CONFLICT`` when keys
-exist), ``cache`` (the prediction cache) and ``backend`` (``PostgresStorage`` and
-``open_postgres``).
+exist), ``cache`` (the prediction cache), ``quarantine`` (the dead-letter table) and
+``backend`` (``PostgresStorage`` and ``open_postgres``).
 """
 
 from scorebeater.storage.postgres.backend import PostgresStorage, open_postgres

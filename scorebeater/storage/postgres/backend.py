@@ -3,7 +3,8 @@
 Layout: one schema (``storage.postgres.schema``) holding a table per kind of data, with the
 primary keys of :mod:`scorebeater.storage.base`, plus ``latest_features`` (which as-of row is
 each player-season's latest, kept in the same transaction as feature writes) and
-``schema_migrations`` (:mod:`~scorebeater.storage.postgres.migration`). Writes are
+``schema_migrations`` (:mod:`~scorebeater.storage.postgres.migration`), and ``quarantine``
+(:mod:`~scorebeater.storage.postgres.quarantine`). Writes are
 :mod:`~scorebeater.storage.postgres.writer`'s, reads stream through
 :meth:`Database.stream <scorebeater.storage.postgres.connection.Database.stream>`.
 
@@ -47,6 +48,7 @@ from scorebeater.storage.postgres.connection import (
     dsn_summary,
 )
 from scorebeater.storage.postgres.migration import migrate
+from scorebeater.storage.postgres.quarantine import PostgresQuarantine
 from scorebeater.storage.postgres.writer import FEATURES, OUTCOMES, PREDICTIONS, TableWriter
 
 if TYPE_CHECKING:
@@ -77,11 +79,17 @@ class PostgresStorage:
         )
         self._writer = TableWriter(self._db)
         self._cache = PostgresPredictionCache(self._db, self._writer)
+        self._quarantine = PostgresQuarantine(self._db)
 
     @property
     def cache(self) -> PostgresPredictionCache:
         """The prediction cache, in the ``prediction_cache`` table of the same schema."""
         return self._cache
+
+    @property
+    def quarantine(self) -> PostgresQuarantine:
+        """The dead-letter table, in the ``quarantine`` table of the same schema."""
+        return self._quarantine
 
     def _t(self, table: str) -> str:
         return self._db.table(table)

@@ -34,6 +34,7 @@ PG_TYPES = {
     pa.float64(): "float8",
     pa.bool_(): "bool",
     pa.string(): "text",
+    pa.binary(): "bytea",
     pa.timestamp("us", tz="UTC"): "timestamptz",
 }
 """How each Arrow type of the schemas is stored (the migrations follow it; a test checks)."""
