@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= config/scorebeater.toml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck unit bench services venv clean
+.PHONY: run test check lint typecheck unit bench faults services venv clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,8 @@ services:
 	scripts/install-services.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check scorebeater tests bench
-	$(VENV)/bin/ruff format --check scorebeater tests bench
+	$(VENV)/bin/ruff check scorebeater tests bench faults
+	$(VENV)/bin/ruff format --check scorebeater tests bench faults
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -39,6 +39,9 @@ check: test
 
 bench: $(STAMP) services
 	$(PY) -m bench
+
+faults: $(STAMP) services
+	$(PY) -m faults
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -38,6 +38,10 @@ START_TIMEOUT_S = 30
 _START_ATTEMPTS = 3
 
 
+_clusters: dict[str, tuple[Path, Path, str]] = {}
+"""DSN -> (data directory, log file, server options) of the clusters this process runs."""
+
+
 class PostgresStartError(RuntimeError):
     """The cluster could not be created or started; the message carries the server log tail."""
 
@@ -105,7 +109,7 @@ def run_postgres() -> Iterator[str]:
             "initdb",
             timeout_s=120,
         )
-        port = 0
+        port, options = 0, ""
         for attempt in range(1, _START_ATTEMPTS + 1):
             # The port is free when chosen but another process may take it before the server
             # binds it: retry with a new one rather than fail the whole session.
@@ -138,7 +142,12 @@ def run_postgres() -> Iterator[str]:
                 continue
             started = True
             break
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        _clusters[dsn] = (data, log_file, options)
+        try:
+            yield dsn
+        finally:
+            _clusters.pop(dsn, None)
     finally:
         # A start that timed out may still have left a server running: stop whatever has a pid file.
         if started or (data / "postmaster.pid").exists():
@@ -147,3 +156,30 @@ def run_postgres() -> Iterator[str]:
             except (PostgresStartError, subprocess.TimeoutExpired):
                 _run([str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"], "pg_ctl stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def restart_postgres(dsn: str) -> None:
+    """Restart the cluster serving ``dsn`` (``pg_ctl restart -m fast``): every connection drops.
+
+    Raises:
+        KeyError: ``dsn`` is not a cluster this process started.
+        PostgresStartError: the restart failed.
+    """
+    data, log_file, options = _clusters[dsn]
+    _run(
+        [
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log_file),
+            "-m",
+            "fast",
+            "-w",
+            "-o",
+            options,
+            "restart",
+        ],
+        "pg_ctl restart",
+        timeout_s=START_TIMEOUT_S + 10,
+    )

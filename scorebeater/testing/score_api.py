@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +141,8 @@ class Fault:
     - ``malformed``: 200 with a body that is not JSON;
     - ``truncated``: 200 announcing the full length, send half, drop the connection;
     - ``mutate``: pass through, then rewrite the JSON body with ``mutate``;
-    - ``body``: 200 with ``body`` verbatim.
+    - ``body``: 200 with ``body`` verbatim;
+    - ``reset``: abort the connection without an answer (a TCP reset).
     """
 
     kind: str
@@ -152,16 +154,31 @@ class Fault:
 
 
 class FaultInjector:
-    """Queues of faults per path prefix, consumed one per matching request, in order."""
+    """Queues of faults per path prefix, consumed one per matching request, in order; and
+    optionally chaos: a random share of the requests failed with a random fault (seeded)."""
 
     def __init__(self) -> None:
         self._queues: list[tuple[str, list[Fault]]] = []
+        self._chaos: tuple[str, float, tuple[Fault, ...], random.Random] | None = None
         self.hits: list[tuple[str, float]] = []
         """``(path, loop time)`` of every request seen, faulted or not."""
+        self.faulted = 0
+        """Requests answered with a fault, queued or chaos."""
         self.release = asyncio.Event()
 
     def add(self, path_prefix: str, *faults: Fault) -> None:
         self._queues.append((path_prefix, list(faults)))
+
+    def chaos(self, rate: float, faults: tuple[Fault, ...], *, seed: int, path_prefix: str = "/v1/") -> None:
+        """From now on, answer a share ``rate`` (0..1) of the requests under ``path_prefix`` with one
+        of ``faults``, drawn by a generator seeded with ``seed`` (queued faults go first)."""
+        if not 0 <= rate <= 1 or not faults:
+            raise ValueError("chaos needs a rate in 0..1 and at least one fault")
+        self._chaos = (path_prefix, rate, faults, random.Random(seed))  # noqa: S311 - not crypto
+
+    def calm(self) -> None:
+        """End the chaos (queued faults still apply)."""
+        self._chaos = None
 
     def pending(self) -> int:
         return sum(len(q) for _, q in self._queues)
@@ -170,6 +187,10 @@ class FaultInjector:
         for prefix, queue in self._queues:
             if path.startswith(prefix) and queue:
                 return queue.pop(0)
+        if self._chaos is not None:
+            prefix, rate, faults, rng = self._chaos
+            if path.startswith(prefix) and rng.random() < rate:
+                return rng.choice(faults)
         return None
 
     @property
@@ -180,6 +201,7 @@ class FaultInjector:
             fault = self._next(request.path)
             if fault is None:
                 return await handler(request)
+            self.faulted += 1
             return await _apply(fault, request, handler, self.release)
 
         return inject
@@ -200,7 +222,7 @@ async def _buffered(handler: Handler, request: web.Request) -> web.Response:
     return full
 
 
-async def _apply(
+async def _apply(  # noqa: PLR0911 - one return per fault kind
     fault: Fault, request: web.Request, handler: Handler, release: asyncio.Event
 ) -> web.StreamResponse:
     if fault.kind == "status":
@@ -225,6 +247,10 @@ async def _apply(
         if request.transport is not None:  # None only once the client has gone already
             request.transport.close()
         return resp
+    if fault.kind == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)  # never sent: the connection is gone
     if fault.kind == "mutate":
         if fault.mutate is None:
             raise ValueError("a 'mutate' fault needs a mutate function")

@@ -14,20 +14,13 @@ process on each storage backend. Scenario, per backend:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from scorebeater.config import (
@@ -42,15 +35,22 @@ from scorebeater.config import (
 from scorebeater.daemon import open_daemon
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
-from scorebeater.storage import open_storage
+from scorebeater.testing.daemon_process import (
+    Snapshot,
+    checkpoint,
+    log_tail,
+    snapshot,
+    start_daemon,
+    stop,
+    wait_for,
+)
+from scorebeater.testing.daemon_process import write_config as write_config_file
 from scorebeater.testing.score_api import RunningReplay, bundled_catalog, running_replay
 from tests.integration.daemon_support import BACKENDS, model_base_path, storage_config
 
 pytestmark = pytest.mark.slow
 
 SEASON = 2014
-DSN_ENV = "SCOREBEATER_RESTART_TEST_DSN"
-Snapshot = dict[str, list[tuple[Any, ...]]]
 _reference: dict[str, Snapshot] = {}
 
 
@@ -82,128 +82,11 @@ async def _services(tmp_path: Path) -> AsyncIterator[Services]:
         )
 
 
-def storage_toml(cfg: StorageConfig) -> tuple[str, dict[str, str]]:
-    """The ``[storage]`` section for ``cfg`` and the environment the daemon process needs."""
-    if cfg.backend == "local":
-        return f'[storage]\nbackend = "local"\n[storage.local]\nroot = "{cfg.local.root}"\n', {}
-    if cfg.backend == "s3":
-        s3 = cfg.s3
-        section = (
-            f'[storage]\nbackend = "s3"\n[storage.s3]\nbucket = "{s3.bucket}"\nprefix = "{s3.prefix}"\n'
-            f'endpoint_url = "{s3.endpoint_url}"\naddressing_style = "path"\n'
-        )
-        return section, {}  # the AWS_* variables are already in this process's environment
-    assert cfg.postgres.dsn is not None
-    section = (
-        f'[storage]\nbackend = "postgres"\n[storage.postgres]\ndsn_env = "{DSN_ENV}"\n'
-        f'schema = "{cfg.postgres.schema}"\n'
-    )
-    return section, {DSN_ENV: cfg.postgres.dsn.get()}
-
-
 def write_config(path: Path, services: Services, storage: StorageConfig) -> tuple[Path, dict[str, str]]:
-    section, env = storage_toml(storage)
-    path.write_text(
-        f"""
-[logging]
-format = "json"
-level = "info"
-
-[score_api]
-base_url = "{services.replay.url}"
-retry_budget_s = 10.0
-
-[model]
-name = "score_beater"
-
-[tfserving]
-base_url = "{services.model_url}"
-
-{section}
-[scheduler]
-seasons = [{SEASON}]
-poll_interval_s = 0.2
-validation_cron = "0 0 1 1 *"
-
-[admin]
-enabled = false
-"""
+    env = write_config_file(
+        path, score_api_url=services.replay.url, model_url=services.model_url, storage=storage, season=SEASON
     )
     return path, env
-
-
-def start_daemon(config: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBEATER_")} | extra_env
-    with config.with_suffix(".log").open("ab") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "scorebeater", "run", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=env,
-        )
-
-
-def log_tail(config: Path) -> str:
-    return config.with_suffix(".log").read_text(errors="replace")[-3000:]
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-async def checkpoint(storage: StorageConfig, name: str) -> dict[str, Any] | None:
-    async with open_storage(storage) as store:
-        raw = await store.get_checkpoint(name)
-    return None if raw is None else orjson.loads(raw)
-
-
-async def wait_for(
-    storage: StorageConfig,
-    name: str,
-    predicate: Callable[[dict[str, Any]], bool],
-    timeout_s: float,
-    proc: subprocess.Popen[bytes],
-    config: Path,
-) -> None:
-    """Poll checkpoint ``name`` until ``predicate`` holds (bounded; fails if the daemon died)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await checkpoint(storage, name)
-        if value is not None and predicate(value):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}:\n{log_tail(config)}")
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for checkpoint {name}:\n{log_tail(config)}")
-
-
-async def snapshot(storage: StorageConfig) -> Snapshot:
-    """Every stored row, minus wall-clock fields, sorted: what must match between two runs."""
-    out: Snapshot = {"features": [], "predictions": [], "outcomes": []}
-    async with open_storage(storage) as store:
-        async for table in store.read_feature_history(seasons=[SEASON]):
-            out["features"].extend(tuple(r.values()) for r in table.to_pylist())
-        async for table in store.read_predictions(season=SEASON):
-            out["predictions"].extend(
-                (r["player_id"], r["as_of_seq"], r["model_version"], r["probability"], r["feature_hash"])
-                for r in table.to_pylist()
-            )
-        async for table in store.read_outcomes(season=SEASON):
-            out["outcomes"].extend(
-                (r["player_id"], r["beat"], r["resolution"], r["ftm"], r["prev_ftm"], r["resolved_seq"])
-                for r in table.to_pylist()
-            )
-    out["features"].sort(key=repr)
-    out["predictions"].sort(key=lambda p: p[:3])
-    out["outcomes"].sort(key=repr)
-    return out
 
 
 async def reference(services: Services, root: Path) -> Snapshot:
@@ -224,7 +107,7 @@ async def reference(services: Services, root: Path) -> Snapshot:
                 await daemon.runners["features"].run_once()
                 await daemon.runners["predictions"].run_once()
                 await daemon.runners["validation"].run_once()
-        _reference["snapshot"] = await snapshot(storage)
+        _reference["snapshot"] = await snapshot(storage, SEASON)
     return _reference["snapshot"]
 
 
@@ -246,7 +129,14 @@ async def test_sigkill_and_restart_store_the_same_results(
     services.replay.clock.set(services.mid_season)
     proc = start_daemon(config, env)
     try:
-        await wait_for(storage, f"features.{SEASON}", lambda v: len(v["processed"]) > 0, 60, proc, config)
+        await wait_for(
+            storage,
+            f"features.{SEASON}",
+            lambda v: len(v["processed"]) > 0,
+            timeout_s=60,
+            proc=proc,
+            config=config,
+        )
     finally:
         stop(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -258,14 +148,28 @@ async def test_sigkill_and_restart_store_the_same_results(
     services.replay.clock.set(services.season_end)
     proc = start_daemon(config, env)
     try:
-        await wait_for(storage, f"features.{SEASON}", lambda v: bool(v["complete"]), 120, proc, config)
-        await wait_for(storage, f"validation.{SEASON}", lambda v: bool(v.get("final")), 60, proc, config)
+        await wait_for(
+            storage,
+            f"features.{SEASON}",
+            lambda v: bool(v["complete"]),
+            timeout_s=120,
+            proc=proc,
+            config=config,
+        )
+        await wait_for(
+            storage,
+            f"validation.{SEASON}",
+            lambda v: bool(v.get("final")),
+            timeout_s=60,
+            proc=proc,
+            config=config,
+        )
     finally:
         stop(proc)
     assert proc.returncode == 0, log_tail(config)
 
     # 4. the same results
-    got = await snapshot(storage)
+    got = await snapshot(storage, SEASON)
     assert len(want["features"]) > 10_000
     assert len(want["predictions"]) == len(want["features"])
     assert want["outcomes"]
