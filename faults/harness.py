@@ -29,18 +29,12 @@ from pathlib import Path
 
 from faults.s3proxy import S3Proxy, s3_proxy
 from scorebeater.config import (
-    AdminConfig,
-    Config,
     LocalStorageConfig,
-    ModelConfig,
     PostgresStorageConfig,
     S3StorageConfig,
-    SchedulerConfig,
     Secret,
     StorageConfig,
-    TFServingConfig,
 )
-from scorebeater.daemon import open_daemon
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
 from scorebeater.testing.daemon_process import (
@@ -51,6 +45,7 @@ from scorebeater.testing.daemon_process import (
     snapshot,
     start_daemon,
     stop,
+    uninterrupted_run,
     write_config,
 )
 from scorebeater.testing.postgres import run_postgres
@@ -174,19 +169,7 @@ async def world(backends: tuple[str, ...]) -> AsyncIterator[World]:
 
 async def _reference(w: World) -> Snapshot:
     storage = w.storage("local", "reference")
-    cfg = Config(
-        score_api=w.replay.client_config(),
-        model=ModelConfig(name="score_beater"),
-        tfserving=TFServingConfig(base_url=w.model_url),
-        storage=storage,
-        scheduler=SchedulerConfig(seasons=(SEASON,)),
-        admin=AdminConfig(enabled=False),
-    )
-    async with open_daemon(cfg) as daemon:
-        await daemon.runners["features"].run_once()
-        await daemon.runners["predictions"].run_once()
-        await daemon.runners["validation"].run_once()
-    return await snapshot(storage, SEASON)
+    return await uninterrupted_run(w.replay.client_config(), w.model_url, storage, SEASON)
 
 
 @dataclass

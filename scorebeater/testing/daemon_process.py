@@ -20,7 +20,16 @@ from typing import Any
 
 import orjson
 
-from scorebeater.config import StorageConfig
+from scorebeater.config import (
+    AdminConfig,
+    Config,
+    ModelConfig,
+    SchedulerConfig,
+    ScoreApiConfig,
+    StorageConfig,
+    TFServingConfig,
+)
+from scorebeater.daemon import open_daemon
 from scorebeater.storage import open_storage
 
 DSN_ENV = "SCOREBEATER_FAULT_RUN_DSN"
@@ -172,6 +181,26 @@ async def snapshot(storage: StorageConfig, season: int) -> Snapshot:
     out["predictions"].sort(key=lambda p: p[:3])
     out["outcomes"].sort(key=repr)
     return out
+
+
+async def uninterrupted_run(
+    score_api: ScoreApiConfig, model_url: str, storage: StorageConfig, season: int
+) -> Snapshot:
+    """What an uninterrupted daemon (in process) stores for ``season``, everything final at once:
+    one feature, prediction and validation run each, then the snapshot."""
+    cfg = Config(
+        score_api=score_api,
+        model=ModelConfig(name="score_beater"),
+        tfserving=TFServingConfig(base_url=model_url),
+        storage=storage,
+        scheduler=SchedulerConfig(seasons=(season,)),
+        admin=AdminConfig(enabled=False),
+    )
+    async with open_daemon(cfg) as daemon:
+        await daemon.runners["features"].run_once()
+        await daemon.runners["predictions"].run_once()
+        await daemon.runners["validation"].run_once()
+    return await snapshot(storage, season)
 
 
 PROBABILITY_TOLERANCE = 1e-6

@@ -24,15 +24,9 @@ from pathlib import Path
 import pytest
 
 from scorebeater.config import (
-    AdminConfig,
-    Config,
     LocalStorageConfig,
-    ModelConfig,
-    SchedulerConfig,
     StorageConfig,
-    TFServingConfig,
 )
-from scorebeater.daemon import open_daemon
 from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
 from scorebeater.testing.daemon_process import (
@@ -42,6 +36,7 @@ from scorebeater.testing.daemon_process import (
     snapshot,
     start_daemon,
     stop,
+    uninterrupted_run,
     wait_for,
 )
 from scorebeater.testing.daemon_process import write_config as write_config_file
@@ -95,19 +90,9 @@ async def reference(services: Services, root: Path) -> Snapshot:
         storage = StorageConfig(backend="local", local=LocalStorageConfig(root=root / "reference"))
         # A replay of its own: the test's replay clock must stay free to start mid-season.
         async with running_replay(services.replay.catalog, services.season_end) as replay:
-            cfg = Config(
-                score_api=replay.client_config(),
-                model=ModelConfig(name="score_beater"),
-                tfserving=TFServingConfig(base_url=services.model_url),
-                storage=storage,
-                scheduler=SchedulerConfig(seasons=(SEASON,)),
-                admin=AdminConfig(enabled=False),
+            _reference["snapshot"] = await uninterrupted_run(
+                replay.client_config(), services.model_url, storage, SEASON
             )
-            async with open_daemon(cfg) as daemon:
-                await daemon.runners["features"].run_once()
-                await daemon.runners["predictions"].run_once()
-                await daemon.runners["validation"].run_once()
-        _reference["snapshot"] = await snapshot(storage, SEASON)
     return _reference["snapshot"]
 
 

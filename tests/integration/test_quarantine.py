@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,40 +42,17 @@ from scorebeater.config import (
 )
 from scorebeater.daemon import Daemon, open_daemon, serve
 from scorebeater.errors import ScoreApiError
-from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi import timeline
 from scorebeater.scoreapi.catalog import ReplayCatalog
 from scorebeater.stages.season_state import RETRY_BUDGET_S
 from scorebeater.storage.quarantine import quarantine_id
 from scorebeater.testing.clock import FakeClock
-from scorebeater.testing.savedmodel import cached_models, publish
-from scorebeater.testing.score_api import Fault, RunningReplay, running_replay, synthetic_history
+from scorebeater.testing.score_api import Fault, RunningReplay
+from tests.integration.league import catalog_fixture, model_url_fixture, replay_fixture  # noqa: F401 - fixtures
 
 SEASON = 2014
 TOKEN = "quarantine-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(name="catalog", scope="module")
-def _catalog() -> ReplayCatalog:
-    return ReplayCatalog.build(synthetic_history())
-
-
-@pytest.fixture(name="replay")
-async def _replay(catalog: ReplayCatalog) -> AsyncIterator[RunningReplay]:
-    async with running_replay(catalog, catalog.default_start(SEASON)) as replay:
-        yield replay
-
-
-@pytest.fixture(name="model_url")
-async def _model_url(tmp_path: Path) -> AsyncIterator[str]:
-    model = cached_models(Path("/tmp/scorebeater-test-models")).score(1)  # noqa: S108 - a per-machine cache
-    base = tmp_path / "model" / "score_beater"
-    publish(model, base, 1)
-    async with serve_models(
-        model_name="score_beater", base_path=base, host="127.0.0.1", port=0, poll_interval_s=60
-    ) as server:
-        yield server.url
 
 
 @pytest.fixture(name="cfg")

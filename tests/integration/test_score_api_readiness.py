@@ -30,19 +30,13 @@ from scorebeater.config import (
 )
 from scorebeater.daemon import open_daemon, serve
 from scorebeater.errors import ScoreApiAuthError, ScoreApiError
-from scorebeater.modelserver.app import serve_models
 from scorebeater.scoreapi.catalog import ReplayCatalog
-from scorebeater.testing.savedmodel import cached_models, publish
-from scorebeater.testing.score_api import Fault, RunningReplay, running_replay, synthetic_history
+from scorebeater.testing.score_api import Fault, RunningReplay, running_replay
+from tests.integration.league import catalog_fixture, model_url_fixture  # noqa: F401 - fixtures
 
 SEASON = 2014
 TOKEN = "the-right-token"
 MID_SEASON = dt.datetime(2013, 11, 4, 12, tzinfo=dt.UTC)
-
-
-@pytest.fixture(name="catalog", scope="module")
-def _catalog() -> ReplayCatalog:
-    return ReplayCatalog.build(synthetic_history())
 
 
 @pytest.fixture(name="replay")
@@ -117,17 +111,6 @@ async def test_an_answer_that_is_not_a_season_list_is_not_ready(replay: RunningR
 
 
 # --- the daemon's /readyz ----------------------------------------------------------------------
-
-
-@pytest.fixture(name="model_url")
-async def _model_url(tmp_path: Path) -> AsyncIterator[str]:
-    model = cached_models(Path("/tmp/scorebeater-test-models")).score(1)  # noqa: S108 - a per-machine cache
-    base = tmp_path / "model" / "score_beater"
-    publish(model, base, 1)
-    async with serve_models(
-        model_name="score_beater", base_path=base, host="127.0.0.1", port=0, poll_interval_s=60
-    ) as server:
-        yield server.url
 
 
 def daemon_config(replay: RunningReplay, model_url: str, tmp_path: Path, token: str) -> Config:

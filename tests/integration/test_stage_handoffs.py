@@ -33,7 +33,6 @@ from scorebeater.config import (
 )
 from scorebeater.daemon import open_daemon, serve
 from scorebeater.errors import ScoreApiAuthError, StorageUnavailable
-from scorebeater.modelserver.app import serve_models
 from scorebeater.scheduler import StageRunner
 from scorebeater.scoreapi import timeline
 from scorebeater.scoreapi.catalog import ReplayCatalog
@@ -41,32 +40,10 @@ from scorebeater.stages.features import FeaturesStage
 from scorebeater.stages.retrain import RetrainStage
 from scorebeater.storage.base import Storage
 from scorebeater.testing.clock import FakeClock
-from scorebeater.testing.savedmodel import cached_models, publish
-from scorebeater.testing.score_api import Fault, RunningReplay, running_replay, synthetic_history
+from scorebeater.testing.score_api import Fault, RunningReplay
+from tests.integration.league import catalog_fixture, model_url_fixture, replay_fixture  # noqa: F401 - fixtures
 
 SEASON = 2014
-
-
-@pytest.fixture(name="catalog", scope="module")
-def _catalog() -> ReplayCatalog:
-    return ReplayCatalog.build(synthetic_history())
-
-
-@pytest.fixture(name="replay")
-async def _replay(catalog: ReplayCatalog) -> AsyncIterator[RunningReplay]:
-    async with running_replay(catalog, catalog.default_start(SEASON)) as replay:
-        yield replay
-
-
-@pytest.fixture(name="model_url")
-async def _model_url(tmp_path: Path) -> AsyncIterator[str]:
-    model = cached_models(Path("/tmp/scorebeater-test-models")).score(1)  # noqa: S108 - a per-machine cache
-    base = tmp_path / "model" / "score_beater"
-    publish(model, base, 1)
-    async with serve_models(
-        model_name="score_beater", base_path=base, host="127.0.0.1", port=0, poll_interval_s=60
-    ) as server:
-        yield server.url
 
 
 @pytest.fixture(name="cfg")
