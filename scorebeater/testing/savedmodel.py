@@ -17,7 +17,6 @@ Run ``python -m scorebeater.testing.savedmodel DIR`` to write the contract-test 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 
 from scorebeater.inputs import INPUT_NAMES, OUTPUT_NAME
 from scorebeater.modelserver.app import serve_models
+from scorebeater.testing.threads import serving_in_thread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -202,36 +202,8 @@ def standin_thread(**serve_kwargs: Any) -> Iterator[str]:
 
     For session-scoped (sync) fixtures: the server outlives each test's event loop.
     """
-    ready = threading.Event()
-    url: list[str] = []
-    failure: list[BaseException] = []
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        holder["loop"], holder["stop"] = asyncio.get_running_loop(), stop
-        try:
-            async with serve_models(**serve_kwargs) as server:
-                url.append(server.url)
-                ready.set()
-                await stop.wait()
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name="standin", daemon=True)
-    thread.start()
-    ready.wait(timeout=120)
-    if failure or not url:
-        thread.join(timeout=5)
-        raise RuntimeError(f"stand-in did not start: {failure!r}")
-    try:
-        yield url[0]
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(timeout=30)
+    with serving_in_thread(lambda: serve_models(**serve_kwargs), name="standin") as server:
+        yield server.url
 
 
 def write_contract_models(root: Path) -> None:

@@ -14,10 +14,7 @@ afterwards. Examples per operation are bounded so the whole fuzz stays under a m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,6 @@ import schemathesis
 
 from scorebeater.testing.savedmodel import cached_models, publish, standin_thread
 
-STARTUP_TIMEOUT_S = 120.0
 MAX_EXAMPLES = 25
 """Per operation and generation mode, beside the coverage phase's own cases."""
 
@@ -73,43 +69,6 @@ def still_healthy(url: str) -> None:
     """The server answers a cheap request with 200 after the fuzzing."""
     reply = requests.get(url, timeout=10)
     assert reply.status_code == 200, (url, reply.status_code, reply.text[:500])
-
-
-@contextlib.contextmanager
-def serving_in_thread(
-    open_server: Callable[[], contextlib.AbstractAsyncContextManager[Any]], *, name: str
-) -> Iterator[Any]:
-    """Enter ``open_server()`` on a new event loop in a thread; yield what it yields until exit."""
-    ready = threading.Event()
-    value: list[Any] = []
-    failure: list[BaseException] = []
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        holder["loop"], holder["stop"] = asyncio.get_running_loop(), stop
-        try:
-            async with open_server() as served:
-                value.append(served)
-                ready.set()
-                await stop.wait()
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=lambda: asyncio.run(main()), name=name, daemon=True)
-    thread.start()
-    ready.wait(timeout=STARTUP_TIMEOUT_S)
-    if failure or not value:
-        thread.join(timeout=5)
-        raise RuntimeError(f"{name} did not start: {failure!r}")
-    try:
-        yield value[0]
-    finally:
-        holder["loop"].call_soon_threadsafe(holder["stop"].set)
-        thread.join(timeout=30)
 
 
 @pytest.fixture(name="standin_url", scope="session")

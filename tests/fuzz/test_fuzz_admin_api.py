@@ -40,7 +40,8 @@ from scorebeater.scoreapi.catalog import ReplayCatalog
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import PREDICTIONS_SCHEMA
 from scorebeater.testing.score_api import running_replay, synthetic_history
-from tests.fuzz.conftest import fuzz_config, serving_in_thread, still_healthy
+from scorebeater.testing.threads import serving_in_thread
+from tests.fuzz.conftest import fuzz_config, still_healthy
 
 ADMIN_TOKEN = "fuzz-admin-t0ken"
 SCORE_TOKEN = "fuzz-score-t0ken"

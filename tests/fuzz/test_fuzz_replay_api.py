@@ -17,7 +17,8 @@ import schemathesis
 
 from scorebeater.scoreapi.catalog import ReplayCatalog
 from scorebeater.testing.score_api import RunningReplay, running_replay, synthetic_history
-from tests.fuzz.conftest import fuzz_config, serving_in_thread, still_healthy
+from scorebeater.testing.threads import serving_in_thread
+from tests.fuzz.conftest import fuzz_config, still_healthy
 
 TOKEN = "fuzz-t0ken"
 SPEC = Path(str(resources.files("scorebeater.scoreapi").joinpath("openapi.yaml")))
