@@ -1,9 +1,10 @@
 """The admin API (aiohttp): health, readiness, metrics, predictions, status and control.
 
 Read endpoints are open (put the port behind your network policy). State-changing endpoints
-(``POST /v1/refeed``, ``POST /v1/stages/{stage}:run``) require ``Authorization: Bearer
-<token>`` with the token from the environment variable named by ``admin.token_env``; with no
-token configured they answer 403, never run unauthenticated. ``openapi.yaml`` beside this
+(``POST /v1/refeed``, ``POST /v1/stages/{stage}:run``, ``POST /v1/quarantine/{id}:retry`` and
+``:skip``, see :mod:`scorebeater.admin.quarantine`) require ``Authorization: Bearer <token>``
+with the token from the environment variable named by ``admin.token_env``; with no token
+configured they answer 403, never run unauthenticated. ``openapi.yaml`` beside this
 module documents every endpoint and is served at ``/openapi.yaml``.
 
 Every error is ``{"error": {"code", "message", "param"?}}``, whatever produced it (the shared
