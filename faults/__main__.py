@@ -21,6 +21,7 @@ from dataclasses import asdict
 
 from faults.harness import BACKENDS, Outcome, run_once, world
 from faults.scenarios import FAULTS, QUICK
+from scorebeater.logs import configure_logging
 
 NEEDS_ROOT = frozenset({"disk-full", "read-only"})
 """These mount a tmpfs."""
@@ -48,6 +49,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 
 async def run_all(runs: list[tuple[str, str, int]]) -> list[Outcome]:
+    # The table is the output: the harness's own logs go to stderr, warnings and worse only.
+    configure_logging("console", "warning")
     backends = tuple(sorted({backend for _, backend, _ in runs}))
     outcomes: list[Outcome] = []
     async with world(backends) as w:
@@ -55,7 +58,7 @@ async def run_all(runs: list[tuple[str, str, int]]) -> list[Outcome]:
             started = time.monotonic()
             outcome = await run_once(w, name, FAULTS[name][0], backend, seed)
             outcomes.append(outcome)
-            verdict = "identical" if outcome.identical else f"DIFFERENT {outcome.error}"
+            verdict = "identical" if outcome.identical else f"DIFFERENT\n{outcome.error}"
             print(
                 f"faults: {name} on {backend} (seed {seed}): {verdict} in {time.monotonic() - started:.1f} s",
                 file=sys.stderr,

@@ -271,7 +271,7 @@ async def run_once(w: World, name: str, fault: Fault, backend: str, seed: int) -
     try:
         recovery = await fault(run)
     except RunFailed as exc:
-        error = str(exc).splitlines()[0]
+        error = str(exc)  # with the daemon log's tail
     finally:
         w.replay.faults.calm()
         if run.proc is not None:

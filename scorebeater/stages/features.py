@@ -201,6 +201,11 @@ class FeaturesStage:
                     last_game_teams=state.last_game_teams.get(int(row["player_id"]), ("", "")),
                 )
         state.loaded = True
+        if state.complete:
+            # Completed by an earlier process, which may have stopped before the season's last
+            # predictions and its validation: hand it off again (rule 4). A validation that
+            # already stored the outcomes only recomputes the metrics.
+            self._handoff.season_features_complete(state.season)
         log.info(
             "features.season_loaded",
             season=state.season,

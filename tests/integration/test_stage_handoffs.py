@@ -177,6 +177,29 @@ async def test_a_final_season_wakes_the_prediction_then_the_validation_stage(
             await asyncio.wait_for(task, 10)
 
 
+async def test_a_season_completed_just_before_a_restart_is_still_validated(
+    cfg: Config, replay: RunningReplay, catalog: ReplayCatalog
+) -> None:
+    """The season's last feature commit marked it complete, then the process died before its last
+    predictions: the next process must still predict and validate it (found by the fault suite:
+    with no cron due, the season waited forever)."""
+    cfg = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, validation_cron="0 0 1 1 *"))
+    replay.clock.set(_season_over(catalog))
+    async with open_daemon(cfg) as first:
+        await first.runners["features"].run_once()  # complete; no prediction run follows
+    stop = asyncio.Event()
+    async with open_daemon(cfg, clock=FakeClock()) as daemon:
+        validation = daemon.runners["validation"]
+        task = asyncio.create_task(serve(daemon, stop))
+        try:
+            async with validation.completed:
+                await asyncio.wait_for(validation.completed.wait_for(lambda: validation.state.runs > 0), 30)
+            assert validation.state.last_result["final_outcomes"] > 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
 async def test_a_refused_box_score_cancels_the_other_fetches(
     cfg: Config, replay: RunningReplay, catalog: ReplayCatalog
 ) -> None:
