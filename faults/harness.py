@@ -276,11 +276,15 @@ async def run_once(w: World, name: str, fault: Fault, backend: str, seed: int) -
         w.replay.faults.calm()
         if run.proc is not None:
             stop(run.proc)
-    if recovery is None:
-        return Outcome(
-            name, backend, seed, identical=False, lost=-1, duplicated=-1, recovery_s=None, error=error
-        )
-    verdict = compare(w.reference, await snapshot(storage, SEASON))
+    try:
+        if recovery is None:
+            return Outcome(
+                name, backend, seed, identical=False, lost=-1, duplicated=-1, recovery_s=None, error=error
+            )
+        verdict = compare(w.reference, await snapshot(storage, SEASON))
+    finally:
+        for cleanup in reversed(run.cleanups):
+            cleanup()
     return Outcome(
         name,
         backend,
