@@ -158,12 +158,9 @@ async def test_validation_waits_for_the_features_and_the_last_predictions_of_a_f
         assert daemon.validation.status() == {str(SEASON): {"final_outcomes_stored": True}}
 
 
-async def test_a_final_season_wakes_the_prediction_then_the_validation_stage(
-    cfg: Config, replay: RunningReplay, catalog: ReplayCatalog
-) -> None:
-    """Under ``serve``: no cron is due, yet outcomes are stored once the season's predictions are."""
+async def _serve_until_validation_ran(cfg: Config) -> dict[str, Any]:
+    """Serve a daemon whose validation cron is never due until its validation stage has run once."""
     cfg = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, validation_cron="0 0 1 1 *"))
-    replay.clock.set(_season_over(catalog))
     stop = asyncio.Event()
     async with open_daemon(cfg, clock=FakeClock()) as daemon:
         validation = daemon.runners["validation"]
@@ -171,10 +168,19 @@ async def test_a_final_season_wakes_the_prediction_then_the_validation_stage(
         try:
             async with validation.completed:
                 await asyncio.wait_for(validation.completed.wait_for(lambda: validation.state.runs > 0), 30)
-            assert validation.state.last_result["final_outcomes"] > 0
+            return validation.state.last_result
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
+
+
+async def test_a_final_season_wakes_the_prediction_then_the_validation_stage(
+    cfg: Config, replay: RunningReplay, catalog: ReplayCatalog
+) -> None:
+    """Under ``serve``: no cron is due, yet outcomes are stored once the season's predictions are."""
+    replay.clock.set(_season_over(catalog))
+    result = await _serve_until_validation_ran(cfg)
+    assert result["final_outcomes"] > 0
 
 
 async def test_a_season_completed_just_before_a_restart_is_still_validated(
@@ -183,21 +189,11 @@ async def test_a_season_completed_just_before_a_restart_is_still_validated(
     """The season's last feature commit marked it complete, then the process died before its last
     predictions: the next process must still predict and validate it (found by the fault suite:
     with no cron due, the season waited forever)."""
-    cfg = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, validation_cron="0 0 1 1 *"))
     replay.clock.set(_season_over(catalog))
     async with open_daemon(cfg) as first:
         await first.runners["features"].run_once()  # complete; no prediction run follows
-    stop = asyncio.Event()
-    async with open_daemon(cfg, clock=FakeClock()) as daemon:
-        validation = daemon.runners["validation"]
-        task = asyncio.create_task(serve(daemon, stop))
-        try:
-            async with validation.completed:
-                await asyncio.wait_for(validation.completed.wait_for(lambda: validation.state.runs > 0), 30)
-            assert validation.state.last_result["final_outcomes"] > 0
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
+    result = await _serve_until_validation_ran(cfg)
+    assert result["final_outcomes"] > 0
 
 
 async def test_a_refused_box_score_cancels_the_other_fetches(
