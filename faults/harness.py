@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -111,8 +112,6 @@ class World:
 
 
 def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

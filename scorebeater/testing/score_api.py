@@ -162,8 +162,6 @@ class FaultInjector:
         self._chaos: tuple[str, float, tuple[Fault, ...], random.Random] | None = None
         self.hits: list[tuple[str, float]] = []
         """``(path, loop time)`` of every request seen, faulted or not."""
-        self.faulted = 0
-        """Requests answered with a fault, queued or chaos."""
         self.release = asyncio.Event()
 
     def add(self, path_prefix: str, *faults: Fault) -> None:
@@ -201,7 +199,6 @@ class FaultInjector:
             fault = self._next(request.path)
             if fault is None:
                 return await handler(request)
-            self.faulted += 1
             return await _apply(fault, request, handler, self.release)
 
         return inject
