@@ -30,9 +30,17 @@ MODEL_INPUTS: tuple[InputSpec, ...] = (
     InputSpec("prev_ftm", "free throws", "free throws made in the previous regular season (official)"),
     InputSpec("prev_fta", "free throws", "free throws attempted in the previous regular season"),
     InputSpec("prev_games", "games", "games played in the previous regular season"),
+    InputSpec("prev_season_games", "games", "regular-season games scheduled per team in the previous season"),
+    InputSpec(
+        "prev_games_missed",
+        "games",
+        "games he missed last season: the previous season's scheduled games minus his games, at least 0",
+    ),
     InputSpec("prev_minutes", "minutes", "minutes played in the previous regular season (0 if unrecorded)"),
     InputSpec("prev2_ftm", "free throws", "free throws made two seasons back (0 if he did not play)"),
     InputSpec("prev2_games", "games", "games played two seasons back (0 if he did not play)"),
+    InputSpec("prev3_ftm", "free throws", "free throws made three seasons back (0 if he did not play)"),
+    InputSpec("prev3_games", "games", "games played three seasons back (0 if he did not play)"),
     InputSpec("experience", "seasons", "season number in his career this season (1 = rookie)"),
     InputSpec("age", "years", "age this season (previous season's age + 1)"),
     InputSpec("ftm", "free throws", "free throws made so far this regular season"),
@@ -57,8 +65,12 @@ class PreviousSeasons:
     minutes: int | None
     age: int | None
     experience: int
+    season_games: int
+    """Regular-season games scheduled per team in the previous season."""
     prev2_ftm: int = 0
     prev2_games: int = 0
+    prev3_ftm: int = 0
+    prev3_games: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,21 +83,32 @@ class RunningTotals:
     team_games: int = 0
 
 
+def games_missed(scheduled: int, played: int) -> int:
+    """Games of a season's schedule he did not play (0 for a player traded into more games)."""
+    return max(scheduled - played, 0)
+
+
 def as_of_inputs(prev: PreviousSeasons, now: RunningTotals, season_games: int) -> dict[str, float]:
     """The raw input vector for one player as of one moment, keyed by input name.
 
     Raises:
-        ValueError: ``season_games`` is not positive or a count is negative.
+        ValueError: ``season_games`` or the previous season's is not positive, or a count is negative.
     """
     if season_games <= 0:
         raise ValueError(f"season_games must be positive, got {season_games}")
+    if prev.season_games <= 0:
+        raise ValueError(f"the previous season's scheduled games must be positive, got {prev.season_games}")
     values = {
         "prev_ftm": prev.ftm,
         "prev_fta": prev.fta,
         "prev_games": prev.games,
+        "prev_season_games": prev.season_games,
+        "prev_games_missed": games_missed(prev.season_games, prev.games),
         "prev_minutes": prev.minutes or 0,
         "prev2_ftm": prev.prev2_ftm,
         "prev2_games": prev.prev2_games,
+        "prev3_ftm": prev.prev3_ftm,
+        "prev3_games": prev.prev3_games,
         "experience": prev.experience + 1,
         "age": (prev.age + 1) if prev.age is not None else 0,
         "ftm": now.ftm,

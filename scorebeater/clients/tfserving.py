@@ -8,8 +8,9 @@ Works against the official ``tensorflow/serving`` image and the embedded stand-i
   turns "latest" or a label into that number once, so a whole refeed is scored by one model.
 * **Readiness from the body.** The status endpoint answers 200 while loading or failed; a
   version is ready only when its state is ``AVAILABLE``.
-* **Aliases from metadata.** Input and output names and dtypes come from ``/metadata``;
-  the inputs are checked against them once per version.
+* **Aliases from metadata.** Input and output names and dtypes come from ``/metadata``,
+  read once per version (:meth:`TFServingClient.signature`); the inputs are checked against
+  them on every call, and must be exactly the signature's (the caller sends what it declares).
 * **Batches below the server's limit**, ``cfg.max_batch_size`` rows per request, at most
   ``cfg.max_concurrency`` in flight over keep-alive connections; row or columnar format;
   optional gzip request bodies.
@@ -255,7 +256,14 @@ class TFServingClient:
 
     # --- predict ----------------------------------------------------------------------------
 
-    async def _signature(self, version: int) -> ModelMetadata:
+    async def signature(self, version: int) -> ModelMetadata:
+        """``version``'s serving signature (:attr:`signature_name`), read from ``/metadata``
+        once per version and cached: a version number names one immutable SavedModel.
+
+        Raises:
+            BadModelRequest: the signature has no inputs.
+            ModelNotFound, ModelUnavailable, TFServingError: as for :meth:`metadata`.
+        """
         meta = self._checked.get(version)
         if meta is None:
             meta = await self.metadata(version)
@@ -291,9 +299,10 @@ class TFServingClient:
     async def predict(self, columns: Mapping[str, Any], *, version: int) -> np.ndarray:
         """Score ``n`` rows with ``version``: returns float64 probabilities of shape ``[n]``.
 
-        ``columns`` maps every signature input alias to an array whose first dimension is the
-        row count (``[n]`` for the score_beater model). The rows go in chunks of
-        ``cfg.max_batch_size``, at most ``cfg.max_concurrency`` at a time; results keep row order.
+        ``columns`` maps every signature input alias (and nothing else: see :meth:`signature`)
+        to an array whose first dimension is the row count (``[n]`` for the score_beater
+        model). The rows go in chunks of ``cfg.max_batch_size``, at most
+        ``cfg.max_concurrency`` at a time; results keep row order.
         The values are the model's float32 outputs exactly (widened to float64).
 
         Raises:
@@ -304,7 +313,7 @@ class TFServingClient:
             TFServingError: any other failure, or a reply of the wrong shape.
         """
         try:
-            meta = await self._signature(version)
+            meta = await self.signature(version)
         except ModelNotFound:
             self._set_available(0)
             raise

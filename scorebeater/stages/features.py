@@ -32,6 +32,13 @@ A season completes once each of its regular-season games is processed or quarant
 skipped by an operator; a rejected box score is counted in ``records_rejected`` once, when
 first quarantined.
 
+What a season's players did before it (their previous seasons' totals and the previous
+season's schedule: :mod:`~scorebeater.stages.previous_seasons`) is fetched when the season is
+loaded. Rows stored before the current feature schema
+(:data:`~scorebeater.storage.base.FEATURES_SCHEMA_VERSION`, recorded in the checkpoint) lack
+the inputs added since: loading the season fills them in, as they all come from the previous
+seasons (:meth:`FeaturesStage._backfill`).
+
 ``as_of_seq`` is the game's place in the order this stage processed the season's final
 regular-season games (1, 2, ...): it equals the schedule's ``game_seq`` order whenever games
 finish in schedule order, and stays monotonic when a game's result arrives late (or is
@@ -47,16 +54,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import pyarrow as pa
 import structlog
 
-from scorebeater.errors import ScoreApiNotFound, StageError
-from scorebeater.inputs import PreviousSeasons, RunningTotals
+from scorebeater.errors import StageError
+from scorebeater.inputs import RunningTotals
 from scorebeater.scoreapi.records import BoxScore, GameInfo
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.box_scores import BoxScoreFetch, GameFailure, Outcome, Rejected
 from scorebeater.stages.handoff import CommittedFeatures, Handoff
+from scorebeater.stages.previous_seasons import previous_seasons
 from scorebeater.stages.quarantine import KIND, SeasonQuarantine
 from scorebeater.stages.season_state import GameFailures, PlayerState, SeasonState
+from scorebeater.storage.base import FEATURES_SCHEMA_VERSION
 from scorebeater.storage.quarantine import STATES, QuarantineEntry
 
 log = structlog.get_logger(__name__)
@@ -176,7 +186,8 @@ class FeaturesStage:
         return state
 
     async def _load(self, state: SeasonState) -> None:
-        """Restore the checkpoint and running totals; fetch previous seasons' totals once."""
+        """Restore the checkpoint and running totals; fetch previous seasons' totals once;
+        fill in the inputs rows stored before the current feature schema lack."""
         ctx = self._ctx
         info = await ctx.scores.season(state.season)
         raw = await ctx.storage.get_checkpoint(state.checkpoint_name)
@@ -186,7 +197,7 @@ class FeaturesStage:
             raise StageError(self.name, f"season {state.season} has no scheduled games per team yet")
         state.season_games = info.scheduled_games_per_team
         if not state.previous:  # fetched once: a reload after a failed run reuses them
-            state.previous = await self._previous_seasons(state.season)
+            state.previous = await previous_seasons(ctx.scores, state.season)
         async for batch in ctx.storage.read_latest_features(season=state.season):
             for row in batch.to_pylist():
                 state.players[int(row["player_id"])] = PlayerState(
@@ -200,6 +211,8 @@ class FeaturesStage:
                     ),
                     last_game_teams=state.last_game_teams.get(int(row["player_id"]), ("", "")),
                 )
+        if state.feature_schema < FEATURES_SCHEMA_VERSION:
+            await self._backfill(state)
         state.loaded = True
         if state.complete:
             # Completed by an earlier process, which may have stopped before the season's last
@@ -215,36 +228,37 @@ class FeaturesStage:
             with_previous_season=len(state.previous),
         )
 
-    async def _previous_seasons(self, season: int) -> dict[int, PreviousSeasons]:
-        prev1: dict[int, tuple[int, int, int, int | None, int | None, int]] = {}
-        prev2: dict[int, tuple[int, int]] = {}
-        # Only "no such season" means no previous season. Any other failure (an outage, a
-        # season not final yet) must fail the run: loading on empty totals would mark this
-        # season's players as having no previous season, and their games as done.
-        try:
-            async for t in self._ctx.scores.season_totals(season - 1):
-                prev1[t.player_id] = (t.ftm, t.fta, t.games, t.minutes, t.age, t.experience)
-        except ScoreApiNotFound as exc:
-            log.warning("features.previous_season_unknown", season=season - 1, error=str(exc))
-        try:
-            async for t in self._ctx.scores.season_totals(season - 2):
-                prev2[t.player_id] = (t.ftm, t.games)
-        except ScoreApiNotFound as exc:
-            log.info("features.second_previous_season_unknown", season=season - 2, error=str(exc))
-        out: dict[int, PreviousSeasons] = {}
-        for pid, (ftm, fta, games, minutes, age, experience) in prev1.items():
-            p2_ftm, p2_games = prev2.get(pid, (0, 0))
-            out[pid] = PreviousSeasons(
-                ftm=ftm,
-                fta=fta,
-                games=games,
-                minutes=minutes,
-                age=age,
-                experience=experience,
-                prev2_ftm=p2_ftm,
-                prev2_games=p2_games,
-            )
-        return out
+    async def _backfill(self, state: SeasonState) -> None:
+        """Fill in the inputs that the season's rows stored before the current feature schema
+        lack (:meth:`SeasonState.backfill`), and record the season's new version with them.
+
+        One write: the rows and the checkpoint commit together, and the rows are upserted by
+        key, so a crash leaves either the old rows or the filled ones, and the next load
+        redoes whatever is missing. The predictions of the old rows stay (they were made by a
+        model that does not take the added inputs); a refeed scores the filled rows anew.
+        """
+        storage = self._ctx.storage
+        parts: list[pa.Table] = []
+        unfilled = 0
+        async for table in storage.read_feature_history(seasons=[state.season]):
+            filled, left = state.backfill(table)
+            unfilled += left
+            if filled.num_rows:
+                parts.append(filled)
+        rows = pa.concat_tables(parts) if parts else None
+        if not unfilled:
+            state.feature_schema = FEATURES_SCHEMA_VERSION
+        if rows is not None:
+            await storage.write_features(rows, checkpoint=(state.checkpoint_name, state.checkpoint()))
+        elif not unfilled:
+            await storage.put_checkpoint(state.checkpoint_name, state.checkpoint())
+        (log.warning if unfilled else log.info)(
+            "features.rows_backfilled",
+            season=state.season,
+            rows=0 if rows is None else rows.num_rows,
+            unfilled=unfilled,
+            feature_schema=state.feature_schema,
+        )
 
     async def _new_final_games(self, state: SeasonState, retry: set[str]) -> list[GameInfo]:
         """Final regular-season games not processed, in processing order: those turned final

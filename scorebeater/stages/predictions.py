@@ -53,7 +53,7 @@ class PredictionsStage:
         """One run: reconcile if due, then every committed batch waiting in the hand-off."""
         del run_id  # bound into the log context by the runner
         with self._handoff.prediction_run():
-            version = await self._scorer.pin()
+            version = await self._scorer.pin(self.name)
             summary: dict[str, object] = {"model_version": version}
             if self._handoff.take_reconcile():
                 try:
@@ -65,7 +65,9 @@ class PredictionsStage:
             try:
                 scored = 0
                 for batch in batches:
-                    scored += await self._scorer.score_and_store(batch.rows, version, mode="diff")
+                    scored += await self._scorer.score_and_store(
+                        batch.rows, version, mode="diff", stage=self.name
+                    )
                     self._ctx.metrics.update_latency.observe(time.monotonic() - batch.seen_at)
             except BaseException:
                 # Put back what was not stored; re-storing a stored batch is an idempotent upsert.
@@ -98,7 +100,7 @@ class PredictionsStage:
             if todo.num_rows:
                 # The join may reorder columns; keep the schema's order.
                 missing += await self._scorer.score_and_store(
-                    todo.select(table.column_names), version, mode="diff"
+                    todo.select(table.column_names), version, mode="diff", stage=self.name
                 )
         if missing:
             log.info("predictions.reconciled", rows=missing)

@@ -41,7 +41,7 @@ class RefeedStage:
         del run_id  # bound into the log context by the runner
         request = self._handoff.take_refeed()
         try:
-            version = await self._scorer.pin()
+            version = await self._scorer.pin(self.name)
             return {"model_version": version, **await self._refeed(version, request)}
         except BaseException:
             self._handoff.refeed_failed(request)
@@ -60,7 +60,7 @@ class RefeedStage:
             # A failed batch must release the backend's cursor now, not at garbage collection.
             async with contextlib.aclosing(ctx.storage.read_latest_features()) as tables:
                 async for table in tables:
-                    scored = await self._scorer.score(table, version, use_cache=use_cache)
+                    scored = await self._scorer.score(table, version, use_cache=use_cache, stage=self.name)
                     if storing is not None:
                         await storing
                     storing = asyncio.create_task(self._scorer.store(scored, version, mode="refeed"))

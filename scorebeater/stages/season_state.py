@@ -2,9 +2,10 @@
 
 The checkpoint (``features.<season>``, committed with the season's feature rows) holds the
 processed game ids, the team game counts, the feed watermark, the games set aside in the
-quarantine table, and the games that failed in recent runs (the retry budget, which a game
-that keeps failing exhausts). The running totals are not in it: they are rebuilt from the
-stored rows, which always agree with it.
+quarantine table, the games that failed in recent runs (the retry budget, which a game
+that keeps failing exhausts), and the feature schema version all the season's stored rows
+have. The running totals are not in it: they are rebuilt from the stored rows, which always
+agree with it. Nor are the previous seasons: they are fetched again on every load.
 """
 
 from __future__ import annotations
@@ -13,14 +14,31 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from scorebeater.inputs import INPUT_NAMES, PreviousSeasons, RunningTotals, as_of_inputs
 from scorebeater.scoreapi.records import BoxScore, GameInfo
 from scorebeater.stages.handoff import features_checkpoint_name
-from scorebeater.storage.base import FEATURES_SCHEMA, feature_hashes
+from scorebeater.storage.base import (
+    FEATURES_SCHEMA,
+    FEATURES_SCHEMA_VERSION,
+    LATE_INPUTS,
+    feature_hashes,
+)
 
+_FROM_PREVIOUS_V1 = (
+    "prev_ftm",
+    "prev_fta",
+    "prev_games",
+    "prev_minutes",
+    "prev2_ftm",
+    "prev2_games",
+    "experience",
+    "age",
+)
+"""The inputs of feature schema version 1 that come from the previous seasons alone."""
 RETRY_BUDGET_RUNS = 3
 """Runs in which a game's box score must have failed (transient or not, but not rejected as
 invalid, which quarantines at once) before it is quarantined..."""
@@ -114,6 +132,10 @@ class SeasonState:
     """The season's box scores in the quarantine table by state, as of the last run (status)."""
     held_back: str | None = None
     """Why the last run held games back (the failed game and its error), if it did (status)."""
+    feature_schema: int = FEATURES_SCHEMA_VERSION
+    """The feature schema version of every stored row of the season (checkpointed). A
+    checkpoint written before versions existed is version 1: the rows stored then lack the
+    inputs added since, until :meth:`backfill` fills them in."""
 
     @property
     def checkpoint_name(self) -> str:
@@ -132,6 +154,7 @@ class SeasonState:
                 "last_final_at": self.last_final_at,
                 "complete": self.complete,
                 "no_previous": sorted(self.no_previous),
+                "feature_schema": self.feature_schema,
                 # Read by the hand-off (season_complete) in any process.
                 # Not derivable from the stored rows, unlike the running totals.
                 "last_game_teams": {str(pid): list(ps.last_game_teams) for pid, ps in self.players.items()},
@@ -140,7 +163,8 @@ class SeasonState:
 
     def restore(self, raw: bytes) -> None:
         """Take the checkpointed part from ``raw`` (a checkpoint written before quarantining
-        existed has no set-aside or failing games)."""
+        existed has no set-aside or failing games; one written before feature schema versions
+        existed is version 1)."""
         data = orjson.loads(raw)
         self.season_games = int(data["season_games"])
         self.processed = set(data["processed"])
@@ -151,6 +175,7 @@ class SeasonState:
         self.last_final_at = data["last_final_at"]
         self.complete = bool(data["complete"])
         self.no_previous = {int(p) for p in data.get("no_previous", [])}
+        self.feature_schema = int(data.get("feature_schema", 1))
         self.last_game_teams = {
             int(p): (str(t[0]), str(t[1])) for p, t in data.get("last_game_teams", {}).items()
         }
@@ -205,6 +230,42 @@ class SeasonState:
         return table.append_column(
             FEATURES_SCHEMA.field("feature_hash"), pa.array(feature_hashes(table), pa.string())
         )
+
+    def backfill(self, rows: pa.Table) -> tuple[pa.Table, int]:
+        """The stored ``rows`` of this season that lack inputs (stored before feature schema
+        :data:`FEATURES_SCHEMA_VERSION`), with them filled in, and how many could not be.
+
+        The inputs added since version 1 all come from the previous seasons, so they are
+        derived as for a new row (:func:`as_of_inputs`) from :attr:`previous`. A row is left
+        out (and counted) when its player has no previous seasons now, or when its stored
+        previous-season inputs differ from what they now say: filling it in would make a row
+        no derivation gives. The filled rows get their new ``feature_hash``.
+        """
+        lacking = np.zeros(rows.num_rows, dtype=bool)
+        for name in LATE_INPUTS:
+            lacking |= rows.column(name).is_null().to_numpy(zero_copy_only=False)
+        todo = rows.filter(pa.array(lacking))
+        late = [n for n in INPUT_NAMES if n in LATE_INPUTS]
+        keep: list[bool] = []
+        fills: dict[str, list[float]] = {n: [] for n in late}
+        for row in todo.select(["player_id", *_FROM_PREVIOUS_V1]).to_pylist():
+            prev = self.previous.get(row["player_id"])
+            values = None if prev is None else as_of_inputs(prev, RunningTotals(), self.season_games)
+            ok = values is not None and all(row[n] == values[n] for n in _FROM_PREVIOUS_V1)
+            keep.append(ok)
+            if ok and values is not None:
+                for n in late:
+                    fills[n].append(values[n])
+        todo = todo.filter(pa.array(keep, pa.bool_()))
+        for n in late:
+            todo = todo.set_column(
+                todo.schema.get_field_index(n), FEATURES_SCHEMA.field(n), pa.array(fills[n], pa.float32())
+            )
+        hashes = pa.array(feature_hashes(todo), pa.string())
+        todo = todo.set_column(
+            todo.schema.get_field_index("feature_hash"), FEATURES_SCHEMA.field("feature_hash"), hashes
+        )
+        return todo, len(keep) - todo.num_rows
 
     def _advance(self, game: GameInfo, box: BoxScore) -> dt.datetime:
         """Count ``game`` for its teams and its players' lines; return its as-of time."""

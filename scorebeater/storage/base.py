@@ -8,6 +8,12 @@ plausibility bounds (:data:`COLUMN_BOUNDS`, from :mod:`scorebeater.bounds`) befo
 writes it: the last line of defence, after the data loader and the Score API client, against
 an impossible count reaching the model's training data.
 
+Feature rows carry a schema version (:data:`FEATURES_SCHEMA_VERSION`): each version may add
+model inputs (:data:`ADDED_INPUTS`). Rows stored before an input existed read back with it
+null (the object store records each segment's version; Postgres adds the columns nullable);
+rows written now must have every input (:func:`conform_features`). Their ``feature_hash``
+covers every input they have (:func:`feature_hashes`).
+
 Keys (all idempotent: writing the same key again replaces the row, never duplicates it):
 
 - features: ``(player_id, season, as_of_seq)``: a player's raw model inputs as of the end of
@@ -33,6 +39,7 @@ import hashlib
 import operator
 import re
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -49,6 +56,23 @@ if TYPE_CHECKING:
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 
+FEATURES_SCHEMA_VERSION = 2
+"""The feature rows' schema version: 1 had 13 model inputs, 2 has 17 (:data:`ADDED_INPUTS`)."""
+ADDED_INPUTS: Mapping[int, tuple[str, ...]] = {
+    2: ("prev_season_games", "prev_games_missed", "prev3_ftm", "prev3_games"),
+}
+"""The model inputs each feature schema version added. A row stored at an earlier version has
+them null (nullable columns); a row written now must have them."""
+LATE_INPUTS = frozenset(chain.from_iterable(ADDED_INPUTS.values()))
+"""Inputs that a stored row may lack (those added after version 1)."""
+
+
+def inputs_of_version(version: int) -> tuple[str, ...]:
+    """The model inputs a feature row of schema ``version`` has, in ``INPUT_NAMES`` order."""
+    later = {name for v, names in ADDED_INPUTS.items() if v > version for name in names}
+    return tuple(name for name in INPUT_NAMES if name not in later)
+
+
 FEATURE_KEY = ("player_id", "season", "as_of_seq")
 FEATURES_SCHEMA = pa.schema(
     [
@@ -59,7 +83,7 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("as_of_time", UTC_TS, nullable=False),
         pa.field("player", pa.string(), nullable=False),
         pa.field("team", pa.string(), nullable=False),
-        *(pa.field(name, pa.float32(), nullable=False) for name in INPUT_NAMES),
+        *(pa.field(name, pa.float32(), nullable=name in LATE_INPUTS) for name in INPUT_NAMES),
         pa.field("feature_hash", pa.string(), nullable=False),
     ]
 )
@@ -108,7 +132,8 @@ TRAINING_SCHEMA = pa.schema(
         pa.field("resolution", pa.string(), nullable=False),
     ]
 )
-"""Feature history rows joined with their player-season's outcome (inner join)."""
+"""Feature history rows joined with their player-season's outcome (inner join); a row stored
+before feature schema :data:`FEATURES_SCHEMA_VERSION` has its :data:`LATE_INPUTS` null."""
 
 RESOLUTIONS = ("early", "final")
 
@@ -121,9 +146,13 @@ COLUMN_BOUNDS: dict[str, Bound] = {
     "prev_ftm": bounds.SEASON_FTM,
     "prev_fta": bounds.SEASON_FTA,
     "prev_games": bounds.SEASON_GAMES,
+    "prev_season_games": bounds.SCHEDULED_GAMES,
+    "prev_games_missed": bounds.SEASON_GAMES,
     "prev_minutes": bounds.SEASON_MINUTES,
     "prev2_ftm": bounds.SEASON_FTM,
     "prev2_games": bounds.SEASON_GAMES,
+    "prev3_ftm": bounds.SEASON_FTM,
+    "prev3_games": bounds.SEASON_GAMES,
     "experience": bounds.EXPERIENCE.widened(1),  # last season's + 1
     "age": bounds.AGE.widened(1),  # last season's + 1; 0 where unknown
     "ftm": bounds.SEASON_FTM,
@@ -242,14 +271,70 @@ def conform_outcomes(rows: pa.Table) -> pa.Table:
 def feature_hashes(table: pa.Table) -> list[str]:
     """Hash each row's model inputs (float32 bytes, in ``INPUT_NAMES`` order).
 
-    Two rows hash alike exactly when the model would see the same inputs, which is what the
-    prediction cache keys on. 16 hex characters (64 bits of BLAKE2b).
+    Two rows hash alike exactly when they hold the same inputs, which is what the prediction
+    cache keys on (with the model version). 16 hex characters (64 bits of BLAKE2b).
+
+    A row lacking inputs (null: stored before they existed) hashes the inputs it has, so an
+    old row's hash is the one it was stored with (13 inputs), and a row holding all 17 never
+    shares a hash with it: a row rewritten with the inputs added (the feature stage's
+    backfill) is a new hash, a changed row to every backend's upsert, and a cache miss.
     """
-    matrix = np.column_stack(
-        [table.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in INPUT_NAMES]
+    columns = [table.column(name) for name in INPUT_NAMES]
+    matrix = np.ascontiguousarray(
+        np.column_stack([c.to_numpy(zero_copy_only=False).astype(np.float32) for c in columns])
     )
-    matrix = np.ascontiguousarray(matrix)
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in matrix]
+    if not any(c.null_count for c in columns):
+        return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in matrix]
+    present = np.column_stack([c.is_valid().to_numpy(zero_copy_only=False) for c in columns])
+    return [
+        hashlib.blake2b((row if ok.all() else row[ok]).tobytes(), digest_size=8).hexdigest()
+        for row, ok in zip(matrix, present, strict=True)
+    ]
+
+
+def conform_features(rows: pa.Table) -> pa.Table:
+    """:func:`conform` to ``FEATURES_SCHEMA``, with every model input present in every row.
+
+    The :data:`LATE_INPUTS` columns are nullable only so that rows stored before them read
+    back; a row written now has them all.
+
+    Raises:
+        StorageError: a schema mismatch, or a null input (naming the column).
+    """
+    rows = conform(rows, FEATURES_SCHEMA, "features")
+    for name in INPUT_NAMES:
+        nulls = rows.column(name).null_count
+        if nulls:
+            raise StorageError(
+                f"features: column {name} has {nulls} null value(s): a feature row written now must "
+                f"have every model input (schema version {FEATURES_SCHEMA_VERSION})"
+            )
+    return rows
+
+
+def upgraded_features(table: pa.Table, version: int) -> pa.Table:
+    """Feature rows stored at schema ``version`` as ``FEATURES_SCHEMA`` rows: the inputs added
+    since (:data:`ADDED_INPUTS`) are null. Columns are taken by name.
+
+    Raises:
+        StorageError: a column of ``version`` is missing, or ``version`` is newer than this code's.
+    """
+    if version > FEATURES_SCHEMA_VERSION:
+        raise StorageError(
+            f"features: rows of schema version {version}, newer than this scorebeater's "
+            f"({FEATURES_SCHEMA_VERSION}): upgrade scorebeater"
+        )
+    have = set(inputs_of_version(version))
+    columns = []
+    for f in FEATURES_SCHEMA:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            columns.append(col if col.type.equals(f.type) else col.cast(f.type))
+        elif f.name in LATE_INPUTS and f.name not in have:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise StorageError(f"features: schema version {version} rows lack column {f.name}")
+    return pa.Table.from_arrays(columns, schema=FEATURES_SCHEMA)
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
@@ -295,6 +380,8 @@ def check_bounds(table: pa.Table, what: str) -> None:
         if bound is None:
             continue
         col = table.column(name)
+        if col.null_count == len(col):
+            continue  # nulls are checked by the schema (conform), not by the bounds
         if pa.types.is_floating(col.type) and not pc.all(pc.is_finite(col)).as_py():
             bad = pc.invert(pc.is_finite(col))
             raise StorageError(
@@ -373,8 +460,10 @@ class Storage(Protocol):
     async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert feature rows (``FEATURES_SCHEMA``) by ``(player_id, season, as_of_seq)``.
 
-        Idempotent: writing the same batch twice leaves one copy. ``checkpoint`` commits with
-        the rows.
+        Every row must have every model input (:func:`conform_features`); rows stored before
+        feature schema :data:`FEATURES_SCHEMA_VERSION` read back with the inputs added since
+        null. Idempotent: writing the same batch twice leaves one copy. ``checkpoint`` commits
+        with the rows.
         """
         ...
 

@@ -1,7 +1,8 @@
 """Small Keras 3 SavedModels with the production signature, for tests and the contract suite.
 
 ``export_score_model`` writes a model with the real model's interface: the named float32
-inputs of ``scorebeater.inputs.INPUT_NAMES``, each of shape ``[batch]``, and one output aliased
+inputs of ``scorebeater.inputs.INPUT_NAMES`` (or a chosen set: an older model's, or one with
+an input the daemon does not know), each of shape ``[batch]``, and one output aliased
 ``probability`` of shape ``[batch, 1]``. ``export_single_input_model`` writes a one-input
 model (``x``: float32 ``[batch, 3]`` -> ``y``: ``[batch, 1]``) for TF Serving's single-input
 request forms, and ``export_echo_model`` an identity (``x`` -> ``y``, float32 ``[batch]``) whose
@@ -18,6 +19,7 @@ Run ``python -m scorebeater.testing.savedmodel DIR`` to write the contract-test 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -33,7 +35,7 @@ from scorebeater.modelserver.app import serve_models
 from scorebeater.testing.threads import serving_in_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 SCORE_MODEL = "score_beater"
 SINGLE_MODEL = "single"
@@ -53,17 +55,18 @@ def _keras() -> Any:
     return keras
 
 
-def export_score_model(path: Path, *, seed: int = 1) -> Path:
-    """Export a score_beater-shaped model (13 named ``[batch]`` inputs -> ``probability``) to ``path``."""
+def export_score_model(path: Path, *, seed: int = 1, inputs: Sequence[str] = INPUT_NAMES) -> Path:
+    """Export a score_beater-shaped model (named ``[batch]`` float32 ``inputs`` -> ``probability``)
+    to ``path``."""
     keras = _keras()
     keras.utils.set_random_seed(seed)
-    inputs = {name: keras.Input(shape=(), name=name, dtype="float32") for name in INPUT_NAMES}
-    columns = [keras.layers.Reshape((1,), name=f"col_{name}")(inputs[name]) for name in INPUT_NAMES]
+    tensors = {name: keras.Input(shape=(), name=name, dtype="float32") for name in inputs}
+    columns = [keras.layers.Reshape((1,), name=f"col_{name}")(tensors[name]) for name in inputs]
     stacked = keras.layers.Concatenate(name="stack")(columns)
     scaled = keras.layers.Rescaling(0.02, name="scale")(stacked)
     hidden = keras.layers.Dense(8, activation="tanh", name="hidden")(scaled)
     output = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_NAME)(hidden)
-    model = keras.Model(inputs, {OUTPUT_NAME: output})
+    model = keras.Model(tensors, {OUTPUT_NAME: output})
     model.export(str(path), verbose=False)
     return path
 
@@ -95,13 +98,17 @@ class ModelCache:
 
     root: Path
 
-    def score(self, seed: int) -> Path:
-        path = self.root / f"score_seed{seed}"
+    def score(self, seed: int, inputs: Sequence[str] = INPUT_NAMES) -> Path:
+        """A score model of ``seed`` taking ``inputs``; the directory name tells the inputs
+        apart (a cache kept across runs never hands out a model of another input set)."""
+        tag = hashlib.blake2b(",".join(inputs).encode(), digest_size=4).hexdigest()
+        name = f"score_seed{seed}_{len(inputs)}in_{tag}"
+        path = self.root / name
         with _lock:
             if not (path / "saved_model.pb").exists():
-                tmp = self.root / f".tmp-score_seed{seed}"
+                tmp = self.root / f".tmp-{name}"
                 shutil.rmtree(tmp, ignore_errors=True)
-                export_score_model(tmp, seed=seed)
+                export_score_model(tmp, seed=seed, inputs=inputs)
                 tmp.rename(path)
         return path
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING
 
+import asyncpg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +25,7 @@ from scorebeater.storage import open_storage
 from scorebeater.storage.base import (
     FEATURE_KEY,
     FEATURES_SCHEMA,
+    LATE_INPUTS,
     OUTCOME_KEY,
     OUTCOMES_SCHEMA,
     PREDICTION_KEY,
@@ -32,7 +35,9 @@ from scorebeater.storage.base import (
     Storage,
     conform,
     feature_hashes,
+    upgraded_features,
 )
+from scorebeater.storage.objects import FEATURES, FEATURES_LATEST, Committer, ObjectTableStorage
 from tests.contract.conftest import BATCH_ROWS
 
 if TYPE_CHECKING:
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
 
     from scorebeater.config import StorageConfig
     from scorebeater.storage.local import LocalStorage
-    from scorebeater.storage.objects import ObjectInfo, ObjectSource, ObjectStore, ObjectTableStorage
+    from scorebeater.storage.objects import ObjectInfo, ObjectSource, ObjectStore
     from scorebeater.storage.postgres import PostgresStorage
     from scorebeater.storage.s3 import S3Storage
 
@@ -491,6 +496,104 @@ async def test_predictions_schema_violation_names_column(storage: Storage) -> No
     rows = rows.set_column(rows.schema.get_field_index("model_version"), "model_version", pa.array(["v1"]))
     with pytest.raises(StorageError, match="model_version"):
         await storage.write_predictions(rows)
+
+
+# --- feature schema versions -----------------------------------------------------------------
+
+FEATURES_SCHEMA_V1 = pa.schema(
+    [f.with_nullable(nullable=False) for f in FEATURES_SCHEMA if f.name not in LATE_INPUTS]
+)
+"""Feature rows as scorebeater stored them before feature schema version 2 (13 inputs)."""
+
+
+def features_v1(keys: Iterable[tuple[int, int, int]]) -> pa.Table:
+    """Rows of schema version 1: the inputs of version 1, hashed over them as then."""
+    rows = features(keys).drop_columns(sorted(LATE_INPUTS))
+    hashes = pa.array(feature_hashes(upgraded_features(rows, 1)), pa.string())
+    rows = rows.set_column(rows.schema.get_field_index("feature_hash"), "feature_hash", hashes)
+    return pa.Table.from_arrays(rows.columns, schema=FEATURES_SCHEMA_V1)
+
+
+async def store_as_version_1(storage: Storage, config: StorageConfig, rows: pa.Table) -> None:
+    """Store ``rows`` (``FEATURES_SCHEMA_V1``) as a scorebeater of feature schema version 1 did:
+    segments of schema version 1 (object stores), or rows in the tables of migration 0002
+    (Postgres: the columns added by 0003 stay null)."""
+    if isinstance(storage, ObjectTableStorage):
+        committer = Committer(storage.objects, batch_rows=BATCH_ROWS, gc_grace_s=3600.0)
+        await committer.snapshot()
+        old = [
+            dataclasses.replace(spec, schema=FEATURES_SCHEMA_V1, schema_version=1, upgrade=None)
+            for spec in (FEATURES, FEATURES_LATEST)
+        ]
+        await committer.write([(spec, rows) for spec in old], None)
+        return
+    assert config.postgres.dsn is not None
+    schema = config.postgres.schema
+    conn = await asyncpg.connect(config.postgres.dsn.get())
+    try:
+        records = [tuple(r.values()) for r in rows.to_pylist()]
+        await conn.copy_records_to_table(
+            "features", records=records, columns=rows.column_names, schema_name=schema
+        )
+        await conn.executemany(
+            f'INSERT INTO "{schema}".latest_features AS l (player_id, season, as_of_seq)'  # noqa: S608 - a test-made schema name
+            " VALUES ($1, $2, $3) ON CONFLICT (season, player_id)"
+            " DO UPDATE SET as_of_seq = EXCLUDED.as_of_seq WHERE l.as_of_seq < EXCLUDED.as_of_seq",
+            [(r["player_id"], r["season"], r["as_of_seq"]) for r in rows.to_pylist()],
+        )
+    finally:
+        await conn.close()
+
+
+async def test_rows_stored_before_schema_2_read_back_with_the_added_inputs_null(
+    storage: Storage, backend_config: StorageConfig
+) -> None:
+    # 1. rows stored by the 13-input scorebeater, then rows of the current one in the same season
+    old = features_v1(grid([1, 2, 3], [2024], [1, 2]))
+    await store_as_version_1(storage, backend_config, old)
+    stored = upgraded_features(old, 1)
+    assert all(stored.column(n).null_count == stored.num_rows for n in LATE_INPUTS)
+    # An old row keeps the hash it was stored with: the hash of the inputs it has.
+    assert feature_hashes(stored) == old.column("feature_hash").to_pylist()
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), stored, FEATURE_KEY)
+    # 2. a new row replaces the old one of its key (player 1, seq 2), and adds one (seq 3)
+    new = features(grid([1], [2024], [2, 3]))
+    assert not set(new.column("feature_hash").to_pylist()) & set(old.column("feature_hash").to_pylist())
+    await storage.write_features(new)
+    history = await collect(storage.read_feature_history(), FEATURES_SCHEMA)
+    assert_rows(history, upserted(stored, new, FEATURE_KEY), FEATURE_KEY)
+    latest = canonical(await collect(storage.read_latest_features(), FEATURES_SCHEMA), FEATURE_KEY)
+    assert [(r["player_id"], r["as_of_seq"], r["prev3_ftm"] is None) for r in latest.to_pylist()] == [
+        (1, 3, False),
+        (2, 2, True),
+        (3, 2, True),
+    ]
+    # 3. the training export carries them (null where the row has none)
+    await storage.write_outcomes(outcomes([(1, 2024, True, "final"), (2, 2024, False, "final")]))
+    export = (await collect(storage.export_training_set(), TRAINING_SCHEMA)).to_pylist()
+    assert sorted((r["player_id"], r["as_of_seq"]) for r in export) == [
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 2),
+    ]
+    lacking = sorted((r["player_id"], r["as_of_seq"]) for r in export if r["prev_season_games"] is None)
+    assert lacking == [(1, 1), (2, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("name", sorted(LATE_INPUTS))
+async def test_a_new_row_lacking_an_added_input_is_rejected(storage: Storage, name: str) -> None:
+    good = features(grid([1], [2024], [1]))
+    await storage.write_features(good, checkpoint=("features", b"1"))
+    rows = features(grid([2, 3], [2024], [1]))
+    rows = rows.set_column(
+        rows.schema.get_field_index(name), rows.schema.field(name), pa.array([1.0, None], pa.float32())
+    )
+    with pytest.raises(StorageError, match=rf"^features: column {name} has 1 null value\(s\)"):
+        await storage.write_features(rows, checkpoint=("features", b"2"))
+    assert_rows(await collect(storage.read_feature_history(), FEATURES_SCHEMA), good, FEATURE_KEY)
+    assert await storage.get_checkpoint("features") == b"1"
 
 
 # --- crash consistency -----------------------------------------------------------------------

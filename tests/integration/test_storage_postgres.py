@@ -27,14 +27,17 @@ from scorebeater.inputs import INPUT_NAMES
 from scorebeater.storage.base import (
     CACHE_SCHEMA,
     FEATURES_SCHEMA,
+    LATE_INPUTS,
     OUTCOMES_SCHEMA,
     PREDICTIONS_SCHEMA,
     TRAINING_SCHEMA,
     Storage,
     conform,
     feature_hashes,
+    upgraded_features,
 )
 from scorebeater.storage.postgres import PG_TYPES, migrate, migration_lock_key, open_postgres
+from scorebeater.storage.postgres.migration import load_migrations
 from scorebeater.storage.postgres.writer import FEATURES, OUTCOMES
 from scorebeater.storage.quarantine import QUARANTINE_SCHEMA
 
@@ -158,9 +161,13 @@ async def test_open_creates_schema_and_reopen_is_idempotent(
         async with open_postgres(_cfg(pg_dsn, schema)):
             pass
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[1, 2], []]
-    rows = await raw.fetch(f'SELECT version, name FROM "{schema}".schema_migrations')  # noqa: S608 - a test-made schema name
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "initial"), (2, "quarantine")]
+    assert [e["migrations_applied"] for e in opened] == [[1, 2, 3], []]
+    rows = await raw.fetch(f'SELECT version, name FROM "{schema}".schema_migrations ORDER BY version')  # noqa: S608 - a test-made schema name
+    assert [(r["version"], r["name"]) for r in rows] == [
+        (1, "initial"),
+        (2, "quarantine"),
+        (3, "feature_inputs"),
+    ]
     assert await migrate(raw, schema) == []
 
 
@@ -178,12 +185,13 @@ async def test_columns_match_arrow_schemas(
     ]:
         rows = await raw.fetch(
             "SELECT column_name, udt_name, is_nullable FROM information_schema.columns"
-            " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            " WHERE table_schema = $1 AND table_name = $2",
             schema,
             table,
         )
-        expected = [(f.name, PG_TYPES[f.type], "NO") for f in arrow]
-        assert [tuple(r) for r in rows] == expected, table
+        # By name: a migration adds columns at the end (queries name every column).
+        expected = {f.name: (PG_TYPES[f.type], "YES" if f.nullable else "NO") for f in arrow}
+        assert {r["column_name"]: (r["udt_name"], r["is_nullable"]) for r in rows} == expected, table
 
 
 async def test_a_store_at_version_1_gains_the_quarantine_table(
@@ -201,6 +209,59 @@ async def test_a_store_at_version_1_gains_the_quarantine_table(
     assert [e["migrations_applied"] for e in opened] == [[2]]
 
 
+async def _migrate_to(raw: asyncpg.Connection[asyncpg.Record], schema: str, version: int) -> None:
+    """Bring a new ``schema`` to migration ``version`` exactly as scorebeater did then."""
+    q = f'"{schema}"'
+    await raw.execute(f"CREATE SCHEMA {q}")
+    await raw.execute(
+        f"CREATE TABLE {q}.schema_migrations (version int4 PRIMARY KEY, name text NOT NULL,"
+        " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for m in load_migrations()[:version]:
+        async with raw.transaction():
+            await raw.execute(f"SET LOCAL search_path TO {q}")
+            await raw.execute(m.sql)
+            await raw.execute(
+                f"INSERT INTO {q}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",  # noqa: S608 - a test-made schema name
+                m.version,
+                m.name,
+                m.checksum,
+            )
+
+
+async def test_a_store_at_version_2_gains_the_added_inputs_and_keeps_its_rows(
+    pg_dsn: str, schema: str, raw: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """Migration 0003 on a store with rows: they read back with the added inputs null."""
+    # 1. a store at 0002 holding rows of feature schema version 1 (13 inputs)
+    await _migrate_to(raw, schema, 2)
+    old = features(2).drop_columns(sorted(LATE_INPUTS))
+    hashes = pa.array(feature_hashes(upgraded_features(old, 1)))  # what the 13-input code stored
+    old = old.set_column(old.schema.get_field_index("feature_hash"), "feature_hash", hashes)
+    await raw.copy_records_to_table(
+        "features",
+        records=[tuple(r.values()) for r in old.to_pylist()],
+        columns=old.column_names,
+        schema_name=schema,
+    )
+    await raw.execute(f'INSERT INTO "{schema}".latest_features VALUES (2024, 1, 2)')  # noqa: S608 - a test-made schema name
+    # 2. opening it applies 0003 only
+    with capture_logs() as logs:
+        async with open_postgres(_cfg(pg_dsn, schema)) as st:
+            back = (await collect(st.read_feature_history(), FEATURES_SCHEMA)).sort_by("as_of_seq")
+            expected = upgraded_features(old, 1)
+            assert back.equals(expected)
+            # 3. a row of the current schema replaces its old row (same key), and is read back whole
+            new = features(1, start_seq=2, bump=1.0)
+            await st.write_features(new)
+            latest = await collect(st.read_latest_features(), FEATURES_SCHEMA)
+            assert latest.equals(new)
+            history = (await collect(st.read_feature_history(), FEATURES_SCHEMA)).sort_by("as_of_seq")
+            assert history.equals(pa.concat_tables([expected.slice(0, 1), new]))
+    opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
+    assert [e["migrations_applied"] for e in opened] == [[3]]
+
+
 async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> None:
     conns = [await asyncpg.connect(pg_dsn) for _ in range(4)]
     try:
@@ -208,7 +269,7 @@ async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> Non
     finally:
         for c in conns:
             await c.close()
-    assert sorted(results) == [[], [], [], [1, 2]]
+    assert sorted(results) == [[], [], [], [1, 2, 3]]
 
 
 async def test_migration_waits_for_the_advisory_lock(
@@ -234,7 +295,7 @@ async def test_migration_waits_for_the_advisory_lock(
         assert await raw.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
         # 3. once released, it proceeds and applies everything
         await raw.execute("SELECT pg_advisory_unlock($1)", migration_lock_key(schema))
-        assert await asyncio.wait_for(task, 10) == [1, 2]
+        assert await asyncio.wait_for(task, 10) == [1, 2, 3]
     finally:
         await other.close()
 

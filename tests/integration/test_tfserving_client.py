@@ -113,6 +113,8 @@ async def test_predict_splits_and_matches_in_process(
             assert got.shape == (150,)
             want = in_process(model_cache.score(version), columns)[:, 0]
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+            # What a caller sends a version (see stages/scoring.py), from the same cached read.
+            assert set((await client.signature(version)).inputs) == set(columns)
     assert sample(metrics, "scorebeater_tfserving_requests_total", api="predict", code="200") == 6
     # Metadata is read once per version.
     assert sample(metrics, "scorebeater_tfserving_requests_total", api="metadata", code="200") == 2

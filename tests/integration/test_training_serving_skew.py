@@ -4,7 +4,12 @@ The training set is built from the data files (one row per player after every ga
 daemon builds its rows from the Score API, game by game. For every training row (player, day),
 the daemon's latest row as of that day's games must hold exactly the same model inputs, and
 the daemon's stored training export (features joined with final outcomes) must carry the same
-labels. One real season, end to end: replay server, stand-in, daemon, local storage.
+labels. One real season, end to end: replay server, stand-in, daemon, local storage; twice:
+2014, and 2007, the first season with games, whose previous season the Score API knows only
+from its player totals (no ``scheduled_games_per_team``: the daemon and the training set both
+read its schedule from the totals, :func:`scorebeater.schedule.scheduled_games_from_totals`).
+The inputs compared include the previous season's schedule, the games missed in it and the
+three-seasons-back counts.
 """
 
 from __future__ import annotations
@@ -38,13 +43,15 @@ from tests.integration.daemon_support import model_base_path
 
 pytestmark = pytest.mark.slow
 
-SEASON = 2014
 
-
-async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("year", [2014, 2007], ids=["2014", "2007-previous-from-totals"])
+async def test_daemon_features_equal_training_rows(tmp_path: Path, year: int) -> None:
     history = bundled_history()
     catalog = bundled_catalog()
-    season = catalog.seasons[SEASON]
+    season = catalog.seasons[year]
+    previous = catalog.seasons[year - 1]
+    # 2007's previous season has no games, so no schedule from the Score API; 2014's has one.
+    assert (previous.scheduled_games_per_team is None) == (year == 2007)
     assert season.last_regular_date is not None
     end = timeline.final_at(season.last_regular_date) + dt.timedelta(hours=1)
     base = tmp_path / "model" / "score_beater"
@@ -59,7 +66,7 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
             model=ModelConfig(name="score_beater"),
             tfserving=TFServingConfig(base_url=models.url),
             storage=StorageConfig(backend="local", local=LocalStorageConfig(root=tmp_path / "store")),
-            scheduler=SchedulerConfig(seasons=(SEASON,)),
+            scheduler=SchedulerConfig(seasons=(year,)),
             admin=AdminConfig(enabled=False),
         )
         async with open_daemon(cfg) as daemon:
@@ -67,16 +74,16 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
             await daemon.runners["predictions"].run_once()
             await daemon.runners["validation"].run_once()
             served: dict[int, list[tuple[dt.datetime, tuple[float, ...]]]] = defaultdict(list)
-            async for table in daemon.ctx.storage.read_feature_history(seasons=[SEASON]):
+            async for table in daemon.ctx.storage.read_feature_history(seasons=[year]):
                 for row in table.to_pylist():
                     served[row["player_id"]].append(
                         (row["as_of_time"], tuple(row[name] for name in INPUT_NAMES))
                     )
             exported = await training_set_from_storage(daemon.ctx.storage)
 
-    trained = build_training_set(history, seasons=[SEASON])
+    trained = build_training_set(history, seasons=[year])
     day_of_seq = {
-        g.game_seq: g.date for g in history.games if g.season == SEASON and g.season_type == "regular"
+        g.game_seq: g.date for g in history.games if g.season == year and g.season_type == "regular"
     }
     for rows in served.values():
         rows.sort()
@@ -92,6 +99,11 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
             mismatched.append((pid, when, expected, rows[k][1] if k >= 0 else None))
     assert len(trained) > 50_000
     assert not mismatched, f"{len(mismatched)} of {len(trained)} rows differ, e.g. {mismatched[:3]}"
+    # The added inputs are really exercised: an 82-game previous season, players who missed
+    # games in it, and players with a season three back.
+    assert set(trained.inputs["prev_season_games"].tolist()) == {82.0}
+    assert (trained.inputs["prev_games_missed"] > 0).mean() > 0.5
+    assert (trained.inputs["prev3_games"] > 0).mean() > 0.5
 
     # The stored training export labels every stored row of the season with its final outcome.
     label_of = {int(p): bool(y) for p, y in zip(trained.player_id, trained.label, strict=True)}
@@ -103,4 +115,4 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path) -> None:
     combined, source = _with_file_history(exported, argparse.Namespace(data=None), cfg)
     assert source == "storage:local+bundled"
     assert combined.seasons() == list(range(2007, 2015))
-    assert len(combined.for_seasons([SEASON])) == len(exported)
+    assert len(combined.for_seasons([year])) == len(exported)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -81,6 +82,21 @@ def test_manifest_round_trip_and_corruption() -> None:
     with pytest.raises(StorageError, match="unsafe object key"):
         Manifest.from_json(bad, "m")
     assert manifest_key(7) == "_manifest/00000000000000000007.json"
+
+
+def test_manifest_records_each_segment_schema_version() -> None:
+    """Segments name the schema version they were written at; older manifests have none: 1."""
+    seg = Segment("features/season=2024/part-x-0000.parquet", 3, 100, "c1", {}, schema_version=2)
+    manifest = Manifest(1, "c1", {"features": {"season=2024": (seg,)}}, {})
+    doc = orjson.loads(manifest.to_json())
+    assert doc["tables"]["features"]["season=2024"][0]["schema_version"] == 2
+    assert Manifest.from_json(manifest.to_json(), "m") == manifest
+    del doc["tables"]["features"]["season=2024"][0]["schema_version"]
+    old = Manifest.from_json(orjson.dumps(doc), "m")
+    assert old.partitions("features")["season=2024"][0].schema_version == 1
+    doc["tables"]["features"]["season=2024"][0]["schema_version"] = "2"
+    with pytest.raises(StorageError, match="corrupt manifest"):
+        Manifest.from_json(orjson.dumps(doc), "m")
 
 
 def test_segment_disjointness() -> None:

@@ -205,7 +205,9 @@ class Committer:
         async def store(p: _Pending) -> None:
             source = ParquetSource(p.rows, p.spec)
             await self.objects.put(p.key, source)
-            segments[p.key] = Segment(p.key, p.rows.num_rows, source.size, commit_id, p.bounds)
+            segments[p.key] = Segment(
+                p.key, p.rows.num_rows, source.size, commit_id, p.bounds, p.spec.schema_version
+            )
 
         # Largest first: the long encodes start early instead of trailing at the end.
         order = sorted(pending, key=lambda p: -p.rows.num_rows)
@@ -283,7 +285,8 @@ class Committer:
         rows_in = scan_partition(self.objects, spec, run, batch_rows=self._batch_rows)
         data, rows, bounds = await _encode_stream(spec, rebatch(rows_in, self._batch_rows))
         key = check_key(f"{spec.name}/{partition}/part-{commit_id}-0000.parquet")
-        segment = Segment(key, rows, len(data), commit_id, bounds)
+        # Older segments' rows come upgraded out of the scan: the merged one is current.
+        segment = Segment(key, rows, len(data), commit_id, bounds, spec.schema_version)
         await self.objects.put(key, data)
         run_keys = [s.key for s in run]
 

@@ -17,12 +17,12 @@ import pyarrow.compute as pc
 import structlog
 
 from scorebeater.storage.base import (
-    FEATURES_SCHEMA,
     PREDICTIONS_SCHEMA,
     TRAINING_SCHEMA,
     CheckpointWrite,
     check_checkpoint_name,
     conform,
+    conform_features,
     conform_outcomes,
 )
 from scorebeater.storage.objects.cache import ObjectPredictionCache
@@ -126,7 +126,7 @@ class ObjectTableStorage:
 
     async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert feature rows, and each player-season's latest row, in one commit."""
-        rows = conform(rows, FEATURES_SCHEMA, "features")
+        rows = conform_features(rows)
         await self._committer.write([(FEATURES, rows), (FEATURES_LATEST, rows)], checkpoint)
 
     async def read_latest_features(

@@ -1,15 +1,17 @@
 """The manifest: the object store's committed state, one JSON object per generation.
 
 ``_manifest/<generation:020d>.json`` lists every live segment of every table partition, in
-commit order, and the checkpoints. The newest generation is the store's state; a commit
-creates the next one exclusively (see :mod:`scorebeater.storage.objects`). Parsing checks
-every key and checkpoint name, so a tampered manifest cannot point outside the store.
+commit order (each with the schema version it was written at), and the checkpoints. The
+newest generation is the store's state; a commit creates the next one exclusively (see
+:mod:`scorebeater.storage.objects`). Parsing checks every key and checkpoint name, so a
+tampered manifest cannot point outside the store.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,10 @@ class Segment:
     bounds: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
     """Smallest and largest value of each in-partition key column: two segments that are
     disjoint on any key column cannot share a key, so reading them needs no deduplication."""
+    schema_version: int = 1
+    """The version of its table's schema it was written at (``TableSpec.schema_version``);
+    absent in manifests written before versions existed, which is version 1. Readers bring
+    older segments' rows up to the current schema (``TableSpec.upgrade``)."""
 
     def disjoint(self, other: Segment) -> bool:
         """True when no key can be in both (same commit, or separate bounds on a key column)."""
@@ -132,6 +138,7 @@ def check_segment(doc: dict[str, Any]) -> dict[str, Any]:
         "size": int(doc["size"]),
         "commit": str(doc["commit"]),
         "bounds": bounds,
+        "schema_version": operator.index(doc.get("schema_version", 1)),
     }
 
 

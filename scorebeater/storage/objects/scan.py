@@ -90,7 +90,7 @@ async def _segment_batches(
         reader = await asyncio.to_thread(pq.ParquetFile, source)
         batches = reader.iter_batches(batch_size=batch_rows)
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-            yield _as_table(batch, spec.schema)
+            yield _as_table(batch, spec, segment.schema_version)
     finally:
         source.close()
 
@@ -176,8 +176,17 @@ def player_filter(wanted: pa.Array) -> RowFilter:
     return keep
 
 
-def _as_table(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+def _as_table(batch: pa.RecordBatch | pa.Table, spec: TableSpec, version: int) -> pa.Table:
+    """A segment's rows as ``spec.schema`` rows; a segment of an older schema version is
+    upgraded (:attr:`TableSpec.upgrade`), one of a newer version refused."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    if not table.schema.equals(schema):
-        table = table.cast(schema)
+    if version != spec.schema_version:
+        if version > spec.schema_version or spec.upgrade is None:
+            raise StorageError(
+                f"{spec.name}: a segment of schema version {version}; this scorebeater reads "
+                f"version {spec.schema_version}{' and older' if spec.upgrade else ''}: upgrade scorebeater"
+            )
+        return spec.upgrade(table, version)
+    if not table.schema.equals(spec.schema):
+        table = table.cast(spec.schema)
     return table

@@ -23,10 +23,12 @@ from scorebeater.storage.base import (
     CACHE_SCHEMA,
     FEATURE_KEY,
     FEATURES_SCHEMA,
+    FEATURES_SCHEMA_VERSION,
     OUTCOME_KEY,
     OUTCOMES_SCHEMA,
     PREDICTION_KEY,
     PREDICTIONS_SCHEMA,
+    upgraded_features,
 )
 from scorebeater.storage.quarantine import QUARANTINE_SCHEMA
 
@@ -53,6 +55,10 @@ class TableSpec:
     """Values compared (descending) before commit order when two rows share a key."""
     rank_columns: tuple[str, ...] = ()
     max_segments: int = 32
+    schema_version: int = 1
+    """The version of ``schema`` new segments are written at (recorded in the manifest)."""
+    upgrade: Callable[[pa.Table, int], pa.Table] | None = None
+    """Turns rows of a segment written at an older schema version into ``schema`` rows."""
 
     @property
     def local_key(self) -> tuple[str, ...]:
@@ -76,7 +82,14 @@ def _latest_seq(table: pa.Table) -> list[pa.Array]:
     return [table.column("as_of_seq")]
 
 
-FEATURES = TableSpec(name="features", schema=FEATURES_SCHEMA, partition="season", key=FEATURE_KEY)
+FEATURES = TableSpec(
+    name="features",
+    schema=FEATURES_SCHEMA,
+    partition="season",
+    key=FEATURE_KEY,
+    schema_version=FEATURES_SCHEMA_VERSION,
+    upgrade=upgraded_features,
+)
 FEATURES_LATEST = TableSpec(
     name="features_latest",
     schema=FEATURES_SCHEMA,
@@ -85,6 +98,8 @@ FEATURES_LATEST = TableSpec(
     rank=_latest_seq,
     rank_columns=("as_of_seq",),
     max_segments=8,
+    schema_version=FEATURES_SCHEMA_VERSION,
+    upgrade=upgraded_features,
 )
 PREDICTIONS = TableSpec(name="predictions", schema=PREDICTIONS_SCHEMA, partition="season", key=PREDICTION_KEY)
 OUTCOMES = TableSpec(

@@ -35,6 +35,7 @@ from scorebeater.storage.base import (
     check_checkpoint_name,
     check_schema_name,
     conform,
+    conform_features,
     conform_outcomes,
 )
 from scorebeater.storage.postgres.cache import PostgresPredictionCache
@@ -131,10 +132,11 @@ class PostgresStorage:
         Idempotent; within one batch the last row of a key wins.
 
         Raises:
-            StorageError: the table does not fit ``FEATURES_SCHEMA``, a bad checkpoint, or a
+            StorageError: the table does not fit ``FEATURES_SCHEMA`` (or lacks an input:
+                :func:`~scorebeater.storage.base.conform_features`), a bad checkpoint, or a
                 database error. StorageUnavailable: the server cannot be reached.
         """
-        rows = conform(rows, FEATURES_SCHEMA, "features")
+        rows = conform_features(rows)
 
         async def after(conn: Connection) -> None:
             await self._update_latest(conn, rows)
