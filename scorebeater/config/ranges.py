@@ -108,6 +108,9 @@ RANGES: dict[str, Range] = {
     "training.learning_rate": Range(0, 10, lo_open=True),
     "training.hidden_units": Range(1, 65536),
     "training.dropout": Range(0, 1, hi_open=True),
+    "training.ensemble_members": Range(1, 32),
+    "training.long_history_from": Range(SEASON.lo, SEASON.hi, or_zero=True),
+    "training.long_history_weight": Range(0, 1000),
     "training.holdout_seasons": Range(0, 100),
     "training.validation_seasons": Range(1, 100),
     # Negative tolerances are allowed: the candidate must then beat the champion by that much.

@@ -188,6 +188,14 @@ class TrainingConfig:
     learning_rate: float = 0.001
     hidden_units: tuple[int, ...] = (32, 16)
     dropout: float = 0.2
+    ensemble_members: int = 3
+    """Networks (seeds) averaged inside the served graph."""
+    long_history_from: int = 1980
+    """First season of the season-start rows built from season totals alone (0: none)."""
+    long_history_weight: float = 1.0
+    """Loss weight of one season-start row (a per-game row weighs 1)."""
+    calibrate: bool = True
+    """Fit Platt scaling on the validation season, inside the graph."""
     holdout_seasons: int = 1
     """The last N seasons with games are never used for fitting (the honest test set)."""
     validation_seasons: int = 1

@@ -58,7 +58,8 @@ def pace_probability(ts: TrainingSet) -> np.ndarray:
     x = {k: v.astype(np.float64) for k, v in ts.inputs.items()}
     sg = np.maximum(x["season_games"], 1.0)
     tg = np.clip(x["team_games"], 0.0, sg)
-    rate = (x["ftm"] + PRIOR_GAMES * x["prev_ftm"] / sg) / (tg + PRIOR_GAMES)
+    prev_sg = np.maximum(x["prev_season_games"], 1.0)
+    rate = (x["ftm"] + PRIOR_GAMES * x["prev_ftm"] / prev_sg) / (tg + PRIOR_GAMES)
     expected_rest = rate * (sg - tg)
     margin = x["ftm"] + expected_rest - x["prev_ftm"] - 0.5
     p = _normal_cdf(margin / np.sqrt(expected_rest + 1.0))
@@ -78,8 +79,11 @@ class Baselines:
     train_seasons: tuple[int, ...]
 
 
-def fit_baselines(train: TrainingSet, seed: int) -> Baselines:
+def fit_baselines(train: TrainingSet, seed: int, *, long_history_weight: float = 1.0) -> Baselines:
     """Fit the logistic and gradient-boosted baselines on ``train`` (the pace one needs nothing).
+
+    Rows and weights are the MLP's: a long-history season-start row weighs
+    ``long_history_weight``, a per-game row 1.
 
     Raises:
         ValueError: ``train`` is empty or has a single class.
@@ -88,10 +92,11 @@ def fit_baselines(train: TrainingSet, seed: int) -> Baselines:
         raise ValueError("baselines need training rows of both classes")
     y = train.label.astype(np.int64)
     derived = derive_numpy(train)
+    weight = np.where(train.is_long_history(), long_history_weight, 1.0)
     logistic = make_pipeline(StandardScaler(), LogisticRegression(C=LOGISTIC_C, max_iter=2000))
-    logistic.fit(derived, y)
+    logistic.fit(derived, y, logisticregression__sample_weight=weight)
     gbt = HistGradientBoostingClassifier(early_stopping=False, random_state=seed, **GBT_PARAMS)
-    gbt.fit(np.column_stack([train.matrix(), derived]), y)
+    gbt.fit(np.column_stack([train.matrix(), derived]), y, sample_weight=weight)
     log.info("training.baselines_fitted", rows=len(train), seasons=train.seasons())
 
     def logistic_predict(ts: TrainingSet) -> np.ndarray:

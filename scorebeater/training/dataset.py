@@ -33,7 +33,8 @@ import structlog
 
 from scorebeater.data import History, SeasonTotal
 from scorebeater.errors import DataError
-from scorebeater.inputs import INPUT_NAMES, progress_buckets
+from scorebeater.inputs import INPUT_NAMES, games_missed, progress_buckets
+from scorebeater.schedule import scheduled_games_from_totals
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,12 @@ class TrainingSet:
     as_of_seq: np.ndarray
     skipped: Mapping[str, int] = field(default_factory=dict)
     """Why source rows did not become training rows, with counts."""
+    long_history: np.ndarray | None = None
+    """Per row, True for a season-start row built from season totals alone (see
+    :func:`build_long_history`); ``None`` means no such row."""
+    final_ftm: np.ndarray | None = None
+    """Per row, his official FTM of the row's season (float32, ``nan`` where unknown): the
+    count behind the label, an auxiliary training target only, never an input."""
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -71,7 +78,25 @@ class TrainingSet:
             player_id=self.player_id[rows],
             as_of_seq=self.as_of_seq[rows],
             skipped=self.skipped,
+            long_history=None if self.long_history is None else self.long_history[rows],
+            final_ftm=None if self.final_ftm is None else self.final_ftm[rows],
         )
+
+    def final_counts(self) -> np.ndarray:
+        """:attr:`final_ftm`, ``nan`` for every row when unknown."""
+        if self.final_ftm is None:
+            return np.full(len(self), np.nan, np.float32)
+        return self.final_ftm
+
+    def is_long_history(self) -> np.ndarray:
+        """Per row, True for a season-start row from season totals alone."""
+        if self.long_history is None:
+            return np.zeros(len(self), np.bool_)
+        return self.long_history
+
+    def per_game(self) -> TrainingSet:
+        """Only the rows built from per-game data (what the daemon predicts and evaluation scores)."""
+        return self if self.long_history is None else self.take(~self.long_history)
 
     def for_seasons(self, seasons: Iterable[int]) -> TrainingSet:
         """Only the rows of ``seasons``."""
@@ -103,6 +128,7 @@ def concat(parts: Sequence[TrainingSet]) -> TrainingSet:
     for p in parts:
         for k, v in p.skipped.items():
             skipped[k] = skipped.get(k, 0) + v
+    flags = [p.long_history for p in parts]
     return TrainingSet(
         inputs={n: np.concatenate([p.inputs[n] for p in parts]) for n in INPUT_NAMES},
         label=np.concatenate([p.label for p in parts]),
@@ -110,17 +136,24 @@ def concat(parts: Sequence[TrainingSet]) -> TrainingSet:
         player_id=np.concatenate([p.player_id for p in parts]),
         as_of_seq=np.concatenate([p.as_of_seq for p in parts]),
         skipped=skipped,
+        long_history=None
+        if all(f is None for f in flags)
+        else np.concatenate([p.is_long_history() for p in parts]),
+        final_ftm=None
+        if all(p.final_ftm is None for p in parts)
+        else np.concatenate([p.final_counts() for p in parts]),
     )
 
 
-def empty() -> TrainingSet:
-    """A set with no rows."""
+def empty(*, long_history: bool = False) -> TrainingSet:
+    """A set with no rows (of long-history rows: ``long_history``)."""
     return TrainingSet(
         inputs={n: np.zeros(0, np.float32) for n in INPUT_NAMES},
         label=np.zeros(0, np.bool_),
         season=np.zeros(0, np.int32),
         player_id=np.zeros(0, np.int64),
         as_of_seq=np.zeros(0, np.int32),
+        long_history=np.zeros(0, np.bool_) if long_history else None,
     )
 
 
@@ -163,6 +196,8 @@ def _season_rows(  # noqa: PLR0915 - one linear pass, easier to read unsplit
 ) -> TrainingSet:
     prev_totals = totals.get(season - 1, {})
     prev2_totals = totals.get(season - 2, {})
+    prev3_totals = totals.get(season - 3, {})
+    prev_schedule = season_schedule(history, totals, season - 1)
     cur_totals = totals.get(season, {})
     games = [g for g in history.games if g.season == season and g.season_type == "regular"]
     games.sort(key=lambda g: (g.date, g.game_seq))
@@ -246,25 +281,15 @@ def _season_rows(  # noqa: PLR0915 - one linear pass, easier to read unsplit
 
     d_idx, p_idx = np.nonzero(appeared)
     pids = np.asarray(players, np.int64)[p_idx]
-    prev = [prev_totals[int(p)] for p in players]
-    prev2 = [prev2_totals.get(int(p)) for p in players]
-    per_player = {
-        "prev_ftm": [t.ftm for t in prev],
-        "prev_fta": [t.fta for t in prev],
-        "prev_games": [t.games for t in prev],
-        "prev_minutes": [t.minutes or 0 for t in prev],
-        "prev2_ftm": [t.ftm if t is not None else 0 for t in prev2],
-        "prev2_games": [t.games if t is not None else 0 for t in prev2],
-        "experience": [t.experience + 1 for t in prev],
-        "age": [(t.age + 1) if t.age is not None else 0 for t in prev],
-    }
-    inputs: dict[str, np.ndarray] = {k: np.asarray(v, np.float32)[p_idx] for k, v in per_player.items()}
+    per_player = _previous_inputs(players, prev_totals, prev2_totals, prev3_totals, prev_schedule)
+    inputs: dict[str, np.ndarray] = {k: v[p_idx] for k, v in per_player.items()}
     inputs["ftm"] = ftm[d_idx, p_idx].astype(np.float32)
     inputs["fta"] = fta[d_idx, p_idx].astype(np.float32)
     inputs["games_with_fta"] = gwf[d_idx, p_idx].astype(np.float32)
     inputs["team_games"] = tg[d_idx, p_idx].astype(np.float32)
     inputs["season_games"] = np.full(d_idx.shape, season_games, np.float32)
     beat = np.asarray([cur_totals[int(p)].ftm > prev_totals[int(p)].ftm for p in players], np.bool_)
+    final = np.asarray([cur_totals[int(p)].ftm for p in players], np.float32)
     return _with_skipped(
         TrainingSet(
             inputs={n: inputs[n] for n in INPUT_NAMES},
@@ -272,6 +297,7 @@ def _season_rows(  # noqa: PLR0915 - one linear pass, easier to read unsplit
             season=np.full(d_idx.shape, season, np.int32),
             player_id=pids,
             as_of_seq=as_of_seq[d_idx].astype(np.int32),
+            final_ftm=final[p_idx],
         ),
         skipped,
     )
@@ -285,21 +311,128 @@ def _with_skipped(ts: TrainingSet, skipped: Mapping[str, int]) -> TrainingSet:
         player_id=ts.player_id,
         as_of_seq=ts.as_of_seq,
         skipped=dict(skipped),
+        long_history=ts.long_history,
+        final_ftm=ts.final_ftm,
     )
+
+
+def season_schedule(history: History, totals: Mapping[int, Mapping[int, SeasonTotal]], season: int) -> int:
+    """Regular-season games scheduled per team in ``season``: the most games of any team in
+    the games file (what the Score API reports), else read from the season totals (what the
+    feature stage falls back to for a season known only from totals); 0 if unknown."""
+    per_team: dict[str, int] = {}
+    for g in history.games:
+        if g.season == season and g.season_type == "regular":
+            per_team[g.away] = per_team.get(g.away, 0) + 1
+            per_team[g.home] = per_team.get(g.home, 0) + 1
+    if per_team:
+        return max(per_team.values())
+    return scheduled_games_from_totals(t.games for t in totals.get(season, {}).values()) or 0
+
+
+def _previous_inputs(
+    players: Sequence[int],
+    prev_totals: Mapping[int, SeasonTotal],
+    prev2_totals: Mapping[int, SeasonTotal],
+    prev3_totals: Mapping[int, SeasonTotal],
+    prev_schedule: int,
+) -> dict[str, np.ndarray]:
+    """The previous-season inputs of each player (float32 arrays in ``players`` order), exactly
+    as :func:`scorebeater.inputs.as_of_inputs` derives them from ``PreviousSeasons``."""
+    prev = [prev_totals[int(p)] for p in players]
+    prev2 = [prev2_totals.get(int(p)) for p in players]
+    prev3 = [prev3_totals.get(int(p)) for p in players]
+    per_player = {
+        "prev_ftm": [t.ftm for t in prev],
+        "prev_fta": [t.fta for t in prev],
+        "prev_games": [t.games for t in prev],
+        "prev_season_games": [prev_schedule for _ in prev],
+        "prev_games_missed": [games_missed(prev_schedule, t.games) for t in prev],
+        "prev_minutes": [t.minutes or 0 for t in prev],
+        "prev2_ftm": [t.ftm if t is not None else 0 for t in prev2],
+        "prev2_games": [t.games if t is not None else 0 for t in prev2],
+        "prev3_ftm": [t.ftm if t is not None else 0 for t in prev3],
+        "prev3_games": [t.games if t is not None else 0 for t in prev3],
+        "experience": [t.experience + 1 for t in prev],
+        "age": [(t.age + 1) if t.age is not None else 0 for t in prev],
+    }
+    return {k: np.asarray(v, np.float32) for k, v in per_player.items()}
+
+
+LONG_HISTORY_FROM = 1980
+"""First season of the season-start rows: the three-point era, 82-game schedules (bar 1999)."""
+
+
+def build_long_history(
+    history: History, seasons: Iterable[int] | None = None, *, first: int = LONG_HISTORY_FROM
+) -> TrainingSet:
+    """One row per player-season *as of the season's start*, from season totals alone.
+
+    For each season S from ``first`` (default: every season from ``first`` with totals for S
+    and S-1), one row per player with S-1 and S totals: previous-season inputs as in the
+    per-game rows, current-season counts and team games zero, ``season_games`` S's schedule
+    (:func:`season_schedule`), ``as_of_seq`` 0 and the same label. Nothing about season S
+    but its schedule is in the inputs, which is known before its first game.
+
+    Raises:
+        DataError: a requested season lacks totals for S or S-1.
+    """
+    totals = history.totals_by_season()
+    available = [s for s in sorted(totals) if s >= first and s - 1 in totals]
+    wanted = available if seasons is None else sorted(set(seasons))
+    missing = [s for s in wanted if s not in available]
+    if missing:
+        raise DataError(
+            f"{history.source}: season(s) {missing} have no season totals for S and S-1 from {first} "
+            f"(seasons with totals: {available[:1]}..{available[-1:]})"
+        )
+    parts = []
+    for season in wanted:
+        prev_totals, cur_totals = totals[season - 1], totals[season]
+        players = sorted(p for p in prev_totals if p in cur_totals)
+        if not players:
+            continue
+        inputs = _previous_inputs(
+            players,
+            prev_totals,
+            totals.get(season - 2, {}),
+            totals.get(season - 3, {}),
+            season_schedule(history, totals, season - 1),
+        )
+        n = len(players)
+        for name in ("ftm", "fta", "games_with_fta", "team_games"):
+            inputs[name] = np.zeros(n, np.float32)
+        inputs["season_games"] = np.full(n, season_schedule(history, totals, season), np.float32)
+        parts.append(
+            TrainingSet(
+                inputs={k: inputs[k] for k in INPUT_NAMES},
+                label=np.asarray([cur_totals[p].ftm > prev_totals[p].ftm for p in players], np.bool_),
+                season=np.full(n, season, np.int32),
+                player_id=np.asarray(players, np.int64),
+                as_of_seq=np.zeros(n, np.int32),
+                long_history=np.ones(n, np.bool_),
+                final_ftm=np.asarray([cur_totals[p].ftm for p in players], np.float32),
+            )
+        )
+    out = concat(parts) if parts else empty(long_history=True)
+    log.info("training.long_history_built", source=history.source, seasons=len(wanted), rows=len(out))
+    return out
 
 
 def from_arrow(tables: Iterable[pa.Table]) -> TrainingSet:
     """A training set from storage export batches (``TRAINING_SCHEMA``).
 
     Only rows whose outcome resolution is ``final`` are used: an ``early`` outcome is known
-    only to be positive so far and would bias the labels. Dropped rows are counted in
-    ``skipped["not_final"]``.
+    only to be positive so far and would bias the labels (``skipped["not_final"]``). Rows
+    stored before an input existed (null there: a season not followed since the upgrade
+    that added it) cannot be fitted on and are dropped (``skipped["missing_inputs"]``).
 
     Raises:
         DataError: a batch lacks a required column.
     """
     parts = []
     not_final = 0
+    missing_inputs = 0
     required = ("player_id", "season", "as_of_seq", "beat", "resolution", *INPUT_NAMES)
     for table in tables:
         missing = [c for c in required if c not in table.column_names]
@@ -307,9 +440,16 @@ def from_arrow(tables: Iterable[pa.Table]) -> TrainingSet:
             raise DataError(f"training export batch lacks column(s) {missing}")
         final = np.asarray(table.column("resolution").to_numpy(zero_copy_only=False)) == "final"
         not_final += int((~final).sum())
+        complete = np.ones(table.num_rows, np.bool_)
+        for name in INPUT_NAMES:
+            column = table.column(name)
+            if column.null_count:
+                complete &= ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), np.bool_)
+        missing_inputs += int((final & ~complete).sum())
+        keep = final & complete
 
-        def col(name: str, final: np.ndarray = final, table: pa.Table = table) -> np.ndarray:
-            values: np.ndarray = np.asarray(table.column(name).to_numpy(zero_copy_only=False))[final]
+        def col(name: str, keep: np.ndarray = keep, table: pa.Table = table) -> np.ndarray:
+            values: np.ndarray = np.asarray(table.column(name).to_numpy(zero_copy_only=False))[keep]
             return values
 
         parts.append(
@@ -322,4 +462,6 @@ def from_arrow(tables: Iterable[pa.Table]) -> TrainingSet:
             )
         )
     out = concat(parts)
-    return _with_skipped(out, {"not_final": not_final})
+    if missing_inputs:
+        log.warning("training.stored_rows_missing_inputs", rows=missing_inputs)
+    return _with_skipped(out, {"not_final": not_final, "missing_inputs": missing_inputs})

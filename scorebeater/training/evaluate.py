@@ -104,8 +104,9 @@ class ServedModel:
     """An exported SavedModel called through its ``serving_default`` signature.
 
     Raises (on construction):
-        ModelLoadError: the directory does not load, has no ``serving_default``, or its
-        inputs/outputs are not the named inputs of ``INPUT_NAMES`` and ``probability``.
+        ModelLoadError: the directory does not load, has no ``serving_default``, its inputs
+        are not named inputs of ``INPUT_NAMES`` (an older version may take fewer: it is sent
+        only the inputs it declares, as the daemon does), or its output is not ``probability``.
     """
 
     def __init__(self, path: Path) -> None:
@@ -123,9 +124,14 @@ class ServedModel:
         self._loaded = loaded  # keeps the variables alive
         self._fn: Any = signatures["serving_default"]
         _, kwargs = self._fn.structured_input_signature
-        got_inputs = sorted(kwargs)
-        if got_inputs != sorted(INPUT_NAMES):
-            raise ModelLoadError(path, f"serving inputs {got_inputs} differ from {sorted(INPUT_NAMES)}")
+        unknown = sorted(set(kwargs) - set(INPUT_NAMES))
+        if unknown or not kwargs:
+            raise ModelLoadError(
+                path,
+                f"serving inputs {sorted(kwargs)} are not a subset of the known inputs (unknown: {unknown})",
+            )
+        self.input_names: tuple[str, ...] = tuple(n for n in INPUT_NAMES if n in kwargs)
+        """The inputs this version takes, in ``INPUT_NAMES`` order."""
         outputs = sorted(self._fn.structured_outputs)
         if outputs != [OUTPUT_NAME]:
             raise ModelLoadError(path, f"serving outputs {outputs} are not [{OUTPUT_NAME!r}]")
@@ -143,7 +149,7 @@ class ServedModel:
     def raw(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The signature's ``probability`` output for one batch, shape ``[batch, 1]``."""
         tf = self._tf
-        out = self._fn(**{n: tf.constant(np.asarray(inputs[n], np.float32)) for n in INPUT_NAMES})
+        out = self._fn(**{n: tf.constant(np.asarray(inputs[n], np.float32)) for n in self.input_names})
         return np.asarray(out[OUTPUT_NAME].numpy())
 
     def __call__(self, rows: TrainingSet) -> np.ndarray:
@@ -152,6 +158,6 @@ class ServedModel:
         out = np.empty(n, np.float64)
         for start in range(0, n, SERVING_BATCH):
             stop = min(start + SERVING_BATCH, n)
-            chunk = {k: rows.inputs[k][start:stop] for k in INPUT_NAMES}
+            chunk = {k: rows.inputs[k][start:stop] for k in self.input_names}
             out[start:stop] = self.raw(chunk)[:, 0]
         return out

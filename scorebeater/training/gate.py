@@ -6,9 +6,12 @@ A staged candidate is blessed when all of these hold:
    ``serving_default`` signature with the named inputs and the ``probability`` output, and
    answers a predict with real rows: shape ``[rows, 1]``, finite values in ``[0, 1]``;
 2. **value threshold**: its ECE on the evaluation seasons is at most ``gate.max_ece``;
-3. **change thresholds** against the champion (the highest published version) scored on the
-   same rows: ROC AUC drops by at most ``max_auc_drop``, Brier and log loss rise by at most
-   ``max_brier_increase`` / ``max_log_loss_increase``. The first model has no champion.
+3. **change thresholds** against the champion (the highest published version) on the same
+   rows: ROC AUC drops by at most ``max_auc_drop``, Brier and log loss rise by at most
+   ``max_brier_increase`` / ``max_log_loss_increase``. The first model has no champion. Both
+   are judged on seasons they were not fitted on: a champion whose card says it was fitted on
+   the evaluation seasons (a refit on everything) is represented by the metrics its own gate
+   fold recorded there.
 
 The decision (both models' metrics, the tolerances, the verdict and its reasons) is a plain
 dict written as ``blessing.json``; ``force`` publishes a rejected candidate and says so.
@@ -27,9 +30,10 @@ import numpy as np
 import structlog
 
 from scorebeater.config import GateConfig
+from scorebeater.inputs import INPUT_NAMES
 from scorebeater.training.dataset import TrainingSet
 from scorebeater.training.evaluate import ModelLoadError, ServedModel, bucket_metrics, json_table
-from scorebeater.training.export import latest_version
+from scorebeater.training.export import MODEL_CARD, PublishError, latest_version, read_extra
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +72,9 @@ def infra_check(path: Path, rows: TrainingSet) -> tuple[ServedModel | None, list
         served = ServedModel(path)
     except ModelLoadError as exc:
         return None, [f"infra: {exc}"]
+    if served.input_names != INPUT_NAMES:
+        missing = [n for n in INPUT_NAMES if n not in served.input_names]
+        return served, [f"infra: the candidate does not take input(s) {missing}"]
     sample = rows.take(np.arange(min(INFRA_ROWS, len(rows))))
     if len(sample) == 0:
         return served, ["infra: no rows to send through the serving signature"]
@@ -101,6 +108,16 @@ def _metric_problems(cand: Mapping[str, float], champ: Mapping[str, float], cfg:
                 f"tolerance {tolerance}"
             )
     return problems
+
+
+def _champion_card(base_path: Path, version: int | None) -> dict[str, Any]:
+    if version is None:
+        return {}
+    try:
+        return read_extra(base_path / str(version), MODEL_CARD) or {}
+    except PublishError as exc:
+        log.warning("training.champion_card_unreadable", version=version, error=str(exc))
+        return {}
 
 
 def decide(
@@ -137,7 +154,24 @@ def decide(
 
     champion: dict[str, Any] | None = None
     champ_version = latest_version(base_path)
-    if champ_version is not None and cand_all is not None:
+    champ_card = _champion_card(base_path, champ_version)
+    fitted_on_eval = sorted(set(champ_card.get("training_seasons") or []) & set(seasons))
+    if champ_version is not None and cand_all is not None and fitted_on_eval:
+        # A champion refitted on the evaluation seasons would be judged in-sample: use the
+        # metrics its own gate fold (fitted without them) recorded on the same seasons.
+        recorded = champ_card.get("gate_fold") or {}
+        metrics = (recorded.get("metrics") or {}).get("mlp")
+        if recorded.get("eval_seasons") == seasons and metrics:
+            champion = {"version": champ_version, "metrics": metrics, "source": "champion's gate fold"}
+            reasons.extend(_metric_problems(cand_all, metrics["all"], cfg))
+        else:
+            champion = {
+                "version": champ_version,
+                "metrics": None,
+                "note": f"champion was fitted on {fitted_on_eval} and recorded no gate-fold metrics "
+                f"for {seasons}; compared with none",
+            }
+    elif champ_version is not None and cand_all is not None:
         champ_path = base_path / str(champ_version)
         try:
             champ_model = ServedModel(champ_path)
@@ -147,7 +181,11 @@ def decide(
             champion = {"version": champ_version, "metrics": None, "note": reasons_note}
         else:
             champ_table = {"mlp": bucket_metrics(rows.label, champ_model(rows), buckets)}
-            champion = {"version": champ_version, "metrics": json_table(champ_table)["mlp"]}
+            champion = {
+                "version": champ_version,
+                "metrics": json_table(champ_table)["mlp"],
+                "source": "champion scored on the evaluation seasons",
+            }
             reasons.extend(_metric_problems(cand_all, champ_table["mlp"]["all"], cfg))
 
     blessed = not reasons

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ EARLY_STOPPING_PATIENCE = 6
 
 PREDICT_BATCH = 8192
 _NEWTON_TOLERANCE = 1e-8
+_MIN_STEP = 1e-6
 
 INPUT_NOISE_STD = 0.0
 """Gaussian noise (in standard deviations) added to the normalised features while training.
@@ -86,6 +87,12 @@ DERIVED_NAMES: tuple[str, ...] = (
     "prev2_games_share",
     "has_prev2",
     "prev_trend",
+    "log_prev3_ftm",
+    "has_prev3",
+    "prev2_trend",
+    "log_schedule_ratio",
+    "prev_missed_share",
+    "log_prev_ftm_scheduled",
     "experience",
     "age",
     "age_known",
@@ -116,15 +123,19 @@ def derive(x: Mapping[str, Any]) -> Any:
     finite values.
     """
     sg = ops.maximum(x["season_games"], 1.0)
+    prev_sg = ops.maximum(x["prev_season_games"], 1.0)
     tg = ops.clip(x["team_games"], 0.0, sg)
     rem = sg - tg
     prev_ftm, prev_fta, prev_games = x["prev_ftm"], x["prev_fta"], x["prev_games"]
     ftm, fta = x["ftm"], x["fta"]
     tg1 = ops.maximum(tg, 1.0)
     has_prev2 = ops.cast(x["prev2_games"] > 0, "float32")
+    has_prev3 = ops.cast(x["prev3_games"] > 0, "float32")
     age_known = ops.cast(x["age"] > 0, "float32")
     pace_total = ftm / tg1 * sg
-    prior_rate = prev_ftm / sg
+    # his rate per team game last season: after a shortened season (66 games in 2012) the
+    # same rate over a full schedule beats last season's total far more often
+    prior_rate = prev_ftm / prev_sg
     shrunk_rate = (ftm + PRIOR_GAMES * prior_rate) / (tg + PRIOR_GAMES)
     shrunk_remaining = shrunk_rate * rem
     need = prev_ftm - ftm
@@ -133,7 +144,7 @@ def derive(x: Mapping[str, Any]) -> Any:
         _log1p(rem),
         _log1p(prev_ftm),
         _log1p(prev_fta),
-        prev_games / sg,
+        prev_games / prev_sg,
         _log1p(x["prev_minutes"]),
         _log1p(prev_ftm / ops.maximum(prev_games, 1.0)),
         (prev_ftm + 1.0) / (prev_fta + 2.0),
@@ -141,6 +152,12 @@ def derive(x: Mapping[str, Any]) -> Any:
         x["prev2_games"] / sg,
         has_prev2,
         (_log1p(prev_ftm) - _log1p(x["prev2_ftm"])) * has_prev2,
+        _log1p(x["prev3_ftm"]),
+        has_prev3,
+        (_log1p(x["prev2_ftm"]) - _log1p(x["prev3_ftm"])) * has_prev3 * has_prev2,
+        ops.log(sg / prev_sg),
+        x["prev_games_missed"] / prev_sg,
+        _log1p(prior_rate * sg) - _log1p(prev_ftm),
         x["experience"],
         x["age"] + (1.0 - age_known) * 27.0,
         age_known,
@@ -189,12 +206,73 @@ class PlattScaling(keras.layers.Layer):  # type: ignore[misc]
         return ops.sigmoid(self.scale * logit + self.bias)
 
 
+VARIANCE_FLOOR = 0.0
+"""Smallest variance the normalisation divides by (a feature constant in most rows, like the
+schedule ratio, would otherwise be scaled by a near-zero spread)."""
+
+AUX_WEIGHT = 0.0
+"""Weight of the auxiliary loss: the hidden layers also predict how his final FTM compares
+with last season's, ``log1p(final) - log1p(prev_ftm)`` (Huber loss), a graded version of
+the binary label. 0 turns it off. Rows without a known final count do not contribute."""
+
+TAIL = False
+"""Add a structured pace term (:class:`PaceTail`) whose rate and spread the hidden layers adjust."""
+
+NORMALIZED_CLIP = 5.0
+"""Normalised features are clipped to +-this many standard deviations."""
+
+
+@keras.saving.register_keras_serializable(package="scorebeater")
+class ClipLayer(keras.layers.Layer):  # type: ignore[misc]
+    """``clip(x, -limit, limit)``."""
+
+    def __init__(self, limit: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.limit = float(limit)
+
+    def call(self, x: Any) -> Any:
+        return ops.clip(x, -self.limit, self.limit)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "limit": self.limit}
+
+
+@keras.saving.register_keras_serializable(package="scorebeater")
+class PaceTail(keras.layers.Layer):  # type: ignore[misc]
+    """A logit term with the outcome's known shape: ``weight * 1.702 * z`` where
+    ``z = (ftm + mu - prev_ftm - 0.5) / sqrt(mu + (c * mu)^2 + 1)``, ``mu = rate * remaining``.
+
+    ``rate`` is last season's rate shrunk toward this season's pace (as in :func:`derive`)
+    times ``exp(adjust[0])``; ``c`` (the rate's relative uncertainty) is ``exp(log_c +
+    adjust[1])``; ``adjust`` comes from the hidden layers. More free throws made so far
+    always raise ``z``: the direction is built in, the network learns only rate and spread.
+    ``weight`` starts at 0, so the term enters only as far as it helps.
+    """
+
+    def build(self, input_shape: Any) -> None:  # noqa: ARG002 - Keras API
+        self.log_c = self.add_weight(name="log_c", shape=(), initializer=keras.initializers.Constant(-1.6))
+        self.weight = self.add_weight(name="weight", shape=(), initializer="zeros")
+
+    def call(self, x: Mapping[str, Any], adjust: Any) -> Any:
+        sg = ops.maximum(x["season_games"], 1.0)
+        prev_sg = ops.maximum(x["prev_season_games"], 1.0)
+        tg = ops.clip(x["team_games"], 0.0, sg)
+        rate = (x["ftm"] + PRIOR_GAMES * x["prev_ftm"] / prev_sg) / (tg + PRIOR_GAMES)
+        rate = rate * ops.exp(ops.clip(adjust[:, 0], -3.0, 3.0))
+        mu = rate * (sg - tg)
+        c = ops.exp(self.log_c + ops.clip(adjust[:, 1], -3.0, 3.0))
+        z = (x["ftm"] + mu - x["prev_ftm"] - 0.5) / ops.sqrt(mu + ops.square(c * mu) + 1.0)
+        return ops.expand_dims(self.weight * 1.702 * ops.clip(z, -10.0, 10.0), -1)
+
+
 @dataclass(frozen=True, slots=True)
 class TrainedModel:
     """A trained network and how it got there."""
 
     model: keras.Model
     """The serving model: raw inputs -> ``{"probability": [batch, 1]}``."""
+    logit_model: keras.Model
+    """The same network up to its logit (before the Platt layer), ``[batch, 1]``."""
     epochs_run: int
     best_epoch: int
     """1-based epoch whose weights were kept (lowest validation loss)."""
@@ -215,13 +293,27 @@ def build_model(
     noise_std: float = INPUT_NOISE_STD,
     weight_decay: float = WEIGHT_DECAY,
     wide: bool = WIDE,
+    sample_weight: np.ndarray | None = None,
+    member: int = 0,
 ) -> tuple[keras.Model, keras.Model]:
-    """The serving model and the logit model sharing its layers (normalisation adapted on ``train``)."""
+    """The serving model and the logit model sharing its layers (normalisation adapted on ``train``).
+
+    With ``wide``, the network starts as a logistic regression: the wide part is initialised
+    with a logistic regression fitted on the normalised training features (with
+    ``sample_weight``) and the deep part's output layer with zeros, so training only keeps
+    what the hidden layers add to it.
+    """
     inputs = {n: keras.Input(shape=(), name=n, dtype="float32") for n in INPUT_NAMES}
     derived = DerivedFeatures(name="derived_features")(inputs)
-    norm = keras.layers.Normalization(name="normalize")
-    norm.adapt(derive_numpy(train))
-    normalized = norm(derived)
+    features = derive_numpy(train)
+    mean = features.astype(np.float64).mean(axis=0)
+    variance = np.maximum(features.astype(np.float64).var(axis=0), VARIANCE_FLOOR)
+    # TF Transform's analyzers, baked in as constants
+    norm = keras.layers.Normalization(mean=mean, variance=variance, name="normalize")
+    # A feature nearly constant in the training rows (the schedule ratio is 0 in every normal
+    # season) gets a tiny variance; a shortened season would then sit hundreds of standard
+    # deviations out and the ReLU layers extrapolate wildly. Clipping bounds that.
+    normalized = ClipLayer(NORMALIZED_CLIP, name="clip_normalized")(norm(derived))
     h = normalized
     if noise_std > 0:
         # active only in training; an identity in the served graph
@@ -231,32 +323,100 @@ def build_model(
         h = keras.layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"hidden_{i}")(h)
         if cfg.dropout > 0:
             h = keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(h)
-    logit = keras.layers.Dense(1, name="deep_logit")(h)
+    deep_init = "zeros" if wide else "glorot_uniform"
+    logit = keras.layers.Dense(1, kernel_initializer=deep_init, name="deep_logit")(h)
+    if TAIL:
+        adjust = keras.layers.Dense(2, kernel_initializer="zeros", name="tail_adjust")(h)
+        tail = PaceTail(name="pace_tail")(inputs, adjust)
+        logit = keras.layers.Add(name="deep_and_tail")([logit, tail])
     if wide:
-        linear = keras.layers.Dense(1, name="wide_logit")(normalized)
+        wide_layer = keras.layers.Dense(1, name="wide_logit")
+        linear = wide_layer(normalized)
         logit = keras.layers.Add(name="logit")([logit, linear])
+        std = np.sqrt(np.maximum(variance, 1e-12))
+        clipped = np.clip((features - mean) / std, -NORMALIZED_CLIP, NORMALIZED_CLIP)
+        kernel, bias = _logistic_init(clipped, train.label, sample_weight)
+        wide_layer.set_weights([kernel.reshape(-1, 1).astype(np.float32), np.asarray([bias], np.float32)])
     prob = PlattScaling(name=OUTPUT_NAME)(logit)
     serving = keras.Model(inputs, {OUTPUT_NAME: prob}, name="score_beater")
-    logit_model = keras.Model(inputs, logit, name="score_beater_logit")
+    logit_model = keras.Model(inputs, logit, name=f"member_{member}")
+    if AUX_WEIGHT > 0:
+        aux = keras.layers.Dense(1, name="aux_log_ratio")(h)
+        both = keras.layers.Concatenate(name="logit_and_aux")([logit, aux])
+        logit_model._scorebeater_training = keras.Model(inputs, both, name=f"member_{member}_training")  # noqa: SLF001
     return serving, logit_model
 
 
+WIDE_INIT_C = 1.0
+"""Inverse L2 strength of the logistic regression that initialises the wide part."""
+
+
+def _logistic_init(
+    x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None
+) -> tuple[np.ndarray, float]:
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - only when training
+
+    lr = LogisticRegression(C=WIDE_INIT_C, max_iter=2000)
+    lr.fit(x, y.astype(np.int64), sample_weight=sample_weight)
+    return np.asarray(lr.coef_, np.float64).ravel(), float(lr.intercept_[0])
+
+
+def _targets(ts: TrainingSet, *, aux: bool) -> np.ndarray:
+    """The label, or with ``aux`` ``[label, log1p(final) - log1p(prev_ftm), known]`` per row."""
+    label = ts.label.astype(np.float32)
+    if not aux:
+        return label
+    final = ts.final_counts().astype(np.float64)
+    known = np.isfinite(final)
+    target = np.where(known, np.log1p(np.where(known, final, 0.0)) - np.log1p(ts.inputs["prev_ftm"]), 0.0)
+    return np.column_stack([label, target, known]).astype(np.float32)
+
+
+def _label_loss(y_true: Any, y_pred: Any) -> Any:
+    """Per-row log loss of the label (column 0) from the logit (column 0)."""
+    return ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0], from_logits=True)
+
+
+def _label_and_aux_loss(y_true: Any, y_pred: Any) -> Any:
+    """Log loss of the label plus ``AUX_WEIGHT`` times the Huber loss of the auxiliary target."""
+    diff = ops.abs(y_true[:, 1] - y_pred[:, 1])
+    huber = ops.where(diff < 1.0, 0.5 * ops.square(diff), diff - 0.5)
+    return _label_loss(y_true, y_pred) + AUX_WEIGHT * y_true[:, 2] * huber
+
+
+def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits.astype(np.float64)
+    y = labels.astype(np.float64)
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+class _NoHistory:
+    """What ``fit`` returns, for a refit of zero epochs (the initialisation was best)."""
+
+    history: dict[str, list[float]] = {}  # noqa: RUF012 - read-only
+
+
+EpochHook = Callable[[int, dict[str, float]], None]
+"""Called after each epoch with its 0-based index and its logs (loss, val_loss, ...)."""
+
+
+def _print_epoch(epochs: int) -> EpochHook:
+    def hook(epoch: int, logs: dict[str, float]) -> None:
+        parts = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
+        print(f"epoch {epoch + 1}/{epochs} {parts}", file=sys.stderr, flush=True)  # noqa: T201
+
+    return hook
+
+
 class _EpochLine(keras.callbacks.Callback):  # type: ignore[misc]
-    """One compact line per epoch on stderr: the training progress display."""
+    """Hands each epoch's logs to a hook: the training progress display."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, hook: EpochHook) -> None:
         super().__init__()
-        self._epochs = epochs
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:  # noqa: ARG002
-        self._start = time.perf_counter()
+        self._hook = hook
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        logs = logs or {}
-        parts = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if k != "learning_rate")
-        elapsed = time.perf_counter() - self._start
-        print(f"epoch {epoch + 1}/{self._epochs} {parts} ({elapsed:.1f}s)", file=sys.stderr, flush=True)  # noqa: T201
+        self._hook(epoch, {k: float(v) for k, v in (logs or {}).items()})
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 50) -> tuple[float, float]:
@@ -268,16 +428,32 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 50) -> t
     y = labels.astype(np.float64).ravel()
     if y.size == 0 or y.min() == y.max():
         return 1.0, 0.0
-    a, b = 1.0, 0.0
     design = np.column_stack([z, np.ones_like(z)])
+
+    def loss(a: float, b: float) -> float:
+        t = a * z + b
+        return float(np.mean(np.logaddexp(0.0, t) - y * t))
+
+    a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        p = np.exp(-np.logaddexp(0.0, -(a * z + b)))  # sigmoid without overflow
         grad = design.T @ (p - y)
         w = p * (1.0 - p) + 1e-9
         hess = design.T @ (design * w[:, None]) + 1e-6 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        a, b = a - float(step[0]), b - float(step[1])
-        if float(np.abs(step).max()) < _NEWTON_TOLERANCE:
+        size = 1.0  # backtracking: a full step from far away overshoots to a huge scale
+        na, nb, candidate = a, b, current
+        while size > _MIN_STEP:
+            na, nb = a - size * float(step[0]), b - size * float(step[1])
+            candidate = loss(na, nb)
+            if candidate <= current:
+                break
+            size /= 2
+        else:
+            break
+        a, b, current = na, nb, candidate
+        if float(np.abs(size * step).max()) < _NEWTON_TOLERANCE:
             break
     return a, b
 
@@ -298,8 +474,15 @@ def train_mlp(
     noise_std: float = INPUT_NOISE_STD,
     weight_decay: float = WEIGHT_DECAY,
     wide: bool = WIDE,
+    long_history_weight: float = 1.0,
+    on_epoch: EpochHook | None = None,
+    member: int = 0,
 ) -> TrainedModel:
     """Train the MLP on ``train``; early-stop and calibrate on ``validation``.
+
+    Season-start rows from the long history (``train.is_long_history()``) weigh
+    ``long_history_weight`` each in the loss, per-game rows 1. ``on_epoch`` gets each epoch's
+    logs (default: one line on stderr).
 
     With ``epochs`` given, train exactly that many epochs without early stopping (a refit
     with a tuned epoch count); otherwise stop when the validation loss has not improved for
@@ -314,36 +497,73 @@ def train_mlp(
     if epochs is None and len(validation) == 0:
         raise ValueError("the validation split has no rows: cannot early-stop")
     keras.utils.set_random_seed(cfg.seed)
-    serving, logit_model = build_model(cfg, train, noise_std=noise_std, weight_decay=weight_decay, wide=wide)
-    logit_model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    weights = np.where(train.is_long_history(), np.float32(long_history_weight), np.float32(1.0))
+    serving, logit_model = build_model(
+        cfg,
+        train,
+        noise_std=noise_std,
+        weight_decay=weight_decay,
+        wide=wide,
+        sample_weight=weights,
+        member=member,
     )
+    trainee = getattr(logit_model, "_scorebeater_training", None)
+    if trainee is not None:
+        trainee.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+            loss=_label_and_aux_loss,
+            metrics=[_label_loss],
+        )
+    else:
+        trainee = logit_model
+        trainee.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        )
     max_epochs = epochs if epochs is not None else cfg.epochs
-    callbacks: list[keras.callbacks.Callback] = [_EpochLine(max_epochs)]
+    callbacks: list[keras.callbacks.Callback] = [_EpochLine(on_epoch or _print_epoch(max_epochs))]
+    aux = trainee is not logit_model
+    # with the auxiliary head, stop on the label's loss alone: that is what is served
+    monitor = "val__label_loss" if aux else "val_loss"
     if epochs is None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
+                monitor=monitor, mode="min", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
             )
         )
-    val_data = (_inputs_dict(validation), validation.label.astype(np.float32)) if len(validation) else None
+    val_data = (_inputs_dict(validation), _targets(validation, aux=aux)) if len(validation) else None
     started = time.perf_counter()
-    hist = logit_model.fit(
-        _inputs_dict(train),
-        train.label.astype(np.float32),
-        batch_size=cfg.batch_size,
-        epochs=max_epochs,
-        validation_data=val_data,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=0,
+    start_loss, start_weights = math.inf, None
+    if val_data is not None and epochs is None:
+        start_loss = _log_loss(predict_logits(logit_model, validation), validation.label)
+        start_weights = logit_model.get_weights()
+    hist = (
+        _NoHistory()
+        if max_epochs == 0
+        else trainee.fit(
+            _inputs_dict(train),
+            _targets(train, aux=aux),
+            sample_weight=weights,
+            batch_size=cfg.batch_size,
+            epochs=max_epochs,
+            validation_data=val_data,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=0,
+        )
     )
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     epochs_run = len(history.get("loss", []))
-    val_loss = history.get("val_loss", [])
+    val_loss = history.get(monitor, [])
     best_epoch = int(np.argmin(val_loss)) + 1 if (val_loss and epochs is None) else epochs_run
+    if (
+        start_weights is not None
+        and _log_loss(predict_logits(logit_model, validation), validation.label) >= start_loss
+    ):
+        # no epoch beat the starting point (the logistic initialisation): keep that
+        logit_model.set_weights(start_weights)
+        best_epoch = 0
     scale, bias = 1.0, 0.0
     if calibrate and len(validation):
         scale, bias = fit_platt(predict_logits(logit_model, validation), validation.label)
@@ -364,6 +584,7 @@ def train_mlp(
     )
     return TrainedModel(
         model=serving,
+        logit_model=logit_model,
         epochs_run=epochs_run,
         best_epoch=best_epoch,
         platt_scale=scale,

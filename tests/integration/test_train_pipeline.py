@@ -1,8 +1,11 @@
 """Train -> gate -> publish, end to end on real (subsampled) history, and `evaluate --json`.
 
-Scenario (one temp model directory):
-1. the first candidate has no champion: published as version 1, with card and blessing;
-2. a second, equally good candidate passes the gate: version 2;
+Scenario (one temp model directory), with 2012-2014 rows and season-start rows of 2010-2014:
+1. the first candidate has no champion: its gate fold (fitted on 2012, early-stopped on
+   2013, judged on 2014) passes, and the refit on every season is published as version 1,
+   with card and blessing;
+2. a second, equally good candidate passes the gate: version 2 (the champion, refitted on
+   2014, is represented by its own gate fold's metrics: never judged in-sample);
 3. a gate demanding an impossible improvement rejects the third: nothing published, the
    decision is recorded under report_dir;
 4. with --force the gate's decision says publish, recorded as forced;
@@ -22,7 +25,7 @@ from scorebeater import cli
 from scorebeater.config import Config, parse_config
 from scorebeater.data import load_history
 from scorebeater.inputs import INPUT_NAMES
-from scorebeater.training.dataset import TrainingSet, build_training_set
+from scorebeater.training.dataset import TrainingSet, build_long_history, build_training_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -34,11 +37,18 @@ def _rows() -> TrainingSet:
     return build_training_set(load_history(), SEASONS).subsample(0.08, seed=1)
 
 
+@pytest.fixture(name="long_rows", scope="module")
+def _long_rows() -> TrainingSet:
+    return build_long_history(load_history(), [2010, 2011, 2012, 2013, 2014])
+
+
 def _config(tmp_path: Path, **gate: Any) -> Config:
     table = {
         "model": {"base_path": str(tmp_path / "model" / "score_beater")},
         "training": {
             "epochs": 2,
+            "ensemble_members": 2,
+            "long_history_weight": 5.0,
             "batch_size": 256,
             "hidden_units": [8],
             "learning_rate": 0.01,
@@ -50,7 +60,7 @@ def _config(tmp_path: Path, **gate: Any) -> Config:
 
 
 def test_train_gate_publish_and_evaluate(
-    tmp_path: Path, rows: TrainingSet, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, rows: TrainingSet, long_rows: TrainingSet, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from scorebeater.training.evaluate import ServedModel
     from scorebeater.training.export import versions
@@ -59,17 +69,25 @@ def test_train_gate_publish_and_evaluate(
     cfg = _config(tmp_path)
     base = cfg.model.base_path
 
-    first = run_training(cfg, rows, source="test")
+    first = run_training(cfg, rows, long_rows, source="test")
     assert first.version == 1
     assert versions(base) == [1]
     card = json.loads((base / "1" / "assets.extra" / "model_card.json").read_text())
     blessing = json.loads((base / "1" / "assets.extra" / "blessing.json").read_text())
     assert card["version"] == 1
-    assert card["training_seasons"] == [2012]
-    assert card["validation_seasons"] == [2013]
-    assert card["eval_seasons"] == [2014]
+    assert card["training_seasons"] == SEASONS  # the published model is refitted on everything
+    assert card["long_history_seasons"] == [2010, 2014]
+    fold = card["gate_fold"]
+    assert (fold["train_seasons"], fold["validation_seasons"], fold["eval_seasons"]) == (
+        [2012],
+        [2013],
+        [2014],
+    )
+    assert card["epochs_per_member"] == fold["best_epochs"]
+    assert len(fold["best_epochs"]) == 2
+    assert card["recipe"]["members"] == 2
     assert [i["name"] for i in card["inputs"]] == list(INPUT_NAMES)
-    assert set(card["evaluation"]["metrics"]) == {"mlp", "pace", "logistic", "gbt"}
+    assert set(fold["metrics"]) == {"mlp", "pace", "logistic", "gbt"}
     assert blessing["verdict"] == "BLESSED"
     assert blessing["champion"] is None
     assert not [p for p in base.iterdir() if p.name.startswith(".tmp-")]
@@ -81,13 +99,16 @@ def test_train_gate_publish_and_evaluate(
     assert all(v == ("float32", [None]) for v in sig["inputs"].values())
     assert sig["outputs"] == {"probability": ("float32", [None, 1])}
 
-    second = run_training(cfg, rows, source="test", compare_baselines=False)
+    second = run_training(cfg, rows, long_rows, source="test", compare_baselines=False)
     assert second.version == 2
     assert second.decision["champion"]["version"] == 1
+    # version 1 was refitted on 2014: the gate uses what its fold (fitted without 2014) scored
+    assert second.decision["champion"]["source"] == "champion's gate fold"
+    assert second.decision["champion"]["metrics"] == fold["metrics"]["mlp"]
     assert second.decision["verdict"] == "BLESSED"
 
     strict = _config(tmp_path, max_auc_drop=-1.0)
-    third = run_training(strict, rows, source="test", compare_baselines=False)
+    third = run_training(strict, rows, long_rows, source="test", compare_baselines=False)
     assert third.version is None
     assert third.decision["verdict"] == "NOT_BLESSED"
     assert any("roc_auc drops" in r for r in third.decision["reasons"])

@@ -5,18 +5,19 @@ from __future__ import annotations
 import csv
 import gzip
 from collections import Counter
-from datetime import date
+from dataclasses import replace
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from scorebeater.data import History, PlayerGame, load_history
+from scorebeater.data import Game, History, LoadReport, PlayerGame, SeasonTotal, load_history
 from scorebeater.errors import DataError
 from scorebeater.inputs import INPUT_NAMES, PreviousSeasons, RunningTotals, as_of_inputs
 from scorebeater.storage.base import TRAINING_SCHEMA
-from scorebeater.training.dataset import TrainingSet, build_training_set, from_arrow
+from scorebeater.training.dataset import TrainingSet, build_long_history, build_training_set, from_arrow
 
 
 @pytest.fixture(name="bundled", scope="module")
@@ -32,6 +33,8 @@ def reference_rows(
     games = [g for g in history.games if g.season == season and g.season_type == "regular"]
     per_team = Counter(t for g in games for t in (g.away, g.home))
     season_games = max(per_team.values())
+    previous = [g for g in history.games if g.season == season - 1 and g.season_type == "regular"]
+    prev_season_games = max(Counter(t for g in previous for t in (g.away, g.home)).values())
     played = [g for g in games if g.date <= as_of]
     by_id = {g.game_id: g for g in games}
 
@@ -60,6 +63,7 @@ def reference_rows(
             last = by_id[mine[-1].game_id]
             tg = max(team_games(last.away), team_games(last.home))
         prev, prev2 = totals[season - 1][pid], totals.get(season - 2, {}).get(pid)
+        prev3 = totals.get(season - 3, {}).get(pid)
         out[pid] = as_of_inputs(
             PreviousSeasons(
                 ftm=prev.ftm,
@@ -68,8 +72,11 @@ def reference_rows(
                 minutes=prev.minutes,
                 age=prev.age,
                 experience=prev.experience,
+                season_games=prev_season_games,
                 prev2_ftm=prev2.ftm if prev2 else 0,
                 prev2_games=prev2.games if prev2 else 0,
+                prev3_ftm=prev3.ftm if prev3 else 0,
+                prev3_games=prev3.games if prev3 else 0,
             ),
             RunningTotals(
                 ftm=sum(p.ftm for p in mine),
@@ -262,3 +269,237 @@ def test_from_arrow_uses_only_final_outcomes() -> None:
     assert ts.inputs["ftm"].dtype == np.float32
     with pytest.raises(DataError, match="beat"):
         from_arrow([table.drop_columns(["beat"])])
+
+
+# --- long-history season-start rows and the previous-season inputs, on a synthetic league ----
+
+SCHEDULE = 70
+"""Games per team in the synthetic league's seasons known only from totals."""
+PLAYERS = range(1, 9)
+
+
+def _total(season: int, pid: int, **changes: object) -> SeasonTotal:
+    games = {2: 60, 3: 72}.get(pid, SCHEDULE) if season == 2005 else SCHEDULE
+    ftm = 40 + 9 * pid + (season - 2000) * (3 if pid % 2 else -2)
+    if (pid, season) == (7, 2006):
+        ftm = 40 + 9 * 7 + 5 * 3  # his 2005 count: a tie does not beat
+    total = SeasonTotal(
+        season=season,
+        player_id=pid,
+        player=f"P{pid}",
+        age=20 + pid + season - 2000,
+        experience=season - 1999,
+        team="AAA" if pid % 2 else "BBB",
+        games=games,
+        minutes=games * (15 + pid),
+        ftm=ftm,
+        fta=ftm + 10 + pid,
+        pts=3 * ftm + 200,
+    )
+    return replace(total, **changes)  # type: ignore[arg-type]
+
+
+def _games(season: int, n: int, start: date) -> list[Game]:
+    """``n`` regular-season games of AAA against BBB, one per day."""
+    return [
+        Game(
+            season=season,
+            season_type="regular",
+            game_seq=i + 1,
+            game_id=f"{season}-{i + 1}",
+            date=start + timedelta(days=i),
+            date_estimated=False,
+            away="AAA" if i % 2 else "BBB",
+            home="BBB" if i % 2 else "AAA",
+            away_pts=90,
+            home_pts=95,
+        )
+        for i in range(n)
+    ]
+
+
+def _league(*, prev_season_games: int | None = 66, totals: list[SeasonTotal] | None = None) -> History:
+    """Eight players with totals 2000-2006 (player 5 has no 2004, player 6 no 2003); season 2006
+    has three games with a box score line for every player; season 2005 has
+    ``prev_season_games`` games per team in the games file (``None``: none, known only from
+    totals, where six players played all 70)."""
+    if totals is None:
+        totals = [
+            _total(s, p) for s in range(2000, 2007) for p in PLAYERS if (p, s) not in {(5, 2004), (6, 2003)}
+        ]
+    games = _games(2006, 3, date(2005, 11, 1))
+    if prev_season_games is not None:
+        games += _games(2005, prev_season_games, date(2004, 11, 1))
+    player_games = [
+        PlayerGame(
+            season=2006,
+            season_type="regular",
+            game_seq=g.game_seq,
+            game_id=g.game_id,
+            date=g.date,
+            player_id=p,
+            player=f"P{p}",
+            team="AAA" if p % 2 else "BBB",
+            ftm=p % 3,
+            fta=p % 3 + 1,
+        )
+        for g in games
+        if g.season == 2006
+        for p in PLAYERS
+    ]
+    return History(
+        source="synthetic",
+        season_totals=tuple(totals),
+        games=tuple(games),
+        player_games=tuple(player_games),
+        report=LoadReport(),
+    )
+
+
+def _by_player(ts: TrainingSet, season: int) -> dict[int, dict[str, float]]:
+    """The one row per player of ``season`` (long-history rows) as ``{pid: {input: value}}``."""
+    idx = np.flatnonzero(ts.season == season)
+    assert len(set(ts.player_id[idx].tolist())) == len(idx)
+    return {int(ts.player_id[i]): {n: float(ts.inputs[n][i]) for n in INPUT_NAMES} for i in idx}
+
+
+def _perturbed(history: History, season: int, **changes: object) -> History:
+    """``history`` with every total of ``season`` changed (each value shifted per player)."""
+    totals = []
+    for t in history.season_totals:
+        if t.season == season:
+            values = {k: v(t) if callable(v) else v for k, v in changes.items()}
+            t = replace(t, **values)  # type: ignore[arg-type]  # noqa: PLW2901
+        totals.append(t)
+    return replace(history, season_totals=tuple(totals))
+
+
+CURRENT_SEASON_INPUTS = ("ftm", "fta", "games_with_fta", "team_games")
+
+
+def test_long_history_row_uses_only_the_three_previous_seasons() -> None:
+    """Scenario: change season S's totals (all but its FTM, which is the label) and S-4's; the
+    rows of S must not change. Change S-3 and S-2: only prev3 / prev2 inputs move (the test can
+    fail)."""
+    league = _league()
+    base = _by_player(build_long_history(league, [2006]), 2006)
+    assert sorted(base) == list(PLAYERS)
+
+    season_changed = _perturbed(
+        league,
+        2006,
+        fta=lambda t: t.fta + 97,
+        games=lambda t: t.games - 1 - t.player_id % 4,  # the schedule comes from the games file
+        minutes=lambda t: 1,
+        age=lambda t: 40,
+        experience=lambda t: 19,
+        team="ZZZ",
+        pts=lambda t: t.pts + 500,
+    )
+    assert _by_player(build_long_history(season_changed, [2006]), 2006) == base
+    labels = build_long_history(season_changed, [2006]).label
+    np.testing.assert_array_equal(labels, build_long_history(league, [2006]).label)
+
+    older = _perturbed(
+        league, 2002, ftm=lambda t: t.ftm * 3, games=1, fta=lambda t: t.fta * 3, minutes=1, age=1
+    )
+    assert _by_player(build_long_history(older, [2006]), 2006) == base
+
+    prev3_changed = _by_player(build_long_history(_perturbed(league, 2003, ftm=7, games=11), [2006]), 2006)
+    prev2_changed = _by_player(build_long_history(_perturbed(league, 2004, ftm=5, games=13), [2006]), 2006)
+    for pid in PLAYERS:
+        moved3 = {n for n in INPUT_NAMES if prev3_changed[pid][n] != base[pid][n]}
+        moved2 = {n for n in INPUT_NAMES if prev2_changed[pid][n] != base[pid][n]}
+        assert moved3 == (set() if pid == 6 else {"prev3_ftm", "prev3_games"}), pid
+        assert moved2 == (set() if pid == 5 else {"prev2_ftm", "prev2_games"}), pid
+        if pid != 6:
+            assert (prev3_changed[pid]["prev3_ftm"], prev3_changed[pid]["prev3_games"]) == (7, 11)
+
+
+def test_long_history_row_starts_the_season_at_zero_with_the_seasons_label() -> None:
+    league = _league()
+    ts = build_long_history(league, [2006])
+    assert ts.is_long_history().all()
+    assert len(ts.per_game()) == 0
+    assert (ts.as_of_seq == 0).all()
+    for name in CURRENT_SEASON_INPUTS:
+        assert (ts.inputs[name] == 0).all(), name
+    totals = league.totals_by_season()
+    rows = _by_player(ts, 2006)
+    for i, pid in enumerate(ts.player_id.tolist()):
+        prev, prev2, prev3 = totals[2005][pid], totals[2004].get(pid), totals[2003].get(pid)
+        assert bool(ts.label[i]) == (totals[2006][pid].ftm > prev.ftm)
+        expected = {
+            "prev_ftm": prev.ftm,
+            "prev_fta": prev.fta,
+            "prev_games": prev.games,
+            "prev_minutes": prev.minutes,
+            "prev_season_games": 66,  # the 2005 games file, not its totals' 70
+            "prev_games_missed": max(66 - prev.games, 0),
+            "prev2_ftm": prev2.ftm if prev2 else 0,
+            "prev2_games": prev2.games if prev2 else 0,
+            "prev3_ftm": prev3.ftm if prev3 else 0,
+            "prev3_games": prev3.games if prev3 else 0,
+            "experience": prev.experience + 1,
+            "age": (prev.age or 0) + 1,
+            "season_games": 3,  # season 2006's schedule: three games each
+        }
+        assert {k: rows[pid][k] for k in expected} == expected, pid
+    assert not ts.label[ts.player_id == 7].any()  # a tie does not beat
+    assert ts.label.any()
+
+
+def test_long_history_seasons_start_at_first_and_need_previous_totals() -> None:
+    league = _league()
+    everything = build_long_history(league, first=2003)
+    assert everything.seasons() == [2003, 2004, 2005, 2006]
+    assert build_long_history(league, first=2001).seasons()[0] == 2001  # 2000 has no 1999 totals
+    assert len(build_long_history(league, [])) == 0
+    with pytest.raises(DataError, match="2002"):
+        build_long_history(league, [2002], first=2003)  # before first: never built
+    gap = _league(totals=[_total(s, p) for s in (2000, 2001, 2003) for p in PLAYERS])
+    with pytest.raises(DataError, match="2003"):
+        build_long_history(gap, [2003], first=2000)  # no 2002 totals
+    # a season without games reads its schedule from its totals (six players played all 70)
+    from_games = _by_player(build_long_history(league, [2005]), 2005)
+    assert {r["season_games"] for r in from_games.values()} == {66}
+    no_games = _by_player(build_long_history(_league(prev_season_games=None), [2005]), 2005)
+    assert {r["season_games"] for r in no_games.values()} == {SCHEDULE}
+
+
+def test_prev_season_games_from_the_games_file_else_from_totals() -> None:
+    """Per-game rows of 2006: the previous season's schedule is 2005's games file (66 per team)
+    when it has games, else read from 2005's totals (70: player 3's 72 after a trade is one
+    player, not a schedule); games missed is the schedule minus games played, at least 0."""
+    for league, schedule in (
+        (_league(prev_season_games=66), 66),
+        (_league(prev_season_games=None), SCHEDULE),
+    ):
+        ts = build_training_set(league, [2006])
+        assert len(ts) == 3 * len(PLAYERS)
+        assert set(ts.inputs["prev_season_games"].tolist()) == {schedule}
+        prev_games = ts.inputs["prev_games"]
+        np.testing.assert_array_equal(ts.inputs["prev_games_missed"], np.maximum(schedule - prev_games, 0))
+        missed = {int(p): float(m) for p, m in zip(ts.player_id, ts.inputs["prev_games_missed"], strict=True)}
+        assert missed[2] == schedule - 60
+        assert missed[3] == 0  # 72 games: traded into more games than the schedule
+    # a different 2005 games file changes exactly those two inputs
+    a = build_training_set(_league(prev_season_games=66), [2006])
+    b = build_training_set(_league(prev_season_games=50), [2006])
+    for name in INPUT_NAMES:
+        same = np.array_equal(a.inputs[name], b.inputs[name])
+        assert same == (name not in {"prev_season_games", "prev_games_missed"}), name
+
+
+def test_per_game_rows_take_prev3_from_three_seasons_back_only() -> None:
+    league = _league()
+    base = build_training_set(league, [2006])
+    totals = league.totals_by_season()
+    for i, pid in enumerate(base.player_id.tolist()):
+        prev3 = totals[2003].get(pid)
+        assert base.inputs["prev3_ftm"][i] == (prev3.ftm if prev3 else 0)
+        assert base.inputs["prev3_games"][i] == (prev3.games if prev3 else 0)
+    for season, moved in ((2003, {"prev3_ftm"}), (2004, {"prev2_ftm"}), (2002, set())):
+        changed = build_training_set(_perturbed(league, season, ftm=lambda t: t.ftm + 1), [2006])
+        differs = {n for n in INPUT_NAMES if not np.array_equal(base.inputs[n], changed.inputs[n])}
+        assert differs == moved, season
