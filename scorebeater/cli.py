@@ -37,6 +37,7 @@ HANDLERS: dict[str, str] = {
     "serve-model": "scorebeater.modelserver.app:command",
     "train": "scorebeater.training.pipeline:train_command",
     "evaluate": "scorebeater.training.pipeline:evaluate_command",
+    "backtest": "scorebeater.training.backtest_report:backtest_command",
     "quarantine": "scorebeater.admin.quarantine:command",
 }
 
@@ -111,6 +112,35 @@ def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("skip", "accept the record's loss: its season completes without it"),
     ):
         actions.add_parser(action, help=text).add_argument("id", type=int, help="the entry's id (see list)")
+
+
+def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``backtest`` (its handler is :mod:`scorebeater.training.backtest_report`'s)."""
+    p = sub.add_parser(
+        "backtest",
+        help="rolling-origin backtest: fit before each test season, score on it",
+        description="For each test season S, fit the MLP recipe and the baselines on the same rows of "
+        "the seasons before S-1 (per-game rows and the long history's season-start rows), early-stop "
+        "the MLP on S-1, and score every model on S. Prints each model's mean and spread over the "
+        "folds and writes a Markdown + JSON + PNG report.",
+    )
+    _add_config(p)
+    _add_data(p)
+    p.add_argument(
+        "--seasons",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="S",
+        help="test seasons (end years), one fold each; S-1 must have games too",
+    )
+    p.add_argument("--json", action="store_true", help="print the whole backtest as one JSON object")
+    p.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="where to write the report (default: training.report_dir)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-version", type=int, default=None, help="version to evaluate (default: the latest)"
     )
+    p.add_argument(
+        "--rows",
+        choices=("training", "daemon"),
+        default="training",
+        help="rows to score: 'training' (default), one per player and game day, built from the data "
+        "files; 'daemon', the daemon's stored feature rows with final outcomes ([storage]), one per "
+        "player and game of his team: the rows of its realized metrics on /metrics",
+    )
 
+    _add_backtest(sub)
     _add_quarantine(sub)
     return parser
 
