@@ -21,7 +21,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,33 +46,45 @@ EXIT_NOT_PUBLISHED = 1
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """Seasons and rows of each role; ``evaluation`` are the gate's seasons."""
+    """The seasons of the gate fold: the refit on everything is judged by this fold's model.
+
+    ``train_seasons`` (per-game and long-history rows before the validation seasons) fit the
+    fold model, ``validation_seasons`` early-stop it, ``eval_seasons`` score it against the
+    champion. The published model is then refitted on every season.
+    """
 
     train_seasons: list[int]
     validation_seasons: list[int]
-    holdout_seasons: list[int]
     eval_seasons: list[int]
 
 
 def split_seasons(seasons: Sequence[int], cfg: TrainingConfig) -> Split:
-    """Assign seasons to roles: the last ``holdout_seasons`` are never fitted on, the
-    ``validation_seasons`` before them early-stop the network, the rest train it. The gate
-    scores ``gate.eval_seasons`` (default: the holdout seasons, else the last season).
+    """The gate fold of the per-game ``seasons``: the last ``holdout_seasons`` (at least 1)
+    or ``gate.eval_seasons`` are evaluated, the ``validation_seasons`` before them
+    early-stop, the earlier ones fit.
 
     Raises:
-        DataError: too few seasons for the configured split.
+        DataError: too few seasons for the configured fold.
     """
     ordered = sorted(set(seasons))
-    h, v = cfg.holdout_seasons, cfg.validation_seasons
-    if len(ordered) < h + v + 1:
+    eval_seasons = sorted(cfg.gate.eval_seasons) or ordered[len(ordered) - max(cfg.holdout_seasons, 1) :]
+    before = [s for s in ordered if s < eval_seasons[0]] if eval_seasons else []
+    v = cfg.validation_seasons
+    if not eval_seasons or len(before) < v + 1:
         raise DataError(
-            f"need at least {h + v + 1} seasons with rows for holdout={h}, validation={v}; have {ordered}"
+            f"need {v} validation season(s) and at least one season to fit on before the evaluation "
+            f"season(s) {eval_seasons}; seasons with rows: {ordered}"
         )
-    holdout = ordered[len(ordered) - h :] if h else []
-    validation = ordered[len(ordered) - h - v : len(ordered) - h]
-    train = ordered[: len(ordered) - h - v]
-    eval_seasons = list(cfg.gate.eval_seasons) or holdout or [ordered[-1]]
-    return Split(train, validation, holdout, eval_seasons)
+    return Split(before[: len(before) - v], before[len(before) - v :], eval_seasons)
+
+
+def long_history_rows(cfg: Config, data_dir: Path | None) -> TrainingSet:
+    """The long-history season-start rows of the data files (none if ``long_history_from`` is 0)."""
+    history = load_history(data_dir)
+    first = cfg.training.long_history_from
+    if not first:
+        return dataset.build_long_history(history, [])
+    return dataset.build_long_history(history, first=first)
 
 
 async def training_set_from_storage(storage: Storage) -> TrainingSet:
@@ -123,24 +135,6 @@ class TrainOutcome:
     seconds: float
 
 
-def _hyper_parameters(cfg: TrainingConfig) -> dict[str, Any]:
-    from scorebeater.training import network  # noqa: PLC0415
-
-    params: dict[str, Any] = {
-        k: v for k, v in asdict(cfg).items() if k not in {"gate", "report_dir", "retrain_on_season_final"}
-    }
-    params["hidden_units"] = list(cfg.hidden_units)
-    params.update(
-        wide=network.WIDE,
-        weight_decay=network.WEIGHT_DECAY,
-        input_noise_std=network.INPUT_NOISE_STD,
-        early_stopping_patience=network.EARLY_STOPPING_PATIENCE,
-        prior_games=network.PRIOR_GAMES,
-        platt_calibration=network.CALIBRATE,
-    )
-    return params
-
-
 def _input_schema() -> list[dict[str, Any]]:
     return [
         {"name": s.name, "dtype": "float32", "shape": [-1], "unit": s.unit, "description": s.description}
@@ -148,113 +142,197 @@ def _input_schema() -> list[dict[str, Any]]:
     ]
 
 
-def run_training(
-    cfg: Config, rows: TrainingSet, *, source: str, force: bool = False, compare_baselines: bool = True
-) -> TrainOutcome:
-    """Train, gate and (if blessed or forced) publish one candidate; see the module docstring.
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)  # noqa: T201 - the progress display
 
-    ``compare_baselines`` also fits the three baselines on the training seasons and puts their
-    evaluation-season metrics in the model card next to the candidate's (costs ~10-40 s).
+
+def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publish
+    cfg: Config,
+    rows: TrainingSet,
+    long_history: TrainingSet | None = None,
+    *,
+    source: str,
+    force: bool = False,
+    compare_baselines: bool = True,
+    progress: Callable[[str], None] = _stderr,
+) -> TrainOutcome:
+    """Fit the gate fold, judge it, refit on everything and publish (if blessed or forced).
+
+    1. The **gate fold** (:func:`split_seasons`): the recipe is fitted on the seasons before
+       the validation season(s), early-stopped on them, and exported; the gate scores that
+       artifact and the champion on the evaluation season(s), which neither was fitted on
+       (a champion fitted on them is judged by the fold metrics its card recorded).
+    2. The **refit**: the same recipe on every season (per-game rows and long-history rows),
+       each member for the epochs its fold twin kept, the fold's Platt parameters; exported,
+       infra-checked and published as the next version with the fold's verdict.
+
+    ``long_history`` rows take part in both fits with ``training.long_history_weight``.
+    ``compare_baselines`` also fits the baselines on the fold's training rows and records
+    their evaluation metrics in the model card (about 30 s).
 
     Idempotency: every call that publishes creates a new version; nothing is overwritten.
 
     Raises:
-        DataError: too few seasons for the split, or an evaluation season has no rows.
-        PublishError: the SavedModel could not be staged or published.
+        DataError: too few seasons for the fold, or an evaluation season has no rows.
+        PublishError: a SavedModel could not be staged or published.
     """
-    from scorebeater.training import export, gate, network  # noqa: PLC0415 - TensorFlow
+    from scorebeater.training import export, gate, recipe  # noqa: PLC0415 - TensorFlow
     from scorebeater.training.baselines import fit_baselines  # noqa: PLC0415
     from scorebeater.training.evaluate import evaluate, json_table  # noqa: PLC0415
 
     started = time.perf_counter()
     tcfg = cfg.training
+    plan = recipe.Recipe.from_config(tcfg)
+    long_rows = long_history if long_history is not None else dataset.empty(long_history=True)
     split = split_seasons(rows.seasons(), tcfg)
     missing = [s for s in split.eval_seasons if s not in rows.seasons()]
     if missing:
         raise DataError(f"gate evaluation season(s) {missing} have no rows (rows have {rows.seasons()})")
-    train = rows.for_seasons(split.train_seasons)
+    first_validation = split.validation_seasons[0]
+    fold_long = [s for s in long_rows.seasons() if s < first_validation]
+    train = dataset.concat([rows.for_seasons(split.train_seasons), long_rows.for_seasons(fold_long)])
     validation = rows.for_seasons(split.validation_seasons)
     eval_rows = rows.for_seasons(split.eval_seasons)
-    overlap = sorted(set(split.eval_seasons) & set(split.train_seasons + split.validation_seasons))
-    if overlap:
-        log.warning("training.eval_overlaps_training", seasons=overlap)
+    everything = dataset.concat([rows, long_rows])
     log.info(
         "training.started",
         source=source,
         train_seasons=split.train_seasons,
         validation_seasons=split.validation_seasons,
-        holdout_seasons=split.holdout_seasons,
         eval_seasons=split.eval_seasons,
         train_rows=len(train),
+        long_history_rows=int(train.is_long_history().sum()),
         validation_rows=len(validation),
+        refit_rows=len(everything),
+        recipe=plan.as_dict(),
     )
-    trained = network.train_mlp(tcfg, train, validation)
+    fold = recipe.fit(plan, train, validation, progress=progress, label="gate fold: ")
     base_path = cfg.model.base_path
-    staged = export.stage(trained.model, base_path)
+    staged_fold = export.stage(fold.model, base_path)
+    staged_final: Path | None = None
     try:
-        decision = gate.decide(staged, base_path, eval_rows, tcfg.gate, force=force)
+        decision = gate.decide(staged_fold, base_path, eval_rows, tcfg.gate, force=force)
         baseline_metrics = {}
         if compare_baselines:
-            baselines = fit_baselines(train, tcfg.seed)
+            progress("baselines on the gate fold")
+            baselines = fit_baselines(train, tcfg.seed, long_history_weight=plan.long_history_weight)
             baseline_metrics = json_table(evaluate(eval_rows, dict(baselines.predict)).table)
-        norm = trained.model.get_layer("normalize")
-        card: dict[str, Any] = {
-            "name": cfg.model.name,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "code_revision": export.code_revision(),
-            "scorebeater_version": __version__,
-            "runtime": _runtime(),
-            "data_source": source,
-            "training_seasons": split.train_seasons,
-            "validation_seasons": split.validation_seasons,
-            "holdout_seasons": split.holdout_seasons,
-            "eval_seasons": split.eval_seasons,
-            "rows": {"train": len(train), "validation": len(validation), "eval": len(eval_rows)},
-            "seed": tcfg.seed,
-            "hyper_parameters": _hyper_parameters(tcfg),
-            "training": {
-                "epochs_run": trained.epochs_run,
-                "best_epoch": trained.best_epoch,
-                "seconds": round(trained.train_seconds, 1),
-                "platt_scale": trained.platt_scale,
-                "platt_bias": trained.platt_bias,
-                "history": trained.history,
-            },
-            "inputs": _input_schema(),
-            "outputs": [
-                {
-                    "name": OUTPUT_NAME,
-                    "dtype": "float32",
-                    "shape": [-1, 1],
-                    "unit": "probability",
-                    "description": "P(regular-season FTM this season > FTM last season)",
-                }
-            ],
-            "derived_features": list(network.DERIVED_NAMES),
-            "normalization": {
-                "mean": np.asarray(norm.mean).ravel().round(6).tolist(),
-                "variance": np.asarray(norm.variance).ravel().round(6).tolist(),
-            },
-            "evaluation": {
-                "seasons": split.eval_seasons,
-                "metrics": {"mlp": decision.candidate["metrics"], **baseline_metrics},
-            },
-        }
-        blessing = decision.as_dict()
+        refit = None
         if decision.publish:
-            version: int | None = export.publish(staged, card, blessing)
+            refit = recipe.fit(
+                plan,
+                everything,
+                rows.for_seasons([]),
+                epochs=fold.best_epochs,
+                progress=progress,
+                label="refit on every season: ",
+                platt=(fold.platt_scale, fold.platt_bias),
+            )
+            staged_final = export.stage(refit.model, base_path)
+            _, infra = gate.infra_check(staged_final, eval_rows)
+            if infra:
+                raise export.PublishError(staged_final, "; ".join(infra))
+        card = _model_card(
+            cfg,
+            plan,
+            source=source,
+            split=split,
+            rows=rows,
+            long_rows=long_rows,
+            fold=fold,
+            refit=refit,
+            decision=decision,
+            baseline_metrics=baseline_metrics,
+        )
+        blessing = decision.as_dict()
+        if refit is not None and staged_final is not None:
+            version: int | None = export.publish(staged_final, card, blessing)
+            staged_final = None
             rejected = None
         else:
             version = None
             rejected = export.record_decision(tcfg.report_dir, {**blessing, "model_card": card})
             log.warning("training.candidate_rejected", reasons=decision.reasons, record=str(rejected))
     finally:
-        export.discard(staged)
+        export.discard(staged_fold)
+        if staged_final is not None:
+            export.discard(staged_final)
     seconds = time.perf_counter() - started
     log.info("training.finished", version=version, verdict=decision.verdict, seconds=round(seconds, 1))
     return TrainOutcome(
         version=version, decision=blessing, card=card, rejected_record=rejected, seconds=seconds
     )
+
+
+def _model_card(
+    cfg: Config,
+    plan: Any,
+    *,
+    source: str,
+    split: Split,
+    rows: TrainingSet,
+    long_rows: TrainingSet,
+    fold: Any,
+    refit: Any,
+    decision: Any,
+    baseline_metrics: dict[str, Any],
+) -> dict[str, Any]:
+    from scorebeater.training import export, network  # noqa: PLC0415 - TensorFlow
+
+    fitted = refit if refit is not None else fold
+    long_seasons = long_rows.seasons()
+    return {
+        "name": cfg.model.name,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_revision": export.code_revision(),
+        "scorebeater_version": __version__,
+        "runtime": _runtime(),
+        "data_source": source,
+        "training_seasons": rows.seasons() if refit is not None else split.train_seasons,
+        "long_history_seasons": [long_seasons[0], long_seasons[-1]] if long_seasons else [],
+        "rows": {
+            "per_game": len(rows),
+            "long_history": len(long_rows),
+            "long_history_weight": plan.long_history_weight,
+        },
+        "recipe": plan.as_dict(),
+        "hyper_parameters": {
+            **plan.as_dict(),
+            "early_stopping_patience": network.EARLY_STOPPING_PATIENCE,
+            "prior_games": network.PRIOR_GAMES,
+            "normalized_clip": network.NORMALIZED_CLIP,
+            "variance_floor": network.VARIANCE_FLOOR,
+        },
+        "epochs_per_member": fitted.best_epochs,
+        "training": {
+            "seconds": round(fold.seconds + (refit.seconds if refit is not None else 0.0), 1),
+            "platt_scale": fitted.platt_scale,
+            "platt_bias": fitted.platt_bias,
+        },
+        "gate_fold": {
+            "train_seasons": split.train_seasons,
+            "validation_seasons": split.validation_seasons,
+            "eval_seasons": split.eval_seasons,
+            "best_epochs": fold.best_epochs,
+            "validation_loss": fold.validation_loss,
+            "metrics": {"mlp": decision.candidate["metrics"], **baseline_metrics},
+            "note": "the gate fold's model is fitted without the evaluation seasons; the published "
+            "model is the same recipe refitted on every season for the same epochs",
+        },
+        "eval_seasons": split.eval_seasons,
+        "inputs": _input_schema(),
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "dtype": "float32",
+                "shape": [-1, 1],
+                "unit": "probability",
+                "description": "P(regular-season FTM this season > FTM last season)",
+            }
+        ],
+        "derived_features": list(network.DERIVED_NAMES),
+        "backtest": "docs/model/backtest.md (the recipe's rolling-origin backtest)",
+    }
 
 
 def _runtime() -> dict[str, str]:
@@ -277,15 +355,17 @@ async def train_command(args: argparse.Namespace) -> int:
         data_dir = _data_dir(args, cfg)
         rows = dataset.build_training_set(load_history(data_dir))
         source = str(data_dir) if data_dir is not None else "bundled"
-    outcome = run_training(cfg, rows, source=source, force=args.force)
+    long_rows = long_history_rows(cfg, _data_dir(args, cfg))
+    outcome = run_training(cfg, rows, long_rows, source=source, force=args.force)
     mlp = (outcome.decision.get("candidate") or {}).get("metrics") or {}
     summary = mlp.get("all", {})
     if outcome.version is not None:
         forced = " (forced past the gate)" if outcome.decision.get("forced") else ""
         print(  # noqa: T201 - the command's result line
-            f"published {cfg.model.name} version {outcome.version}{forced}: "
-            f"AUC {summary.get('roc_auc')} ECE {summary.get('ece')} on seasons "
-            f"{outcome.decision['eval_seasons']} in {outcome.seconds:.0f}s",
+            f"published {cfg.model.name} version {outcome.version}{forced}, refitted on seasons "
+            f"{outcome.card['training_seasons']}: its gate fold (fitted without "
+            f"{outcome.decision['eval_seasons']}) scored AUC {summary.get('roc_auc')} "
+            f"ECE {summary.get('ece')} there; {outcome.seconds:.0f}s",
             file=sys.stderr,
         )
         return EXIT_OK
@@ -296,8 +376,12 @@ async def train_command(args: argparse.Namespace) -> int:
     return EXIT_NOT_PUBLISHED
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """``scorebeater evaluate``: score the model and the baselines; print and write the report."""
+async def evaluate_command(args: argparse.Namespace) -> int:
+    """``scorebeater evaluate``: score the model and the baselines; print and write the report.
+
+    ``--rows daemon`` scores the daemon's stored rows (:mod:`scorebeater.training.daemon_rows`)
+    instead of the data files' training rows. Async only to read storage, as ``train``.
+    """
     from scorebeater.training import export  # noqa: PLC0415
     from scorebeater.training.baselines import fit_baselines  # noqa: PLC0415
     from scorebeater.training.evaluate import MODEL_ORDER, ModelLoadError, ServedModel, evaluate  # noqa: PLC0415
@@ -313,7 +397,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     card = export.read_extra(model_dir, export.MODEL_CARD) or {}
 
     data_dir: Path | None = args.data
-    rows = dataset.build_training_set(load_history(data_dir), args.seasons)
+    if getattr(args, "rows", "training") == "daemon":
+        from scorebeater.training.daemon_rows import load_daemon_rows  # noqa: PLC0415
+
+        if data_dir is not None:
+            raise DataError("--data does not apply to --rows daemon: its rows come from [storage]")
+        stored = await load_daemon_rows(cfg.storage, args.seasons, model_version=version)
+        rows, evaluation_data = stored.rows, stored.describe(version)
+    else:
+        rows = dataset.build_training_set(load_history(data_dir), args.seasons)
+        evaluation_data = str(data_dir) if data_dir is not None else "bundled"
     training_history = load_history(cfg.data.dir)
     fit_seasons = [
         s
@@ -323,8 +416,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
     in_sample = sorted(set(args.seasons) & set(card.get("training_seasons", [])))
     if in_sample:
         log.warning("training.evaluating_training_seasons", seasons=in_sample, model_version=version)
-    training_rows = dataset.build_training_set(training_history, fit_seasons)
-    baselines = fit_baselines(training_rows, cfg.training.seed)
+    # the baselines get the rows the model's recipe fits on, less the evaluated seasons
+    long_rows = long_history_rows(cfg, cfg.data.dir)
+    training_rows = dataset.concat(
+        [
+            dataset.build_training_set(training_history, fit_seasons),
+            long_rows.for_seasons([s for s in long_rows.seasons() if s not in args.seasons]),
+        ]
+    )
+    baselines = fit_baselines(
+        training_rows, cfg.training.seed, long_history_weight=cfg.training.long_history_weight
+    )
     predictors: dict[str, Callable[[TrainingSet], np.ndarray]] = {"mlp": served, **baselines.predict}
     result = evaluate(rows, {name: predictors[name] for name in MODEL_ORDER})
 
@@ -334,7 +436,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         "model_trained_on": card.get("training_seasons", "unknown"),
         "baselines_fitted_on": fit_seasons,
         "evaluated_seasons": sorted(args.seasons),
-        "evaluation_data": str(data_dir) if data_dir is not None else "bundled",
+        "evaluation_data": evaluation_data,
         "in_sample_warning": f"the model was trained on {in_sample}" if in_sample else "none",
     }
     md = write_report(result, report_dir, context)
