@@ -260,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train the score_beater MLP and publish it behind the promotion gate",
-        description="Build the point-in-time training set, train the Keras MLP, evaluate it against "
-        "the champion on held-out seasons, and publish model/<name>/<version>/ if the gate passes.",
+        description="Build the point-in-time rows (per game, plus season-start rows from the long "
+        "history), fit the recipe without the last season (the gate fold) and judge it there against "
+        "the champion; if the gate passes, refit the same recipe on every season and publish it as "
+        "model/<name>/<version>/.",
     )
     _add_config(p)
     _add_data(p)

@@ -353,15 +353,21 @@ def markdown(bt: Backtest, context: Mapping[str, Any]) -> str:
         (
             f"For each test season S ({', '.join(map(str, seasons))}), the MLP and every baseline "
             "are fitted on the same rows of the seasons before S-1 (per-game rows and season-start "
-            "rows from the long history), the MLP early-stops and calibrates on S-1, and everything "
-            "is scored on the per-game rows of S. Nothing of S or later reaches a fit."
+            "rows from the long history), the MLP early-stops on S-1 (and calibrates there if the "
+            "recipe says so), and everything is scored on the per-game rows of S. Nothing of S or "
+            "later reaches a fit. A best epoch of 0 means no epoch beat the network's starting "
+            "point on S-1 (its linear part initialised as a logistic regression, its hidden "
+            "layers contributing zero), which is then kept."
         ),
         "",
     ]
     lines += [f"- **{k.replace('_', ' ')}**: {v}" for k, v in context.items()]
     lines += [
         f"- **time taken**: {_clock(bt.seconds)} (m:ss) for {len(bt.results)} fold(s)",
-        f"- **refit epochs** (per member, median best epoch over the folds): {bt.epochs()}",
+        (
+            f"- **epochs** (per member) of the last fold, the one with the most training rows, "
+            f"which `scorebeater train` uses for its refit on every season: {bt.epochs()}"
+        ),
         "",
     ]
     lines += _summary_tables(bt)

@@ -58,9 +58,6 @@ class TrainingSet:
     long_history: np.ndarray | None = None
     """Per row, True for a season-start row built from season totals alone (see
     :func:`build_long_history`); ``None`` means no such row."""
-    final_ftm: np.ndarray | None = None
-    """Per row, his official FTM of the row's season (float32, ``nan`` where unknown): the
-    count behind the label, an auxiliary training target only, never an input."""
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -79,14 +76,7 @@ class TrainingSet:
             as_of_seq=self.as_of_seq[rows],
             skipped=self.skipped,
             long_history=None if self.long_history is None else self.long_history[rows],
-            final_ftm=None if self.final_ftm is None else self.final_ftm[rows],
         )
-
-    def final_counts(self) -> np.ndarray:
-        """:attr:`final_ftm`, ``nan`` for every row when unknown."""
-        if self.final_ftm is None:
-            return np.full(len(self), np.nan, np.float32)
-        return self.final_ftm
 
     def is_long_history(self) -> np.ndarray:
         """Per row, True for a season-start row from season totals alone."""
@@ -139,9 +129,6 @@ def concat(parts: Sequence[TrainingSet]) -> TrainingSet:
         long_history=None
         if all(f is None for f in flags)
         else np.concatenate([p.is_long_history() for p in parts]),
-        final_ftm=None
-        if all(p.final_ftm is None for p in parts)
-        else np.concatenate([p.final_counts() for p in parts]),
     )
 
 
@@ -289,7 +276,6 @@ def _season_rows(  # noqa: PLR0915 - one linear pass, easier to read unsplit
     inputs["team_games"] = tg[d_idx, p_idx].astype(np.float32)
     inputs["season_games"] = np.full(d_idx.shape, season_games, np.float32)
     beat = np.asarray([cur_totals[int(p)].ftm > prev_totals[int(p)].ftm for p in players], np.bool_)
-    final = np.asarray([cur_totals[int(p)].ftm for p in players], np.float32)
     return _with_skipped(
         TrainingSet(
             inputs={n: inputs[n] for n in INPUT_NAMES},
@@ -297,7 +283,6 @@ def _season_rows(  # noqa: PLR0915 - one linear pass, easier to read unsplit
             season=np.full(d_idx.shape, season, np.int32),
             player_id=pids,
             as_of_seq=as_of_seq[d_idx].astype(np.int32),
-            final_ftm=final[p_idx],
         ),
         skipped,
     )
@@ -312,7 +297,6 @@ def _with_skipped(ts: TrainingSet, skipped: Mapping[str, int]) -> TrainingSet:
         as_of_seq=ts.as_of_seq,
         skipped=dict(skipped),
         long_history=ts.long_history,
-        final_ftm=ts.final_ftm,
     )
 
 
@@ -411,7 +395,6 @@ def build_long_history(
                 player_id=np.asarray(players, np.int64),
                 as_of_seq=np.zeros(n, np.int32),
                 long_history=np.ones(n, np.bool_),
-                final_ftm=np.asarray([cur_totals[p].ftm for p in players], np.float32),
             )
         )
     out = concat(parts) if parts else empty(long_history=True)

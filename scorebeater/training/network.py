@@ -5,12 +5,16 @@ tensors of shape ``[batch]`` and returns ``{"probability": [batch, 1]}``. Inside
 
 1. :class:`DerivedFeatures` turns the raw counts into rates, pace projections, remaining
    games, the deficit to beat and log transforms (:data:`DERIVED_NAMES`);
-2. a ``Normalization`` layer whose mean/variance are adapted on the training split only
-   (TF Transform's analyzers, baked in as constants);
-3. the MLP (``hidden_units``, ReLU, dropout) ending in one logit;
-4. :class:`PlattScaling`: ``sigmoid(a * logit + b)``; ``a, b`` can be fitted on the validation
-   season after training (:data:`CALIBRATE`, off for the reason given there: the layer is then
-   the identity ``a = 1, b = 0``).
+2. a ``Normalization`` layer whose mean/variance are computed on the training rows only
+   (TF Transform's analyzers, baked in as constants; variance floored at
+   :data:`VARIANCE_FLOOR`), then clipped to +-:data:`NORMALIZED_CLIP`;
+3. a linear ("wide") logit, initialised as a logistic regression on those features, plus the
+   hidden layers' ("deep") logit, initialised at zero (``hidden_units``, ReLU, dropout, L2);
+4. :class:`PlattScaling`: ``sigmoid(a * logit + b)``; ``a, b`` are fitted on the validation
+   season when the recipe calibrates (:mod:`scorebeater.training.recipe`), otherwise the
+   layer is the identity ``a = 1, b = 0``.
+
+Several such networks can be averaged in one graph (:mod:`scorebeater.training.recipe`).
 
 TensorFlow is imported here and only here (with ``evaluate``/``export``/``gate``): the daemon
 never imports this module.
@@ -55,17 +59,6 @@ flexible network can memorise players; noise blurs that fingerprint (tuned on va
 
 WEIGHT_DECAY = 1e-4
 """L2 penalty on the hidden layers' kernels (tuned on validation)."""
-
-CALIBRATE = False
-"""Fit the Platt layer on the validation season after training.
-
-Off: with the bundled data the validation season is 2013, right after the 66-game 2012
-lockout season, so its base rate (0.63 against 0.41-0.48 in normal seasons) is inflated by
-an effect no input can see (the previous season's schedule length). A Platt fit there learns
-that shift (bias +0.26 to +0.54 in tuning runs) and would miscalibrate every normal season.
-The network trained with log loss is calibrated without it (ECE 0.027 on 2011 held out,
-0.027 on 2013); the layer stays in the graph as an identity, recorded in the model card.
-"""
 
 WIDE = True
 """Add a linear ("wide") logit on the normalised features to the MLP's ("deep") logit.
@@ -206,17 +199,9 @@ class PlattScaling(keras.layers.Layer):  # type: ignore[misc]
         return ops.sigmoid(self.scale * logit + self.bias)
 
 
-VARIANCE_FLOOR = 0.0
+VARIANCE_FLOOR = 0.01
 """Smallest variance the normalisation divides by (a feature constant in most rows, like the
 schedule ratio, would otherwise be scaled by a near-zero spread)."""
-
-AUX_WEIGHT = 0.0
-"""Weight of the auxiliary loss: the hidden layers also predict how his final FTM compares
-with last season's, ``log1p(final) - log1p(prev_ftm)`` (Huber loss), a graded version of
-the binary label. 0 turns it off. Rows without a known final count do not contribute."""
-
-TAIL = False
-"""Add a structured pace term (:class:`PaceTail`) whose rate and spread the hidden layers adjust."""
 
 NORMALIZED_CLIP = 5.0
 """Normalised features are clipped to +-this many standard deviations."""
@@ -235,34 +220,6 @@ class ClipLayer(keras.layers.Layer):  # type: ignore[misc]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "limit": self.limit}
-
-
-@keras.saving.register_keras_serializable(package="scorebeater")
-class PaceTail(keras.layers.Layer):  # type: ignore[misc]
-    """A logit term with the outcome's known shape: ``weight * 1.702 * z`` where
-    ``z = (ftm + mu - prev_ftm - 0.5) / sqrt(mu + (c * mu)^2 + 1)``, ``mu = rate * remaining``.
-
-    ``rate`` is last season's rate shrunk toward this season's pace (as in :func:`derive`)
-    times ``exp(adjust[0])``; ``c`` (the rate's relative uncertainty) is ``exp(log_c +
-    adjust[1])``; ``adjust`` comes from the hidden layers. More free throws made so far
-    always raise ``z``: the direction is built in, the network learns only rate and spread.
-    ``weight`` starts at 0, so the term enters only as far as it helps.
-    """
-
-    def build(self, input_shape: Any) -> None:  # noqa: ARG002 - Keras API
-        self.log_c = self.add_weight(name="log_c", shape=(), initializer=keras.initializers.Constant(-1.6))
-        self.weight = self.add_weight(name="weight", shape=(), initializer="zeros")
-
-    def call(self, x: Mapping[str, Any], adjust: Any) -> Any:
-        sg = ops.maximum(x["season_games"], 1.0)
-        prev_sg = ops.maximum(x["prev_season_games"], 1.0)
-        tg = ops.clip(x["team_games"], 0.0, sg)
-        rate = (x["ftm"] + PRIOR_GAMES * x["prev_ftm"] / prev_sg) / (tg + PRIOR_GAMES)
-        rate = rate * ops.exp(ops.clip(adjust[:, 0], -3.0, 3.0))
-        mu = rate * (sg - tg)
-        c = ops.exp(self.log_c + ops.clip(adjust[:, 1], -3.0, 3.0))
-        z = (x["ftm"] + mu - x["prev_ftm"] - 0.5) / ops.sqrt(mu + ops.square(c * mu) + 1.0)
-        return ops.expand_dims(self.weight * 1.702 * ops.clip(z, -10.0, 10.0), -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,10 +282,6 @@ def build_model(
             h = keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(h)
     deep_init = "zeros" if wide else "glorot_uniform"
     logit = keras.layers.Dense(1, kernel_initializer=deep_init, name="deep_logit")(h)
-    if TAIL:
-        adjust = keras.layers.Dense(2, kernel_initializer="zeros", name="tail_adjust")(h)
-        tail = PaceTail(name="pace_tail")(inputs, adjust)
-        logit = keras.layers.Add(name="deep_and_tail")([logit, tail])
     if wide:
         wide_layer = keras.layers.Dense(1, name="wide_logit")
         linear = wide_layer(normalized)
@@ -340,10 +293,6 @@ def build_model(
     prob = PlattScaling(name=OUTPUT_NAME)(logit)
     serving = keras.Model(inputs, {OUTPUT_NAME: prob}, name="score_beater")
     logit_model = keras.Model(inputs, logit, name=f"member_{member}")
-    if AUX_WEIGHT > 0:
-        aux = keras.layers.Dense(1, name="aux_log_ratio")(h)
-        both = keras.layers.Concatenate(name="logit_and_aux")([logit, aux])
-        logit_model._scorebeater_training = keras.Model(inputs, both, name=f"member_{member}_training")  # noqa: SLF001
     return serving, logit_model
 
 
@@ -359,29 +308,6 @@ def _logistic_init(
     lr = LogisticRegression(C=WIDE_INIT_C, max_iter=2000)
     lr.fit(x, y.astype(np.int64), sample_weight=sample_weight)
     return np.asarray(lr.coef_, np.float64).ravel(), float(lr.intercept_[0])
-
-
-def _targets(ts: TrainingSet, *, aux: bool) -> np.ndarray:
-    """The label, or with ``aux`` ``[label, log1p(final) - log1p(prev_ftm), known]`` per row."""
-    label = ts.label.astype(np.float32)
-    if not aux:
-        return label
-    final = ts.final_counts().astype(np.float64)
-    known = np.isfinite(final)
-    target = np.where(known, np.log1p(np.where(known, final, 0.0)) - np.log1p(ts.inputs["prev_ftm"]), 0.0)
-    return np.column_stack([label, target, known]).astype(np.float32)
-
-
-def _label_loss(y_true: Any, y_pred: Any) -> Any:
-    """Per-row log loss of the label (column 0) from the logit (column 0)."""
-    return ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0], from_logits=True)
-
-
-def _label_and_aux_loss(y_true: Any, y_pred: Any) -> Any:
-    """Log loss of the label plus ``AUX_WEIGHT`` times the Huber loss of the auxiliary target."""
-    diff = ops.abs(y_true[:, 1] - y_pred[:, 1])
-    huber = ops.where(diff < 1.0, 0.5 * ops.square(diff), diff - 0.5)
-    return _label_loss(y_true, y_pred) + AUX_WEIGHT * y_true[:, 2] * huber
 
 
 def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -470,7 +396,7 @@ def train_mlp(
     validation: TrainingSet,
     *,
     epochs: int | None = None,
-    calibrate: bool = CALIBRATE,
+    calibrate: bool = False,
     noise_std: float = INPUT_NOISE_STD,
     weight_decay: float = WEIGHT_DECAY,
     wide: bool = WIDE,
@@ -507,31 +433,20 @@ def train_mlp(
         sample_weight=weights,
         member=member,
     )
-    trainee = getattr(logit_model, "_scorebeater_training", None)
-    if trainee is not None:
-        trainee.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-            loss=_label_and_aux_loss,
-            metrics=[_label_loss],
-        )
-    else:
-        trainee = logit_model
-        trainee.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True),
-        )
+    logit_model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
     max_epochs = epochs if epochs is not None else cfg.epochs
     callbacks: list[keras.callbacks.Callback] = [_EpochLine(on_epoch or _print_epoch(max_epochs))]
-    aux = trainee is not logit_model
-    # with the auxiliary head, stop on the label's loss alone: that is what is served
-    monitor = "val__label_loss" if aux else "val_loss"
+    monitor = "val_loss"
     if epochs is None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor=monitor, mode="min", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
             )
         )
-    val_data = (_inputs_dict(validation), _targets(validation, aux=aux)) if len(validation) else None
+    val_data = (_inputs_dict(validation), validation.label.astype(np.float32)) if len(validation) else None
     started = time.perf_counter()
     start_loss, start_weights = math.inf, None
     if val_data is not None and epochs is None:
@@ -540,9 +455,9 @@ def train_mlp(
     hist = (
         _NoHistory()
         if max_epochs == 0
-        else trainee.fit(
+        else logit_model.fit(
             _inputs_dict(train),
-            _targets(train, aux=aux),
+            train.label.astype(np.float32),
             sample_weight=weights,
             batch_size=cfg.batch_size,
             epochs=max_epochs,
