@@ -98,7 +98,8 @@ class Metrics:
         )
         self.records_rejected = Counter(
             "scorebeater_records_rejected_total",
-            "External records rejected by validation, by kind and reason.",
+            "External records rejected by validation, and stored feature rows left unfilled or unscored "
+            "for lacking inputs (kind feature_row), by kind and reason.",
             ["kind", "reason"],
             registry=r,
         )

@@ -36,8 +36,9 @@ What a season's players did before it (their previous seasons' totals and the pr
 season's schedule: :mod:`~scorebeater.stages.previous_seasons`) is fetched when the season is
 loaded. Rows stored before the current feature schema
 (:data:`~scorebeater.storage.base.FEATURES_SCHEMA_VERSION`, recorded in the checkpoint) lack
-the inputs added since: loading the season fills them in, as they all come from the previous
-seasons (:meth:`FeaturesStage._backfill`).
+the inputs added since: loading the season fills them in once, as they all come from the
+previous seasons (:meth:`FeaturesStage._backfill`); rows that cannot be filled are counted,
+logged and left as they are (a model taking those inputs skips them).
 
 ``as_of_seq`` is the game's place in the order this stage processed the season's final
 regular-season games (1, 2, ...): it equals the schedule's ``game_seq`` order whenever games
@@ -58,7 +59,7 @@ import pyarrow as pa
 import structlog
 
 from scorebeater.errors import StageError
-from scorebeater.inputs import RunningTotals
+from scorebeater.inputs import INPUT_NAMES, RunningTotals
 from scorebeater.scoreapi.records import BoxScore, GameInfo
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.box_scores import BoxScoreFetch, GameFailure, Outcome, Rejected
@@ -66,7 +67,7 @@ from scorebeater.stages.handoff import CommittedFeatures, Handoff
 from scorebeater.stages.previous_seasons import previous_seasons
 from scorebeater.stages.quarantine import KIND, SeasonQuarantine
 from scorebeater.stages.season_state import GameFailures, PlayerState, SeasonState
-from scorebeater.storage.base import FEATURES_SCHEMA_VERSION
+from scorebeater.storage.base import FEATURES_SCHEMA_VERSION, LATE_INPUTS
 from scorebeater.storage.quarantine import STATES, QuarantineEntry
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,10 @@ FEED_OVERLAP = timedelta(milliseconds=1)
 the games at it, which the processed-id set then skips: overlap is cheap, a gap is data loss."""
 REJECTED_KIND = "boxscore"
 """``records_rejected``'s ``kind`` of a box score (the Score API client's name for it)."""
+UNFILLED_KIND = "feature_row"
+"""``records_rejected``'s ``kind`` of a stored feature row the backfill could not fill in
+(reasons: :data:`~scorebeater.stages.season_state.UNFILLED_NO_PREVIOUS`,
+:data:`~scorebeater.stages.season_state.UNFILLED_PREVIOUS_REVISED`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,31 +237,44 @@ class FeaturesStage:
         """Fill in the inputs that the season's rows stored before the current feature schema
         lack (:meth:`SeasonState.backfill`), and record the season's new version with them.
 
+        It runs once per season: rows that cannot be filled (no previous season now, or
+        previous-season totals revised since) are counted
+        (``records_rejected{kind="feature_row", reason=...}``) and logged, keep their nulls,
+        and the season is recorded at the current version all the same, so a later load does
+        not read its history again to fail on them again. A model that takes the added inputs
+        skips those rows (:mod:`~scorebeater.stages.scoring`); one that does not scores them.
+
         One write: the rows and the checkpoint commit together, and the rows are upserted by
         key, so a crash leaves either the old rows or the filled ones, and the next load
         redoes whatever is missing. The predictions of the old rows stay (they were made by a
-        model that does not take the added inputs); a refeed scores the filled rows anew.
+        model that does not take the added inputs); a refeed scores the filled rows anew, and
+        the next prediction run reconciles (filled rows no model could score yet).
         """
         storage = self._ctx.storage
         parts: list[pa.Table] = []
-        unfilled = 0
+        unfilled: Counter[str] = Counter()
         async for table in storage.read_feature_history(seasons=[state.season]):
             filled, left = state.backfill(table)
-            unfilled += left
+            unfilled.update(left)
             if filled.num_rows:
                 parts.append(filled)
         rows = pa.concat_tables(parts) if parts else None
-        if not unfilled:
-            state.feature_schema = FEATURES_SCHEMA_VERSION
+        state.feature_schema = FEATURES_SCHEMA_VERSION
+        checkpoint = (state.checkpoint_name, state.checkpoint())
         if rows is not None:
-            await storage.write_features(rows, checkpoint=(state.checkpoint_name, state.checkpoint()))
-        elif not unfilled:
-            await storage.put_checkpoint(state.checkpoint_name, state.checkpoint())
+            await storage.write_features(rows, checkpoint=checkpoint)
+            self._handoff.features_backfilled()
+        else:
+            await storage.put_checkpoint(*checkpoint)
+        for reason, count in sorted(unfilled.items()):
+            self._ctx.metrics.records_rejected.labels(UNFILLED_KIND, reason).inc(count)
         (log.warning if unfilled else log.info)(
             "features.rows_backfilled",
             season=state.season,
             rows=0 if rows is None else rows.num_rows,
-            unfilled=unfilled,
+            unfilled=unfilled.total(),
+            unfilled_by_reason=dict(sorted(unfilled.items())),
+            missing_inputs=[n for n in INPUT_NAMES if n in LATE_INPUTS] if unfilled else [],
             feature_schema=state.feature_schema,
         )
 

@@ -15,7 +15,9 @@ The rules:
 2. **A failed feature run makes the prediction stage reconcile.** A write that failed may
    still have committed (a lost reply) without being handed over: the next prediction run
    looks in storage for feature rows that have no prediction. A new daemon starts with a
-   reconcile due, because nothing committed before a restart was handed over.
+   reconcile due, because nothing committed before a restart was handed over. A backfill
+   (stored rows given the inputs added since they were stored) makes one due too: rows the
+   pinned model skipped for lacking them can now be scored.
 3. **Refeed requests coalesce.** Several requests before a refeed runs make one refeed; a
    ``clear_cache`` in any of them holds until a refeed with it has succeeded.
 4. **A final season is validated after its last predictions.** Once the feature stage has
@@ -104,6 +106,12 @@ class Handoff:
     def features_failed(self) -> None:
         """A feature run failed: what it wrote may have committed unseen, so reconcile next time."""
         self._reconcile_due = True
+
+    def features_backfilled(self) -> None:
+        """Stored rows gained inputs: reconcile next time (rows skipped for lacking them may
+        have no prediction), and wake the prediction stage."""
+        self._reconcile_due = True
+        self._wake("predictions")
 
     def take_committed(self) -> list[CommittedFeatures]:
         """Every queued batch, oldest first; the queue is left empty."""

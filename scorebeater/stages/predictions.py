@@ -6,7 +6,9 @@ timing of polls, crashes and restarts. When the hand-off says a reconcile is due
 run after a start, or after a failed feature run whose write may have committed unseen), the
 run first scores every stored feature row that has no prediction yet. Full re-predictions of
 every player are the refeed stage's (:mod:`scorebeater.stages.refeed`); both score through
-:class:`~scorebeater.stages.scoring.Scorer`.
+:class:`~scorebeater.stages.scoring.Scorer`: a row lacking an input the pinned model takes
+(stored before the input existed and not filled in since) is skipped, counted and logged by
+season, never a failed run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import structlog
 
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.handoff import Handoff
-from scorebeater.stages.scoring import Scorer
+from scorebeater.stages.scoring import Scorer, Skipped
 from scorebeater.storage.base import FEATURES_SCHEMA
 
 log = structlog.get_logger(__name__)
@@ -55,29 +57,37 @@ class PredictionsStage:
         with self._handoff.prediction_run():
             version = await self._scorer.pin(self.name)
             summary: dict[str, object] = {"model_version": version}
-            if self._handoff.take_reconcile():
-                try:
-                    summary["recovered_rows"] = await self._reconcile(version)
-                except BaseException:
-                    self._handoff.reconcile_failed()
-                    raise
-            batches = self._handoff.take_committed()
+            skipped = Skipped()
             try:
-                scored = 0
-                for batch in batches:
-                    scored += await self._scorer.score_and_store(
-                        batch.rows, version, mode="diff", stage=self.name
-                    )
-                    self._ctx.metrics.update_latency.observe(time.monotonic() - batch.seen_at)
-            except BaseException:
-                # Put back what was not stored; re-storing a stored batch is an idempotent upsert.
-                self._handoff.put_back(batches)
-                raise
+                if self._handoff.take_reconcile():
+                    try:
+                        summary["recovered_rows"] = await self._reconcile(version, skipped)
+                    except BaseException:
+                        self._handoff.reconcile_failed()
+                        raise
+                batches = self._handoff.take_committed()
+                try:
+                    scored = 0
+                    for batch in batches:
+                        done = await self._scorer.score_and_store(
+                            batch.rows, version, mode="diff", stage=self.name
+                        )
+                        scored += done.rows
+                        skipped.add(done.skipped)
+                        self._ctx.metrics.update_latency.observe(time.monotonic() - batch.seen_at)
+                except BaseException:
+                    # Put back what was not stored; re-storing a stored batch is an idempotent upsert.
+                    self._handoff.put_back(batches)
+                    raise
+            finally:
+                self._scorer.report_skipped(skipped, version, stage=self.name)
             summary["diff_rows"] = scored
+            summary["skipped_rows"] = skipped.total
             return summary
 
-    async def _reconcile(self, version: int) -> int:
-        """Score every stored feature row that has no prediction yet.
+    async def _reconcile(self, version: int, skipped: Skipped) -> int:
+        """Score every stored feature row that has no prediction yet (adding those the model
+        cannot score to ``skipped``); returns the rows scored.
 
         An anti-join in Arrow (the predicted keys are held as three columns, 16 bytes a row),
         and the missing rows are scored batch by batch as the history streams by, so memory
@@ -99,9 +109,11 @@ class PredictionsStage:
             )
             if todo.num_rows:
                 # The join may reorder columns; keep the schema's order.
-                missing += await self._scorer.score_and_store(
+                done = await self._scorer.score_and_store(
                     todo.select(table.column_names), version, mode="diff", stage=self.name
                 )
+                missing += done.rows
+                skipped.add(done.skipped)
         if missing:
             log.info("predictions.reconciled", rows=missing)
         return missing

@@ -5,6 +5,10 @@ the hand-off (``POST /v1/refeed``, ``scorebeater once --stage refeed``). Unchang
 vector, model version) pairs come from the prediction cache; a request with ``clear_cache``
 drops the cache first and so forces every row through the model. It shares its runner lock
 with the prediction stage: the two never write predictions at the same time.
+
+Every stored season's rows are scored, followed or not. A row lacking an input the pinned model
+takes (stored before the input existed and not filled in since) is skipped, counted and logged
+by season (:class:`~scorebeater.stages.scoring.Skipped`); it never fails the refeed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import structlog
 
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.handoff import Handoff, RefeedRequest
-from scorebeater.stages.scoring import Scorer
+from scorebeater.stages.scoring import Scorer, Skipped
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +55,7 @@ class RefeedStage:
         ctx = self._ctx
         cleared = await ctx.storage.cache.clear() if request.clear_cache else 0
         rows = 0
+        skipped = Skipped()
         started = time.perf_counter()
         # Right after a clear every lookup would miss: skip them. Batch k's writes overlap
         # batch k+1's read and scoring, with at most one batch of writes in flight.
@@ -65,18 +70,21 @@ class RefeedStage:
                         await storing
                     storing = asyncio.create_task(self._scorer.store(scored, version, mode="refeed"))
                     rows += scored.rows
+                    skipped.add(scored.skipped)
             if storing is not None:
                 await storing
         finally:
             if storing is not None and not storing.done():
                 storing.cancel()
                 await asyncio.gather(storing, return_exceptions=True)
+            self._scorer.report_skipped(skipped, version, stage=self.name)
         elapsed = time.perf_counter() - started
         log.info(
             "predictions.refeed_completed",
             rows=rows,
+            skipped_rows=skipped.total,
             cache_cleared=cleared,
             duration_s=round(elapsed, 3),
             rows_per_s=round(rows / elapsed) if elapsed > 0 else None,
         )
-        return {"rows": rows, "cache_cleared": cleared}
+        return {"rows": rows, "skipped_rows": skipped.total, "cache_cleared": cleared}

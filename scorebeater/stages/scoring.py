@@ -9,8 +9,11 @@ through a :class:`Scorer`, so they pin versions, use the cache and store rows th
 - **inputs**: a model gets exactly the inputs its ``serving_default`` signature declares
   (read once per version), so a model trained on fewer inputs than the rows hold (an older
   version) keeps working. A model taking an input this daemon does not compute is refused
-  when pinned; a row lacking an input the model takes (stored before the input existed) is
-  refused, naming the season and the input, never sent as 0;
+  when pinned (a configuration error: the run fails). A row lacking an input the model takes
+  (stored before the input existed, and not filled in since: see
+  :meth:`~scorebeater.stages.features.FeaturesStage._backfill`) is never sent as 0: it is
+  skipped, the rest of its batch is scored, and the run counts it (:class:`Skipped`,
+  ``records_rejected{kind="feature_row", reason="missing_inputs"}``) and logs it by season;
 - **cache**: a row whose (feature hash, model version) pair is cached is not sent to the
   model; newly scored pairs are cached;
 - **storing**: predictions and new cache entries are upserted, keyed by (player, season,
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -30,11 +34,74 @@ import structlog
 
 from scorebeater.errors import StageError
 from scorebeater.inputs import INPUT_NAMES
-from scorebeater.metrics import observe_many
+from scorebeater.metrics import Metrics, observe_many
 from scorebeater.stages.base import StageContext
 from scorebeater.storage.base import FEATURES_SCHEMA_VERSION, PREDICTIONS_SCHEMA, UTC_TS
 
 log = structlog.get_logger(__name__)
+
+SKIPPED_KIND = "feature_row"
+SKIPPED_REASON = "missing_inputs"
+"""``records_rejected``'s labels of a feature row skipped because it lacks inputs the model takes."""
+SKIPPED_HINT = (
+    "these rows were stored before scorebeater computed these inputs (a feature schema older "
+    f"than {FEATURES_SCHEMA_VERSION}). The feature stage fills them in once, when it loads the "
+    "season (a followed season: [scheduler] seasons); rows it cannot fill (no previous season "
+    "now, or previous-season totals revised since it stored them: see features.rows_backfilled) "
+    "stay unscored by this model. To score them, pin a version that does not take these inputs "
+    "([tfserving] version_label)"
+)
+"""What the log line of skipped rows tells an operator."""
+
+
+@dataclass(slots=True)
+class Skipped:
+    """Feature rows not scored because they lack inputs the pinned model takes, by season.
+
+    They were stored before scorebeater computed those inputs (an older feature schema), and
+    the feature stage could not fill them in (the player has no previous season now, or his
+    previous-season totals were revised since), or has not loaded their season since.
+    """
+
+    rows: Counter[int] = field(default_factory=Counter)
+    missing: dict[int, set[str]] = field(default_factory=dict)
+    """The inputs the season's skipped rows lack."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+    def add(self, other: Skipped) -> None:
+        self.rows.update(other.rows)
+        for season, names in other.missing.items():
+            self.missing.setdefault(season, set()).update(names)
+
+    @classmethod
+    def of(cls, rows: pa.Table, names: tuple[str, ...]) -> Skipped:
+        """The tally of ``rows`` (each lacks one or more of ``names``)."""
+        skipped = cls()
+        seasons = rows.column("season")
+        for season in pc.unique(seasons).to_pylist():
+            part = rows.filter(pc.equal(seasons, season))
+            skipped.rows[season] = part.num_rows
+            skipped.missing[season] = {n for n in names if part.column(n).null_count}
+        return skipped
+
+    def report(self, *, stage: str, model: str, metrics: Metrics) -> None:
+        """Count the skipped rows and log them, one line per season."""
+        for season in sorted(self.rows):
+            count = self.rows[season]
+            metrics.records_rejected.labels(SKIPPED_KIND, SKIPPED_REASON).inc(count)
+            log.warning(
+                "predictions.rows_skipped",
+                stage=stage,
+                model=model,
+                season=season,
+                rows=count,
+                missing_inputs=[n for n in INPUT_NAMES if n in self.missing.get(season, ())],
+                reason=SKIPPED_REASON,
+                hint=SKIPPED_HINT,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +111,8 @@ class Scored:
     predictions: pa.Table
     probabilities: np.ndarray
     new_cache_entries: dict[str, float]
+    skipped: Skipped = field(default_factory=Skipped)
+    """Rows of the table that are not among ``predictions``: they lack inputs the model takes."""
 
     @property
     def rows(self) -> int:
@@ -95,21 +164,24 @@ class Scorer:
             )
         return tuple(name for name in INPUT_NAMES if name in declared)
 
-    async def score_and_store(self, table: pa.Table, version: int, *, mode: str, stage: str) -> int:
-        """Score ``table``'s feature rows (cache first) and upsert their predictions; returns rows."""
+    async def score_and_store(self, table: pa.Table, version: int, *, mode: str, stage: str) -> Scored:
+        """Score ``table``'s feature rows (cache first) and upsert their predictions."""
         scored = await self.score(table, version, use_cache=True, stage=stage)
         await self.store(scored, version, mode=mode)
-        return scored.rows
+        return scored
 
     async def score(self, table: pa.Table, version: int, *, use_cache: bool, stage: str) -> Scored:
         """Probabilities for ``table``'s rows: cache hits, the rest from the model (``version``).
 
+        Rows lacking an input the model takes are left out (``Scored.skipped``): a null input
+        is never sent as 0.
+
         Raises:
-            StageError: (of ``stage``) the model takes an input this daemon does not compute,
-                or one that rows sent to it lack (:func:`check_present`).
+            StageError: (of ``stage``) the model takes an input this daemon does not compute.
         """
         ctx = self._ctx
         names = await self.model_inputs(version, stage=stage)
+        table, skipped = split_unscorable(table, names)
         n = table.num_rows
         hashes = table.column("feature_hash").to_pylist()
         probs = np.full(n, np.nan)
@@ -126,7 +198,6 @@ class Scorer:
         new_entries: dict[str, float] = {}
         if miss_idx.size:
             subset = table.take(pa.array(miss_idx)) if miss_idx.size < n else table
-            check_present(subset, names, f"model {ctx.model.model_name} v{version}", stage=stage)
             columns = {
                 name: subset.column(name).to_numpy(zero_copy_only=False).astype(np.float32) for name in names
             }
@@ -153,7 +224,15 @@ class Scorer:
             },
             schema=PREDICTIONS_SCHEMA,
         )
-        return Scored(predictions=predictions, probabilities=probs, new_cache_entries=new_entries)
+        return Scored(
+            predictions=predictions, probabilities=probs, new_cache_entries=new_entries, skipped=skipped
+        )
+
+    def report_skipped(self, skipped: Skipped, version: int, *, stage: str) -> None:
+        """Count and log the rows a run of ``stage`` skipped (:class:`Skipped`), if any."""
+        skipped.report(
+            stage=stage, model=f"{self._ctx.model.model_name} v{version}", metrics=self._ctx.metrics
+        )
 
     async def store(self, scored: Scored, version: int, *, mode: str) -> None:
         """Upsert the predictions and the new cache entries (concurrently: independent writes).
@@ -178,26 +257,14 @@ class Scorer:
         ctx.metrics.predictions_last_written.set(time.time())
 
 
-def check_present(rows: pa.Table, names: tuple[str, ...], model: str, *, stage: str) -> None:
-    """Check that every row has every input in ``names`` (a null input is never sent as 0).
-
-    Raises:
-        StageError: (of ``stage``) naming the inputs, the seasons, how many rows lack them and
-            what to do: rows stored before an input existed (an older feature schema) get it
-            when the feature stage loads their season.
-    """
-    lacking = [name for name in names if rows.column(name).null_count]
-    if not lacking:
-        return
-    null = pc.is_null(rows.column(lacking[0]))
-    for name in lacking[1:]:
-        null = pc.or_(null, pc.is_null(rows.column(name)))
-    seasons = sorted(pc.unique(pc.filter(rows.column("season"), null)).to_pylist())
-    raise StageError(
-        stage,
-        f"{model} takes input(s) {lacking}, which {pc.sum(null).as_py()} feature row(s) of season(s) "
-        f"{seasons} lack: they were stored before scorebeater computed them (an older feature "
-        f"schema than {FEATURES_SCHEMA_VERSION}). The feature stage fills them in when it loads a "
-        "season: follow the season(s) ([scheduler] seasons) and let it run once; until then, pin a "
-        "model version that does not take them ([tfserving] version_label)",
-    )
+def split_unscorable(rows: pa.Table, names: tuple[str, ...]) -> tuple[pa.Table, Skipped]:
+    """``rows`` less those lacking one of ``names`` (null: stored before the input existed),
+    and the tally of those."""
+    null: pa.ChunkedArray | None = None
+    for name in names:
+        column = rows.column(name)
+        if column.null_count:
+            null = pc.is_null(column) if null is None else pc.or_(null, pc.is_null(column))
+    if null is None:
+        return rows, Skipped()
+    return rows.filter(pc.invert(null)), Skipped.of(rows.filter(null), names)

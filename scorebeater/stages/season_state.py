@@ -11,6 +11,7 @@ agree with it. Nor are the previous seasons: they are fetched again on every loa
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,11 @@ _FROM_PREVIOUS_V1 = (
     "age",
 )
 """The inputs of feature schema version 1 that come from the previous seasons alone."""
+UNFILLED_NO_PREVIOUS = "no_previous_season"
+"""A stored row the backfill cannot fill: its player has no previous season now."""
+UNFILLED_PREVIOUS_REVISED = "previous_season_revised"
+"""A stored row the backfill cannot fill: its previous-season inputs differ from what the
+previous seasons' totals say now (revised since it was stored)."""
 RETRY_BUDGET_RUNS = 3
 """Runs in which a game's box score must have failed (transient or not, but not rejected as
 invalid, which quarantines at once) before it is quarantined..."""
@@ -133,9 +139,11 @@ class SeasonState:
     held_back: str | None = None
     """Why the last run held games back (the failed game and its error), if it did (status)."""
     feature_schema: int = FEATURES_SCHEMA_VERSION
-    """The feature schema version of every stored row of the season (checkpointed). A
-    checkpoint written before versions existed is version 1: the rows stored then lack the
-    inputs added since, until :meth:`backfill` fills them in."""
+    """The feature schema version the season's stored rows have been brought to (checkpointed).
+    A checkpoint written before versions existed is version 1: the rows stored then lack the
+    inputs added since, until :meth:`backfill` fills them in. The backfill runs once: after it
+    the season is at the current version, though rows it could not fill keep their nulls
+    (models taking those inputs skip them)."""
 
     @property
     def checkpoint_name(self) -> str:
@@ -231,15 +239,20 @@ class SeasonState:
             FEATURES_SCHEMA.field("feature_hash"), pa.array(feature_hashes(table), pa.string())
         )
 
-    def backfill(self, rows: pa.Table) -> tuple[pa.Table, int]:
+    def backfill(self, rows: pa.Table) -> tuple[pa.Table, Counter[str]]:
         """The stored ``rows`` of this season that lack inputs (stored before feature schema
-        :data:`FEATURES_SCHEMA_VERSION`), with them filled in, and how many could not be.
+        :data:`FEATURES_SCHEMA_VERSION`), with them filled in, and how many could not be, by
+        reason (:data:`UNFILLED_NO_PREVIOUS`, :data:`UNFILLED_PREVIOUS_REVISED`).
 
         The inputs added since version 1 all come from the previous seasons, so they are
         derived as for a new row (:func:`as_of_inputs`) from :attr:`previous`. A row is left
         out (and counted) when its player has no previous seasons now, or when its stored
-        previous-season inputs differ from what they now say: filling it in would make a row
-        no derivation gives. The filled rows get their new ``feature_hash``.
+        previous-season inputs differ from what they now say (an official correction since):
+        a fresh derivation would store different values for those too, and what the added
+        inputs said when the row was stored (three seasons back, say) is not known, so no
+        filling makes a row a derivation gives. Such a row keeps its nulls; a model taking the
+        added inputs skips it (:mod:`~scorebeater.stages.scoring`). The filled rows get their
+        new ``feature_hash``.
         """
         lacking = np.zeros(rows.num_rows, dtype=bool)
         for name in LATE_INPUTS:
@@ -247,15 +260,22 @@ class SeasonState:
         todo = rows.filter(pa.array(lacking))
         late = [n for n in INPUT_NAMES if n in LATE_INPUTS]
         keep: list[bool] = []
+        unfilled: Counter[str] = Counter()
         fills: dict[str, list[float]] = {n: [] for n in late}
         for row in todo.select(["player_id", *_FROM_PREVIOUS_V1]).to_pylist():
             prev = self.previous.get(row["player_id"])
-            values = None if prev is None else as_of_inputs(prev, RunningTotals(), self.season_games)
-            ok = values is not None and all(row[n] == values[n] for n in _FROM_PREVIOUS_V1)
-            keep.append(ok)
-            if ok and values is not None:
-                for n in late:
-                    fills[n].append(values[n])
+            if prev is None:
+                unfilled[UNFILLED_NO_PREVIOUS] += 1
+                keep.append(False)
+                continue
+            values = as_of_inputs(prev, RunningTotals(), self.season_games)
+            if any(row[n] != values[n] for n in _FROM_PREVIOUS_V1):
+                unfilled[UNFILLED_PREVIOUS_REVISED] += 1
+                keep.append(False)
+                continue
+            keep.append(True)
+            for n in late:
+                fills[n].append(values[n])
         todo = todo.filter(pa.array(keep, pa.bool_()))
         for n in late:
             todo = todo.set_column(
@@ -265,7 +285,7 @@ class SeasonState:
         todo = todo.set_column(
             todo.schema.get_field_index("feature_hash"), FEATURES_SCHEMA.field("feature_hash"), hashes
         )
-        return todo, len(keep) - todo.num_rows
+        return todo, unfilled
 
     def _advance(self, game: GameInfo, box: BoxScore) -> dt.datetime:
         """Count ``game`` for its teams and its players' lines; return its as-of time."""

@@ -4,12 +4,13 @@ stored before the inputs added since existed."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 import orjson
 import pyarrow as pa
 
 from scorebeater.inputs import INPUT_NAMES, PreviousSeasons, RunningTotals, as_of_inputs
-from scorebeater.stages.season_state import SeasonState
+from scorebeater.stages.season_state import UNFILLED_NO_PREVIOUS, UNFILLED_PREVIOUS_REVISED, SeasonState
 from scorebeater.storage.base import (
     FEATURES_SCHEMA,
     FEATURES_SCHEMA_VERSION,
@@ -78,10 +79,10 @@ def test_backfill_derives_the_added_inputs_as_for_a_new_row() -> None:
     derived = derived_rows(PREVIOUS)
     state = SeasonState(2014, season_games=82, previous=dict(PREVIOUS))
     filled, unfilled = state.backfill(as_stored_by_version_1(derived))
-    assert unfilled == 0
+    assert not unfilled
     assert filled.equals(derived)  # inputs and hashes
     # Rows that have every input are not rewritten.
-    assert state.backfill(derived) == (derived.slice(0, 0), 0)
+    assert state.backfill(derived) == (derived.slice(0, 0), Counter())
 
 
 def test_backfill_leaves_rows_it_cannot_derive_and_counts_them() -> None:
@@ -93,6 +94,6 @@ def test_backfill_leaves_rows_it_cannot_derive_and_counts_them() -> None:
     )
     state = SeasonState(2014, season_games=82, previous={1: PREVIOUS[1], 2: revised})
     filled, unfilled = state.backfill(stored)
-    assert unfilled == 2
+    assert unfilled == {UNFILLED_NO_PREVIOUS: 1, UNFILLED_PREVIOUS_REVISED: 1}
     assert filled.column("player_id").to_pylist() == [1]
     assert all(filled.column(n).null_count == 0 for n in INPUT_NAMES)
