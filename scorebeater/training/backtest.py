@@ -214,7 +214,10 @@ def paired_bootstrap(
     for r in results:
         mask = np.ones(len(r.label), np.bool_) if bucket == "all" else r.bucket == bucket
         cluster = r.cluster[mask]
-        n_clusters = int(cluster.max()) + 1 if len(cluster) else 0
+        if not len(cluster):
+            continue  # the bucket is empty in this fold: it contributes nothing
+        _, cluster = np.unique(cluster, return_inverse=True)
+        n_clusters = int(cluster.max()) + 1
         per_fold.append(
             (
                 _SortedAuc(r.probabilities[model][mask], r.label[mask]),
@@ -223,6 +226,16 @@ def paired_bootstrap(
                 n_clusters,
             )
         )
+    result: dict[str, Any] = {
+        "model": model,
+        "baseline": other,
+        "bucket": bucket,
+        "confidence": CONFIDENCE,
+        "replicates": replicates,
+        "unit": "player-season",
+    }
+    if not per_fold:
+        return {**result, "auc_difference": None, "ci": [None, None]}
     point = float(np.mean([a(np.ones(len(c))) - b(np.ones(len(c))) for a, b, c, _ in per_fold]))
     draws = np.empty(replicates, np.float64)
     for i in range(replicates):
@@ -233,16 +246,7 @@ def paired_bootstrap(
             diffs.append(a(w) - b(w))
         draws[i] = np.mean(diffs)
     lo, hi = np.nanpercentile(draws, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return {
-        "model": model,
-        "baseline": other,
-        "bucket": bucket,
-        "auc_difference": point,
-        "ci": [float(lo), float(hi)],
-        "confidence": CONFIDENCE,
-        "replicates": replicates,
-        "unit": "player-season",
-    }
+    return {**result, "auc_difference": point, "ci": [float(lo), float(hi)]}
 
 
 @dataclass(frozen=True, slots=True)

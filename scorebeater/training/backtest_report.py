@@ -186,15 +186,14 @@ def _f(value: float, digits: int = 4) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _signed(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:+.4f}"
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:+.4f}"
 
 
 def _best_baseline(bt: Backtest) -> str | None:
-    baselines = [m for m in bt.summary if m != "mlp"]
-    if not baselines:
-        return None
-    return max(baselines, key=lambda m: bt.summary[m]["all"]["roc_auc"]["mean"])
+    from scorebeater.training.backtest import best_baseline  # noqa: PLC0415 - imports TensorFlow
+
+    return best_baseline(bt.summary)
 
 
 def console_table(bt: Backtest) -> str:
@@ -366,7 +365,8 @@ def markdown(bt: Backtest, context: Mapping[str, Any]) -> str:
         f"- **time taken**: {_clock(bt.seconds)} (m:ss) for {len(bt.results)} fold(s)",
         (
             f"- **epochs** (per member) of the last fold, the one with the most training rows, "
-            f"which `scorebeater train` uses for its refit on every season: {bt.epochs()}"
+            f"which `scorebeater train`'s gate fold reproduces (same seasons and seed) and uses "
+            f"for its refit on every season: {bt.epochs()}"
         ),
         "",
     ]

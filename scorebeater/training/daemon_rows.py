@@ -36,10 +36,11 @@ share the players, the label, the inputs, the progress buckets and the metric fu
   ``--seasons`` must name the same ones.
 - **probabilities**: the daemon's come from TF Serving over REST (float32, sent as JSON), and
   ``evaluate``'s from the same SavedModel called in-process: they agree to float32 rounding.
-- **rows stored before the current feature schema** (their late inputs null, until the
-  feature stage fills them in when it loads their season): on ``/metrics`` under the version
-  that predicted them, never here (``skipped["missing_inputs"]``): the baselines need every
-  input.
+- **rows stored before the current feature schema** (their late inputs null, unless the
+  feature stage filled them in when it loaded their season; rows of seasons it no longer
+  follows, or whose previous-season totals were revised since, stay null): on ``/metrics``
+  under the version that predicted them, never here (``skipped["missing_inputs"]``): the
+  baselines need every input.
 - **undefined metrics**: a gauge is not exported for a metric that is undefined (ROC AUC of a
   single class) nor for a bucket without rows; the JSON says ``null`` and ``n: 0``.
 

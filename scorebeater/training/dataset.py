@@ -12,7 +12,12 @@ player-game row on or before d. The row holds :data:`~scorebeater.inputs.INPUT_N
   player-game with a known team; if none is known, the larger count of the two teams of his
   most recent game;
 - ``season_games``: the most regular-season games of any team in S;
-- previous-season inputs from the S-1 (and S-2) totals.
+- previous-season inputs from the S-1, S-2 and S-3 totals, and S-1's schedule
+  (:func:`season_schedule`).
+
+:func:`build_long_history` adds one season-start row per player-season from the season totals
+alone (every season from ``first``, including those that also have per-game rows: the
+season-start state is a different moment from any per-game row).
 
 The label is ``season_totals(S).ft > season_totals(S-1).ft`` (official totals; a tie does not
 beat). Player-games without a ``player_id`` are skipped (no previous season can be matched),
@@ -343,8 +348,10 @@ def _previous_inputs(
     return {k: np.asarray(v, np.float32) for k, v in per_player.items()}
 
 
-LONG_HISTORY_FROM = 1980
-"""First season of the season-start rows: the three-point era, 82-game schedules (bar 1999)."""
+LONG_HISTORY_FROM = 1960
+"""Default first season of the season-start rows (``training.long_history_from``): the
+backtest preferred 1960 to 1980, as the 1960s' changing schedules teach what a schedule
+change does."""
 
 
 def build_long_history(

@@ -11,7 +11,8 @@ A staged candidate is blessed when all of these hold:
    ``max_brier_increase`` / ``max_log_loss_increase``. The first model has no champion. Both
    are judged on seasons they were not fitted on: a champion whose card says it was fitted on
    the evaluation seasons (a refit on everything) is represented by the metrics its own gate
-   fold recorded there.
+   fold recorded on the same seasons and row count; without such a record the candidate is
+   not blessed (``--force`` publishes it anyway).
 
 The decision (both models' metrics, the tolerances, the verdict and its reasons) is a plain
 dict written as ``blessing.json``; ``force`` publishes a rejected candidate and says so.
@@ -161,16 +162,24 @@ def decide(
         # metrics its own gate fold (fitted without them) recorded on the same seasons.
         recorded = champ_card.get("gate_fold") or {}
         metrics = (recorded.get("metrics") or {}).get("mlp")
-        if recorded.get("eval_seasons") == seasons and metrics:
+        same_rows = (
+            bool(metrics)
+            and recorded.get("eval_seasons") == seasons
+            and ((metrics or {}).get("all", {}).get("n") == len(rows))
+        )
+        if same_rows and metrics:
             champion = {"version": champ_version, "metrics": metrics, "source": "champion's gate fold"}
             reasons.extend(_metric_problems(cand_all, metrics["all"], cfg))
         else:
-            champion = {
-                "version": champ_version,
-                "metrics": None,
-                "note": f"champion was fitted on {fitted_on_eval} and recorded no gate-fold metrics "
-                f"for {seasons}; compared with none",
-            }
+            # no out-of-sample score of the champion on these rows: blessing the candidate
+            # would compare it with nothing, so it takes --force
+            note = (
+                f"champion version {champ_version} was fitted on {fitted_on_eval} and recorded no "
+                f"gate-fold metrics on these {len(rows)} rows of {seasons}: it cannot be compared "
+                "out of sample"
+            )
+            champion = {"version": champ_version, "metrics": None, "note": note}
+            reasons.append(note)
     elif champ_version is not None and cand_all is not None:
         champ_path = base_path / str(champ_version)
         try:

@@ -224,17 +224,15 @@ class ClipLayer(keras.layers.Layer):  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class TrainedModel:
-    """A trained network and how it got there."""
+    """A trained network and how it got there (:mod:`scorebeater.training.recipe` puts
+    members behind one Platt layer for serving)."""
 
-    model: keras.Model
-    """The serving model: raw inputs -> ``{"probability": [batch, 1]}``."""
     logit_model: keras.Model
-    """The same network up to its logit (before the Platt layer), ``[batch, 1]``."""
+    """Raw inputs -> the network's logit, ``[batch, 1]``."""
     epochs_run: int
     best_epoch: int
-    """1-based epoch whose weights were kept (lowest validation loss)."""
-    platt_scale: float
-    platt_bias: float
+    """1-based epoch whose weights were kept (lowest validation loss); 0 when no epoch beat
+    the starting point (the logistic initialisation), which is then kept."""
     train_seconds: float
     history: Mapping[str, list[float]]
 
@@ -252,8 +250,8 @@ def build_model(
     wide: bool = WIDE,
     sample_weight: np.ndarray | None = None,
     member: int = 0,
-) -> tuple[keras.Model, keras.Model]:
-    """The serving model and the logit model sharing its layers (normalisation adapted on ``train``).
+) -> keras.Model:
+    """The logit model: raw inputs -> derived features -> normalisation (computed on ``train``) -> logit.
 
     With ``wide``, the network starts as a logistic regression: the wide part is initialised
     with a logistic regression fitted on the normalised training features (with
@@ -290,10 +288,7 @@ def build_model(
         clipped = np.clip((features - mean) / std, -NORMALIZED_CLIP, NORMALIZED_CLIP)
         kernel, bias = _logistic_init(clipped, train.label, sample_weight)
         wide_layer.set_weights([kernel.reshape(-1, 1).astype(np.float32), np.asarray([bias], np.float32)])
-    prob = PlattScaling(name=OUTPUT_NAME)(logit)
-    serving = keras.Model(inputs, {OUTPUT_NAME: prob}, name="score_beater")
-    logit_model = keras.Model(inputs, logit, name=f"member_{member}")
-    return serving, logit_model
+    return keras.Model(inputs, logit, name=f"member_{member}")
 
 
 WIDE_INIT_C = 1.0
@@ -396,7 +391,6 @@ def train_mlp(
     validation: TrainingSet,
     *,
     epochs: int | None = None,
-    calibrate: bool = False,
     noise_std: float = INPUT_NOISE_STD,
     weight_decay: float = WEIGHT_DECAY,
     wide: bool = WIDE,
@@ -404,7 +398,7 @@ def train_mlp(
     on_epoch: EpochHook | None = None,
     member: int = 0,
 ) -> TrainedModel:
-    """Train the MLP on ``train``; early-stop and calibrate on ``validation``.
+    """Train the network on ``train``; early-stop on ``validation``.
 
     Season-start rows from the long history (``train.is_long_history()``) weigh
     ``long_history_weight`` each in the loss, per-game rows 1. ``on_epoch`` gets each epoch's
@@ -424,7 +418,7 @@ def train_mlp(
         raise ValueError("the validation split has no rows: cannot early-stop")
     keras.utils.set_random_seed(cfg.seed)
     weights = np.where(train.is_long_history(), np.float32(long_history_weight), np.float32(1.0))
-    serving, logit_model = build_model(
+    logit_model = build_model(
         cfg,
         train,
         noise_std=noise_std,
@@ -479,31 +473,18 @@ def train_mlp(
         # no epoch beat the starting point (the logistic initialisation): keep that
         logit_model.set_weights(start_weights)
         best_epoch = 0
-    scale, bias = 1.0, 0.0
-    if calibrate and len(validation):
-        scale, bias = fit_platt(predict_logits(logit_model, validation), validation.label)
-        if not (math.isfinite(scale) and math.isfinite(bias)):
-            scale, bias = 1.0, 0.0
-        platt = serving.get_layer(OUTPUT_NAME)
-        platt.scale.assign(scale)
-        platt.bias.assign(bias)
     log.info(
         "training.mlp_trained",
         rows=len(train),
         validation_rows=len(validation),
         epochs_run=epochs_run,
         best_epoch=best_epoch,
-        platt_scale=round(scale, 4),
-        platt_bias=round(bias, 4),
         seconds=round(seconds, 1),
     )
     return TrainedModel(
-        model=serving,
         logit_model=logit_model,
         epochs_run=epochs_run,
         best_epoch=best_epoch,
-        platt_scale=scale,
-        platt_bias=bias,
         train_seconds=seconds,
         history=history,
     )

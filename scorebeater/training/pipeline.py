@@ -1,13 +1,15 @@
 """``scorebeater train`` and ``scorebeater evaluate``: the training pipeline end to end.
 
 train: rows (point-in-time from a data directory, or the stored feature history labelled
-with final outcomes) -> split by season (train / validation / holdout) -> Keras MLP
-(early-stopped on validation) -> stage the SavedModel -> promotion gate on the evaluation
-seasons -> atomic publish as the next version, or a recorded rejection.
+with final outcomes, plus the long-history season-start rows) -> the gate fold (the recipe
+fitted on the seasons before the validation season, early-stopped on it) -> stage the
+SavedModel -> promotion gate on the evaluation season(s) -> the same recipe refitted on every
+season -> atomic publish as the next version, or a recorded rejection.
 
 evaluate: the published model (through its serving signature) and the three baselines
-(fitted on the model's training seasons of the training data, never on the evaluated
-seasons) scored on the same rows -> metrics table (``--json``) + Markdown/PNG report.
+(fitted on the model's training seasons less the evaluated ones; on all of them when the
+model itself was fitted on the evaluated seasons) scored on the same rows -> metrics table
+(``--json``) + Markdown/PNG report.
 
 Splits are by season, never by row: a player's snapshots within one season are nearly
 identical, so a random row split would leak the label.
@@ -408,20 +410,21 @@ async def evaluate_command(args: argparse.Namespace) -> int:
         rows = dataset.build_training_set(load_history(data_dir), args.seasons)
         evaluation_data = str(data_dir) if data_dir is not None else "bundled"
     training_history = load_history(cfg.data.dir)
-    fit_seasons = [
-        s
-        for s in card.get("training_seasons") or dataset.label_seasons(training_history)
-        if s not in args.seasons
-    ]
-    in_sample = sorted(set(args.seasons) & set(card.get("training_seasons", [])))
+    model_seasons = card.get("training_seasons") or dataset.label_seasons(training_history)
+    in_sample = sorted(set(args.seasons) & set(model_seasons))
     if in_sample:
+        # the model has seen these seasons: fit the baselines on them too, so that every
+        # model in the table is judged in-sample alike (and say so)
         log.warning("training.evaluating_training_seasons", seasons=in_sample, model_version=version)
-    # the baselines get the rows the model's recipe fits on, less the evaluated seasons
+        excluded: list[int] = []
+    else:
+        excluded = list(args.seasons)
+    fit_seasons = [s for s in model_seasons if s not in excluded]
     long_rows = long_history_rows(cfg, cfg.data.dir)
     training_rows = dataset.concat(
         [
             dataset.build_training_set(training_history, fit_seasons),
-            long_rows.for_seasons([s for s in long_rows.seasons() if s not in args.seasons]),
+            long_rows.for_seasons([s for s in long_rows.seasons() if s not in excluded]),
         ]
     )
     baselines = fit_baselines(
@@ -437,7 +440,10 @@ async def evaluate_command(args: argparse.Namespace) -> int:
         "baselines_fitted_on": fit_seasons,
         "evaluated_seasons": sorted(args.seasons),
         "evaluation_data": evaluation_data,
-        "in_sample_warning": f"the model was trained on {in_sample}" if in_sample else "none",
+        "in_sample_warning": f"the model was trained on {in_sample}, and so were the baselines: "
+        "these numbers show fit, not accuracy on unseen seasons"
+        if in_sample
+        else "none",
     }
     md = write_report(result, report_dir, context)
     log.info("training.report_written", path=str(md))

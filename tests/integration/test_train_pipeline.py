@@ -124,6 +124,11 @@ def test_train_gate_publish_and_evaluate(
     forced = decide(base / "2", base, rows.for_seasons([2014]), strict.training.gate, force=True)
     assert (forced.verdict, forced.publish, forced.forced) == ("NOT_BLESSED", True, True)
 
+    # judged on 2013, which the champion was refitted on and has no fold record for: no blessing
+    blind = decide(base / "1", base, rows.for_seasons([2013]), cfg.training.gate)
+    assert (blind.verdict, blind.publish) == ("NOT_BLESSED", False)
+    assert any("cannot be compared out of sample" in r for r in blind.reasons)
+
     config_file = tmp_path / "scorebeater.toml"
     config_file.write_text(
         f'[model]\nbase_path = "{base}"\n[training]\nreport_dir = "{tmp_path / "reports"}"\n'

@@ -5,7 +5,8 @@ daemon builds its rows from the Score API, game by game. For every training row 
 the daemon's latest row as of that day's games must hold exactly the same model inputs, and
 the daemon's stored training export (features joined with final outcomes) must carry the same
 labels. One real season, end to end: replay server, stand-in, daemon, local storage; twice:
-2014, and 2007, the first season with games, whose previous season the Score API knows only
+2014; 2013, after the 66-game 2012 season (the schedule inputs are not constant there); and
+2007, the first season with games, whose previous season the Score API knows only
 from its player totals (no ``scheduled_games_per_team``: the daemon and the training set both
 read its schedule from the totals, :func:`scorebeater.schedule.scheduled_games_from_totals`).
 The inputs compared include the previous season's schedule, the games missed in it and the
@@ -44,7 +45,9 @@ from tests.integration.daemon_support import model_base_path
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("year", [2014, 2007], ids=["2014", "2007-previous-from-totals"])
+@pytest.mark.parametrize(
+    "year", [2014, 2013, 2007], ids=["2014", "2013-after-66-games", "2007-previous-from-totals"]
+)
 async def test_daemon_features_equal_training_rows(tmp_path: Path, year: int) -> None:
     history = bundled_history()
     catalog = bundled_catalog()
@@ -99,9 +102,9 @@ async def test_daemon_features_equal_training_rows(tmp_path: Path, year: int) ->
             mismatched.append((pid, when, expected, rows[k][1] if k >= 0 else None))
     assert len(trained) > 50_000
     assert not mismatched, f"{len(mismatched)} of {len(trained)} rows differ, e.g. {mismatched[:3]}"
-    # The added inputs are really exercised: an 82-game previous season, players who missed
-    # games in it, and players with a season three back.
-    assert set(trained.inputs["prev_season_games"].tolist()) == {82.0}
+    # The added inputs are really exercised: the previous season's schedule (66 games before
+    # 2013), players who missed games in it, and players with a season three back.
+    assert set(trained.inputs["prev_season_games"].tolist()) == {66.0 if year == 2013 else 82.0}
     assert (trained.inputs["prev_games_missed"] > 0).mean() > 0.5
     assert (trained.inputs["prev3_games"] > 0).mean() > 0.5
 
