@@ -22,7 +22,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,6 +157,7 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
     force: bool = False,
     compare_baselines: bool = True,
     progress: Callable[[str], None] = _stderr,
+    stored_seasons: Collection[int] = (),
 ) -> TrainOutcome:
     """Fit the gate fold, judge it, refit on everything and publish (if blessed or forced).
 
@@ -169,6 +170,8 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
        infra-checked and published as the next version with the fold's verdict.
 
     ``long_history`` rows take part in both fits with ``training.long_history_weight``.
+    ``stored_seasons`` are the seasons whose rows came from storage (the model card lists
+    every season with its source and rows).
     ``compare_baselines`` also fits the baselines on the fold's training rows and records
     their evaluation metrics in the model card (about 30 s).
 
@@ -245,6 +248,7 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
             refit=refit,
             decision=decision,
             baseline_metrics=baseline_metrics,
+            stored_seasons=stored_seasons,
         )
         blessing = decision.as_dict()
         if refit is not None and staged_final is not None:
@@ -278,6 +282,7 @@ def _model_card(
     refit: Any,
     decision: Any,
     baseline_metrics: dict[str, Any],
+    stored_seasons: Collection[int],
 ) -> dict[str, Any]:
     from scorebeater.training import export, network  # noqa: PLC0415 - TensorFlow
 
@@ -292,6 +297,14 @@ def _model_card(
         "data_source": source,
         "training_seasons": rows.seasons() if refit is not None else split.train_seasons,
         "long_history_seasons": [long_seasons[0], long_seasons[-1]] if long_seasons else [],
+        "seasons": [
+            {
+                "season": s,
+                "source": "storage" if s in stored_seasons else "files",
+                "rows": int((rows.season == s).sum()),
+            }
+            for s in rows.seasons()
+        ],
         "rows": {
             "per_game": len(rows),
             "long_history": len(long_rows),
@@ -350,15 +363,19 @@ async def train_command(args: argparse.Namespace) -> int:
     Async only to read storage; the training itself blocks the loop, which has nothing else to run.
     """
     cfg: Config = args.cfg
+    stored_seasons: list[int] = []
     if args.from_storage:
         stored = await _from_configured_storage(cfg)
         rows, source = _with_file_history(stored, args, cfg)
+        stored_seasons = stored.seasons()
     else:
         data_dir = _data_dir(args, cfg)
         rows = dataset.build_training_set(load_history(data_dir))
         source = str(data_dir) if data_dir is not None else "bundled"
     long_rows = long_history_rows(cfg, _data_dir(args, cfg))
-    outcome = run_training(cfg, rows, long_rows, source=source, force=args.force)
+    outcome = run_training(
+        cfg, rows, long_rows, source=source, force=args.force, stored_seasons=stored_seasons
+    )
     mlp = (outcome.decision.get("candidate") or {}).get("metrics") or {}
     summary = mlp.get("all", {})
     if outcome.version is not None:

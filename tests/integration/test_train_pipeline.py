@@ -69,7 +69,7 @@ def test_train_gate_publish_and_evaluate(
     cfg = _config(tmp_path)
     base = cfg.model.base_path
 
-    first = run_training(cfg, rows, long_rows, source="test")
+    first = run_training(cfg, rows, long_rows, source="test", stored_seasons=[2014])
     assert first.version == 1
     assert versions(base) == [1]
     card = json.loads((base / "1" / "assets.extra" / "model_card.json").read_text())
@@ -77,6 +77,10 @@ def test_train_gate_publish_and_evaluate(
     assert card["version"] == 1
     assert card["training_seasons"] == SEASONS  # the published model is refitted on everything
     assert card["long_history_seasons"] == [2010, 2014]
+    assert card["seasons"] == [
+        {"season": s, "source": "storage" if s == 2014 else "files", "rows": int((rows.season == s).sum())}
+        for s in SEASONS
+    ]
     fold = card["gate_fold"]
     assert (fold["train_seasons"], fold["validation_seasons"], fold["eval_seasons"]) == (
         [2012],
