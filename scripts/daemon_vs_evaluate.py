@@ -45,15 +45,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scorebeater.testing.realized import scrape_realized
+
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_GAUGES = {
-    "roc_auc": "scorebeater_eval_roc_auc",
-    "brier": "scorebeater_eval_brier_score",
-    "log_loss": "scorebeater_eval_log_loss",
-    "ece": "scorebeater_eval_expected_calibration_error",
-    "accuracy": "scorebeater_eval_accuracy",
-    "n": "scorebeater_eval_rows",
-}
 METRICS = ("roc_auc", "brier", "log_loss", "ece", "accuracy")
 BUCKETS = ("all", "0-25", "25-50", "50-75", "75-100")
 SEASON_TIMEOUT_S = 1800.0
@@ -76,21 +70,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.005)
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout")
     return parser.parse_args(argv)
-
-
-def scrape(text: str) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model_version: {bucket: {metric: value}}}`` from a /metrics exposition."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
-    wanted = {name: metric for metric, name in METRIC_GAUGES.items()}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            metric = wanted.get(sample.name)
-            if metric is not None:
-                version, bucket = sample.labels["model_version"], sample.labels["bucket"]
-                out.setdefault(version, {}).setdefault(bucket, {})[metric] = sample.value
-    return out
 
 
 async def replay_season(season: int, model_base: Path, store: Path) -> tuple[str, dict[str, Any]]:
@@ -291,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         text, facts = asyncio.run(replay_season(args.season, model_base, store))
         _say(f"daemon: {facts}")
-        exported = scrape(text)
+        exported = scrape_realized(text)
         config = work / "scorebeater.toml"
         config.write_text(
             f'[model]\nbase_path = "{model_base}"\n'

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from scorebeater.config import TrainingConfig
 from scorebeater.data import History, SeasonTotal
 from scorebeater.errors import DataError
 from scorebeater.inputs import INPUT_NAMES, games_missed, progress_buckets
@@ -88,10 +89,6 @@ class TrainingSet:
         if self.long_history is None:
             return np.zeros(len(self), np.bool_)
         return self.long_history
-
-    def per_game(self) -> TrainingSet:
-        """Only the rows built from per-game data (what the daemon predicts and evaluation scores)."""
-        return self if self.long_history is None else self.take(~self.long_history)
 
     def for_seasons(self, seasons: Iterable[int]) -> TrainingSet:
         """Only the rows of ``seasons``."""
@@ -348,10 +345,8 @@ def _previous_inputs(
     return {k: np.asarray(v, np.float32) for k, v in per_player.items()}
 
 
-LONG_HISTORY_FROM = 1960
-"""Default first season of the season-start rows (``training.long_history_from``): the
-backtest preferred 1960 to 1980, as the 1960s' changing schedules teach what a schedule
-change does."""
+LONG_HISTORY_FROM = TrainingConfig().long_history_from
+"""Default first season of the season-start rows: ``training.long_history_from``'s default."""
 
 
 def build_long_history(

@@ -39,23 +39,26 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)  # noqa: T201 - the progress display
 
 
+_DEFAULTS = TrainingConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class Recipe:
     """How to fit the model; ``asdict`` goes into the model card and the backtest report."""
 
-    # the defaults are TrainingConfig's: the recipe the backtest chose
-    seed: int = 7
-    members: int = 1
+    # the defaults are TrainingConfig's (one place): the recipe the backtest chose
+    seed: int = _DEFAULTS.seed
+    members: int = _DEFAULTS.ensemble_members
     """Networks averaged in the graph (seeds ``seed .. seed + members - 1``)."""
-    hidden_units: tuple[int, ...] = (32, 16)
-    dropout: float = 0.3
-    learning_rate: float = 0.0003
-    batch_size: int = 1024
-    max_epochs: int = 40
+    hidden_units: tuple[int, ...] = _DEFAULTS.hidden_units
+    dropout: float = _DEFAULTS.dropout
+    learning_rate: float = _DEFAULTS.learning_rate
+    batch_size: int = _DEFAULTS.batch_size
+    max_epochs: int = _DEFAULTS.epochs
     """Upper bound with early stopping (on the validation season)."""
-    long_history_weight: float = 10.0
+    long_history_weight: float = _DEFAULTS.long_history_weight
     """Loss weight of one season-start row from the long history (per-game rows weigh 1)."""
-    calibrate: bool = False
+    calibrate: bool = _DEFAULTS.calibrate
     """Fit Platt scaling on the validation season's mean logits."""
     weight_decay: float = network.WEIGHT_DECAY
     noise_std: float = network.INPUT_NOISE_STD

@@ -33,7 +33,6 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from scorebeater import cli
 from scorebeater.config import (
@@ -53,6 +52,7 @@ from scorebeater.scoreapi import timeline
 from scorebeater.scoreapi.catalog import ReplayCatalog
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import PREDICTIONS_SCHEMA
+from scorebeater.testing.realized import scrape_realized
 from scorebeater.testing.savedmodel import cached_models, publish
 from scorebeater.testing.score_api import RunningReplay, running_replay
 from scorebeater.training.daemon_rows import read_daemon_rows
@@ -71,14 +71,6 @@ TRADE_DAY = 14
 ROOKIE = 1099
 """Plays for CCC in SEASON only: no previous season, so no row anywhere."""
 MODEL_CACHE = Path("/tmp/scorebeater-test-models")  # noqa: S108 - a per-machine cache of exports
-METRICS = {
-    "roc_auc": "scorebeater_eval_roc_auc",
-    "brier": "scorebeater_eval_brier_score",
-    "log_loss": "scorebeater_eval_log_loss",
-    "ece": "scorebeater_eval_expected_calibration_error",
-    "accuracy": "scorebeater_eval_accuracy",
-    "n": "scorebeater_eval_rows",
-}
 GAME_COLUMNS = ["season", "season_type", "game_seq", "game_id", "date"]
 TOTAL_COLUMNS = ["season", "player_id", "player", "age", "experience", "team", "g", "mp", "ft", "fta", "pts"]
 TOLERANCE = 1e-6
@@ -185,18 +177,6 @@ async def _model_url(model_base: Path) -> AsyncIterator[str]:
         yield server.url
 
 
-def scrape(text: str, version: str) -> dict[str, dict[str, float]]:
-    """``{bucket: {metric: value}}`` of one model version from a /metrics exposition."""
-    wanted = {name: metric for metric, name in METRICS.items()}
-    out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            metric = wanted.get(sample.name)
-            if metric is not None and sample.labels.get("model_version") == version:
-                out.setdefault(sample.labels["bucket"], {})[metric] = sample.value
-    return out
-
-
 def states(rows: TrainingSet, player: int | None = None) -> set[tuple[float, ...]]:
     """Each row's player and inputs, as a set (a repeated row counts once): of ``player``, else
     of everyone but the traded player.
@@ -255,7 +235,7 @@ async def test_metrics_equal_evaluate_on_the_daemons_rows(
         # 2. /metrics, as Prometheus scrapes it
         assert daemon.admin_url is not None
         async with aiohttp.ClientSession(base_url=daemon.admin_url) as http, http.get("/metrics") as resp:
-            exported = scrape(await resp.text(), "1")
+            exported = scrape_realized(await resp.text()).get("1", {})
     assert sorted(exported) == sorted(["all", "0-25", "25-50", "50-75", "75-100"])
     assert exported["all"]["n"] == features["rows"]
 

@@ -420,7 +420,6 @@ def test_long_history_row_starts_the_season_at_zero_with_the_seasons_label() -> 
     league = _league()
     ts = build_long_history(league, [2006])
     assert ts.is_long_history().all()
-    assert len(ts.per_game()) == 0
     assert (ts.as_of_seq == 0).all()
     for name in CURRENT_SEASON_INPUTS:
         assert (ts.inputs[name] == 0).all(), name
