@@ -14,14 +14,28 @@ null (the object store records each segment's version; Postgres adds the columns
 rows written now must have every input (:func:`conform_features`). Their ``feature_hash``
 covers every input they have (:func:`feature_hashes`).
 
+Predictions and outcomes carry a schema version too (:data:`PREDICTIONS_SCHEMA_VERSION`,
+:data:`OUTCOMES_SCHEMA_VERSION`): version 2 added a prediction's ``role`` (rows stored before
+read back as ``"champion"``) and an outcome's ``resolved_early_seq``/``resolved_early_at``
+(an ``early`` row stored before reads back with them equal to its ``resolved_*``, a ``final``
+one with them null: that time was not kept then). See :func:`upgraded_predictions` and
+:func:`upgraded_outcomes`.
+
 Keys (all idempotent: writing the same key again replaces the row, never duplicates it):
 
 - features: ``(player_id, season, as_of_seq)``: a player's raw model inputs as of the end of
   the season's game number ``as_of_seq`` (the games feed's ``game_seq``);
-- predictions: ``(player_id, season, as_of_seq, model_version)``;
+- predictions: ``(player_id, season, as_of_seq, model_version)``; each row has a ``role``
+  (:data:`PREDICTION_ROLES`: the served ``champion`` or the shadow ``challenger``), which is
+  not part of the key (one version scores a row in one role at a time);
 - prediction cache: ``(feature_hash, model_version)`` -> probability;
 - outcomes: ``(player_id, season)``; a ``final`` resolution replaces an ``early`` one, never
-  the reverse;
+  the reverse. When a player beat his mark before the season ended, the time is kept: an
+  ``early`` row's ``resolved_early_seq``/``resolved_early_at`` equal its ``resolved_*``, and a
+  row replacing a stored one keeps the stored row's non-null ``resolved_early_*`` where its own
+  are null (``COALESCE(new, old)``), so the ``final`` row that replaces an ``early`` one still
+  says when the player was known to have beaten his mark; null on a ``final`` row: never
+  resolved early (or resolved before that time was stored);
 - checkpoints: a name (``[a-z0-9_.-]{1,64}``) -> opaque bytes.
 
 Every write that takes ``checkpoint=(name, value)`` commits the rows and the checkpoint
@@ -88,6 +102,15 @@ FEATURES_SCHEMA = pa.schema(
     ]
 )
 
+PREDICTION_ROLES = ("champion", "challenger")
+"""A stored prediction's role: ``champion``, the version the daemon serves (pinned by
+``[tfserving] version_label``, else the latest AVAILABLE), or ``challenger``, the version of
+``[tfserving] challenger_label`` scored in its shadow and never served unless asked for."""
+PREDICTIONS_SCHEMA_VERSION = 2
+"""The prediction rows' schema version: 2 added ``role`` (rows of version 1 are champions)."""
+OUTCOMES_SCHEMA_VERSION = 2
+"""The outcome rows' schema version: 2 added ``resolved_early_seq``/``resolved_early_at``."""
+
 PREDICTION_KEY = ("player_id", "season", "as_of_seq", "model_version")
 PREDICTIONS_SCHEMA = pa.schema(
     [
@@ -100,6 +123,7 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("feature_hash", pa.string(), nullable=False),
         pa.field("progress", pa.float32(), nullable=False),
         pa.field("predicted_at", UTC_TS, nullable=False),
+        pa.field("role", pa.string(), nullable=False),  # one of PREDICTION_ROLES
     ]
 )
 
@@ -122,17 +146,26 @@ OUTCOMES_SCHEMA = pa.schema(
         pa.field("resolved_at", UTC_TS, nullable=False),
         pa.field("ftm", pa.int32(), nullable=False),
         pa.field("prev_ftm", pa.int32(), nullable=False),
+        # When the player was known to have beaten his mark (an early resolution), kept when
+        # a final row replaces the early one; null if he never was (or it predates version 2).
+        pa.field("resolved_early_seq", pa.int32(), nullable=True),
+        pa.field("resolved_early_at", UTC_TS, nullable=True),
     ]
 )
+EARLY_COLUMNS = ("resolved_early_seq", "resolved_early_at")
+"""The outcome columns a replacing row takes from the stored one when its own are null."""
 
 TRAINING_SCHEMA = pa.schema(
     [
         *FEATURES_SCHEMA,
         pa.field("beat", pa.bool_(), nullable=False),
         pa.field("resolution", pa.string(), nullable=False),
+        pa.field("resolved_early_seq", pa.int32(), nullable=True),
+        pa.field("resolved_early_at", UTC_TS, nullable=True),
     ]
 )
-"""Feature history rows joined with their player-season's outcome (inner join); a row stored
+"""Feature history rows joined with their player-season's outcome (inner join): its ``beat``,
+``resolution`` and the time of an early resolution (null if none was stored). A row stored
 before feature schema :data:`FEATURES_SCHEMA_VERSION` has its :data:`LATE_INPUTS` null."""
 
 RESOLUTIONS = ("early", "final")
@@ -142,6 +175,7 @@ COLUMN_BOUNDS: dict[str, Bound] = {
     "season": bounds.SEASON,
     "as_of_seq": bounds.GAME_SEQ,
     "resolved_seq": bounds.GAME_SEQ,
+    "resolved_early_seq": bounds.GAME_SEQ,
     # Model inputs (features) and outcomes: season counts, by the same names in both.
     "prev_ftm": bounds.SEASON_FTM,
     "prev_fta": bounds.SEASON_FTA,
@@ -255,17 +289,135 @@ def cache_rows(model_version: int, entries: Mapping[str, float]) -> pa.Table:
 
 
 def conform_outcomes(rows: pa.Table) -> pa.Table:
-    """:func:`conform` to ``OUTCOMES_SCHEMA``, with every resolution one of ``RESOLUTIONS``.
+    """:func:`conform` to ``OUTCOMES_SCHEMA``, with every resolution one of ``RESOLUTIONS``,
+    and the time of an early resolution filled in.
+
+    An ``early`` row's ``resolved_early_seq``/``resolved_early_at`` are its ``resolved_*``
+    (filled in when null). Rows of one key in the batch share their early time: a row whose
+    own are null takes those of the batch's last row of the key that has them, so a batch
+    holding a player's ``early`` and ``final`` rows stores the ``final`` one with the early time,
+    as two writes would.
 
     Raises:
-        StorageError: a schema mismatch, or other resolutions (up to five named).
+        StorageError: a schema mismatch, other resolutions (up to five named), or an ``early``
+            row whose ``resolved_early_*`` differ from its ``resolved_*``.
     """
     rows = conform(rows, OUTCOMES_SCHEMA, "outcomes")
     bad = pc.invert(pc.is_in(rows.column("resolution"), value_set=pa.array(RESOLUTIONS)))
     if pc.any(bad).as_py():
         examples = pc.unique(pc.filter(rows.column("resolution"), bad)).to_pylist()[:5]
         raise StorageError(f"outcomes: column resolution must be one of {list(RESOLUTIONS)}, got {examples}")
+    early = pc.equal(rows.column("resolution"), "early")
+    for column, source in zip(EARLY_COLUMNS, ("resolved_seq", "resolved_at"), strict=True):
+        own = rows.column(column)
+        differs = pc.and_(early, pc.and_(own.is_valid(), pc.not_equal(own, rows.column(source))))
+        if pc.any(differs).as_py():
+            raise StorageError(
+                f"outcomes: column {column} of an early row must equal its {source} "
+                f"({pc.sum(differs).as_py()} row(s) differ)"
+            )
+        filled = pc.if_else(early, rows.column(source), own)
+        rows = rows.set_column(rows.schema.get_field_index(column), OUTCOMES_SCHEMA.field(column), filled)
+    return _share_early_time(rows)
+
+
+def _share_early_time(rows: pa.Table) -> pa.Table:
+    """Rows of a key repeated in the batch (rare) take the early time one of them has."""
+    keys = rows.select(list(OUTCOME_KEY)).group_by(list(OUTCOME_KEY)).aggregate([([], "count_all")])
+    if keys.num_rows == rows.num_rows or rows.column("resolved_early_seq").null_count == 0:
+        return rows
+    known: dict[tuple[int, int], tuple[object, object]] = {}
+    columns = [rows.column(c).to_pylist() for c in (*OUTCOME_KEY, *EARLY_COLUMNS)]
+    for player, season, seq, at in zip(*columns, strict=True):
+        if seq is not None:
+            known[player, season] = (seq, at)
+    for i, column in enumerate(EARLY_COLUMNS):
+        values = [
+            own if own is not None else known.get((player, season), (None, None))[i]
+            for player, season, own in zip(columns[0], columns[1], columns[2 + i], strict=True)
+        ]
+        field = OUTCOMES_SCHEMA.field(column)
+        rows = rows.set_column(rows.schema.get_field_index(column), field, pa.array(values, field.type))
     return rows
+
+
+def conform_predictions(rows: pa.Table) -> pa.Table:
+    """:func:`conform` to ``PREDICTIONS_SCHEMA``, with every role one of :data:`PREDICTION_ROLES`.
+
+    Raises:
+        StorageError: a schema mismatch, or other roles (up to five named).
+    """
+    rows = conform(rows, PREDICTIONS_SCHEMA, "predictions")
+    bad = pc.invert(pc.is_in(rows.column("role"), value_set=pa.array(PREDICTION_ROLES)))
+    if pc.any(bad).as_py():
+        examples = pc.unique(pc.filter(rows.column("role"), bad)).to_pylist()[:5]
+        raise StorageError(
+            f"predictions: column role must be one of {list(PREDICTION_ROLES)}, got {examples}"
+        )
+    return rows
+
+
+def check_role(role: str | None) -> str | None:
+    """Return a ``read_predictions`` role filter if valid (a role, or ``None`` for all).
+
+    Raises:
+        StorageError: naming the bad value.
+    """
+    if role is not None and role not in PREDICTION_ROLES:
+        raise StorageError(f"predictions: role must be one of {list(PREDICTION_ROLES)} or None, got {role!r}")
+    return role
+
+
+def _check_version(what: str, version: int, current: int) -> None:
+    if version > current:
+        raise StorageError(
+            f"{what}: rows of schema version {version}, newer than this scorebeater's "
+            f"({current}): upgrade scorebeater"
+        )
+
+
+def _cast_columns(table: pa.Table, schema: pa.Schema, added: Mapping[str, pa.Array], what: str) -> pa.Table:
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            columns.append(col if col.type.equals(f.type) else col.cast(f.type))
+        elif f.name in added:
+            columns.append(added[f.name])
+        else:
+            raise StorageError(f"{what}: stored rows lack column {f.name}")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def upgraded_predictions(table: pa.Table, version: int) -> pa.Table:
+    """Prediction rows stored at schema ``version`` as ``PREDICTIONS_SCHEMA`` rows: rows of
+    version 1 (before roles) are the champion's. Columns are taken by name.
+
+    Raises:
+        StorageError: a column of ``version`` is missing, or ``version`` is newer than this code's.
+    """
+    _check_version("predictions", version, PREDICTIONS_SCHEMA_VERSION)
+    added = {"role": pa.repeat(pa.scalar("champion"), table.num_rows)} if version < 2 else {}  # noqa: PLR2004
+    return _cast_columns(table, PREDICTIONS_SCHEMA, added, "predictions")
+
+
+def upgraded_outcomes(table: pa.Table, version: int) -> pa.Table:
+    """Outcome rows stored at schema ``version`` as ``OUTCOMES_SCHEMA`` rows. Rows of version 1
+    (before the early time was kept): an ``early`` row's ``resolved_early_*`` are its
+    ``resolved_*``; a ``final`` row's are null (a final row then overwrote the early one).
+
+    Raises:
+        StorageError: a column of ``version`` is missing, or ``version`` is newer than this code's.
+    """
+    _check_version("outcomes", version, OUTCOMES_SCHEMA_VERSION)
+    added = {}
+    if version < 2:  # noqa: PLR2004 - the version that added them
+        early = pc.equal(table.column("resolution"), "early")
+        for column, source in zip(EARLY_COLUMNS, ("resolved_seq", "resolved_at"), strict=True):
+            field = OUTCOMES_SCHEMA.field(column)
+            nulls = pa.nulls(table.num_rows, field.type)
+            added[column] = pc.if_else(early, table.column(source).cast(field.type), nulls)
+    return _cast_columns(table, OUTCOMES_SCHEMA, added, "outcomes")
 
 
 def feature_hashes(table: pa.Table) -> list[str]:
@@ -484,7 +636,12 @@ class Storage(Protocol):
 
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions (``PREDICTIONS_SCHEMA``) by ``(player_id, season, as_of_seq,
-        model_version)``; a rerun replaces, never duplicates."""
+        model_version)``; a rerun replaces, never duplicates (its ``role`` too).
+
+        Raises:
+            StorageError: a schema mismatch, or a role not in :data:`PREDICTION_ROLES`
+                (:func:`conform_predictions`).
+        """
         ...
 
     def read_predictions(
@@ -493,11 +650,16 @@ class Storage(Protocol):
         season: int | None = None,
         player_id: int | None = None,
         latest_only: bool = False,
+        role: str | None = "champion",
     ) -> AsyncGenerator[pa.Table, None]:
-        """Stored predictions, filtered when given.
+        """Stored predictions of ``role`` (``None``: every role), filtered when given.
 
-        ``latest_only`` keeps one row per ``(player_id, season)``: the highest ``as_of_seq``,
-        and among those the highest ``model_version``.
+        Rows stored before roles existed are the champion's. ``latest_only`` keeps one row
+        per ``(player_id, season)`` among the selected rows: the highest ``as_of_seq``, and
+        among those the highest ``model_version`` (so ``role=None`` picks across roles).
+
+        Raises:
+            StorageError: a role that is neither ``None`` nor in :data:`PREDICTION_ROLES`.
         """
         ...
 
@@ -516,6 +678,13 @@ class Storage(Protocol):
         """Upsert outcomes (``OUTCOMES_SCHEMA``) by ``(player_id, season)``.
 
         A ``final`` row replaces anything; an ``early`` row never replaces a ``final`` one.
+        A row that replaces a stored one keeps the stored ``resolved_early_seq``/
+        ``resolved_early_at`` where its own are null (``COALESCE(new, old)``): a ``final`` row
+        written with them null still says when the player was known to have beaten his mark.
+        Rows are first :func:`conform_outcomes`-ed (an ``early`` row's are its ``resolved_*``).
+
+        Raises:
+            StorageError: as :func:`conform_outcomes`.
         """
         ...
 
@@ -535,5 +704,6 @@ class Storage(Protocol):
         self, *, seasons: Collection[int] | None = None
     ) -> AsyncGenerator[pa.Table, None]:
         """Feature history joined with outcomes (``TRAINING_SCHEMA``): every stored feature row
-        of a player-season that has an outcome, labelled with it."""
+        of a player-season that has an outcome, labelled with it (``beat``, ``resolution`` and
+        the early resolution's ``resolved_early_seq``/``resolved_early_at``, null if none)."""
         ...

@@ -31,7 +31,8 @@ share the players, the label, the inputs, the progress buckets and the metric fu
   while ``evaluate --rows daemon`` scores every stored row with *one* version (the published
   one or ``--model-version``): they are the same rows, and the same figures, when that version
   predicted every row (one version served the whole season, and no refeed by another).
-  :attr:`DaemonRows.predicted_by` counts the rows each version has a prediction for.
+  :attr:`DaemonRows.predicted_by` counts the rows each version has a prediction for as the
+  champion (a shadow challenger's predictions have their own role and are not counted).
 - **seasons**: ``/metrics`` pools every season the daemon follows that has final outcomes;
   ``--seasons`` must name the same ones.
 - **probabilities**: the daemon's come from TF Serving over REST (float32, sent as JSON), and

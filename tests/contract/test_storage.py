@@ -23,6 +23,7 @@ from scorebeater.errors import StorageError, StorageUnavailable
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import (
+    EARLY_COLUMNS,
     FEATURE_KEY,
     FEATURES_SCHEMA,
     LATE_INPUTS,
@@ -37,7 +38,14 @@ from scorebeater.storage.base import (
     feature_hashes,
     upgraded_features,
 )
-from scorebeater.storage.objects import FEATURES, FEATURES_LATEST, Committer, ObjectTableStorage
+from scorebeater.storage.objects import (
+    FEATURES,
+    FEATURES_LATEST,
+    OUTCOMES,
+    PREDICTIONS,
+    Committer,
+    ObjectTableStorage,
+)
 from tests.contract.conftest import BATCH_ROWS
 
 if TYPE_CHECKING:
@@ -80,7 +88,9 @@ def features(keys: Iterable[tuple[int, int, int]], *, bump: float = 0.0) -> pa.T
     return conform(table, FEATURES_SCHEMA, "test features")
 
 
-def predictions(keys: Iterable[tuple[int, int, int, int]], *, probability: float = 0.25) -> pa.Table:
+def predictions(
+    keys: Iterable[tuple[int, int, int, int]], *, probability: float = 0.25, role: str = "champion"
+) -> pa.Table:
     keys = list(keys)
     ts = pa.timestamp("us", tz="UTC")
     table = pa.table(
@@ -94,13 +104,21 @@ def predictions(keys: Iterable[tuple[int, int, int, int]], *, probability: float
             "feature_hash": pa.array([f"{k[0]:08x}{k[2]:08x}" for k in keys]),
             "progress": pa.array([k[2] / 82 for k in keys], pa.float32()),
             "predicted_at": pa.array([T0 + dt.timedelta(hours=k[3]) for k in keys], ts),
+            "role": pa.array([role] * len(keys), pa.string()),
         }
     )
     return conform(table, PREDICTIONS_SCHEMA, "test predictions")
 
 
-def outcomes(rows: Iterable[tuple[int, int, bool, str]], *, seq: int = 40) -> pa.Table:
+def outcomes(
+    rows: Iterable[tuple[int, int, bool, str]], *, seq: int = 40, early_seq: int | None = None
+) -> pa.Table:
+    """Outcome rows resolved at game ``seq`` (at ``T0``, as every row here); an early row's
+    early time is its own, a final row's is game ``early_seq`` (at ``T0``), null if not given."""
     rows = list(rows)
+    ts = pa.timestamp("us", tz="UTC")
+    early_at = T0
+    own = [r[3] == "early" for r in rows]
     table = pa.table(
         {
             "player_id": pa.array([r[0] for r in rows], pa.int64()),
@@ -111,6 +129,10 @@ def outcomes(rows: Iterable[tuple[int, int, bool, str]], *, seq: int = 40) -> pa
             "resolved_at": pa.array([T0] * len(rows), pa.timestamp("us", tz="UTC")),
             "ftm": pa.array([300 + r[0] for r in rows], pa.int32()),
             "prev_ftm": pa.array([290] * len(rows), pa.int32()),
+            "resolved_early_seq": pa.array([seq if o else early_seq for o in own], pa.int32()),
+            "resolved_early_at": pa.array(
+                [T0 if o else (None if early_seq is None else early_at) for o in own], ts
+            ),
         }
     )
     return conform(table, OUTCOMES_SCHEMA, "test outcomes")
@@ -264,6 +286,57 @@ async def test_predictions_round_trip_filters_and_latest(storage: Storage) -> No
     assert_rows(latest_one, rerun, PREDICTION_KEY)
 
 
+async def test_prediction_roles_round_trip_filter_and_latest_per_role(storage: Storage) -> None:
+    champion = predictions([(p, 2024, q, 5) for p in (1, 2) for q in (1, 2)])
+    # The challenger (a newer version) scored the same rows, and one more game of player 1.
+    challenger = predictions(
+        [(p, 2024, q, 6) for p in (1, 2) for q in (1, 2)] + [(1, 2024, 3, 6)],
+        probability=0.5,
+        role="challenger",
+    )
+    await storage.write_predictions(champion)
+    await storage.write_predictions(challenger)
+    await storage.write_predictions(challenger)  # a rerun replaces, never duplicates
+    both = pa.concat_tables([champion, challenger])
+    assert_rows(await collect(storage.read_predictions(), PREDICTIONS_SCHEMA), champion, PREDICTION_KEY)
+    assert_rows(
+        await collect(storage.read_predictions(role="challenger"), PREDICTIONS_SCHEMA),
+        challenger,
+        PREDICTION_KEY,
+    )
+    assert_rows(await collect(storage.read_predictions(role=None), PREDICTIONS_SCHEMA), both, PREDICTION_KEY)
+    # latest_only within the role: the champion's own latest, though version 6 is newer and
+    # has a later game.
+    latest = await collect(storage.read_predictions(latest_only=True), PREDICTIONS_SCHEMA)
+    assert_rows(latest, predictions([(1, 2024, 2, 5), (2, 2024, 2, 5)]), PREDICTION_KEY)
+    latest = await collect(storage.read_predictions(latest_only=True, role="challenger"), PREDICTIONS_SCHEMA)
+    expected = predictions([(1, 2024, 3, 6), (2, 2024, 2, 6)], probability=0.5, role="challenger")
+    assert_rows(latest, expected, PREDICTION_KEY)
+    latest = await collect(storage.read_predictions(latest_only=True, role=None), PREDICTIONS_SCHEMA)
+    assert_rows(latest, expected, PREDICTION_KEY)  # across roles: the highest seq, then version
+    one = await collect(
+        storage.read_predictions(season=2024, player_id=2, latest_only=True, role="challenger"),
+        PREDICTIONS_SCHEMA,
+    )
+    assert_rows(one, expected.slice(1), PREDICTION_KEY)
+    # A version scoring a row in the other role replaces it (the role is not in the key).
+    moved = predictions([(2, 2024, 2, 6)], probability=0.5)
+    await storage.write_predictions(moved)
+    assert_rows(
+        await collect(storage.read_predictions(player_id=2, latest_only=True), PREDICTIONS_SCHEMA),
+        moved,
+        PREDICTION_KEY,
+    )
+
+
+async def test_unknown_prediction_role_is_rejected(storage: Storage) -> None:
+    with pytest.raises(StorageError, match="role must be one of"):
+        await storage.write_predictions(predictions([(1, 2024, 1, 1)], role="canary"))
+    assert [t async for t in storage.read_predictions(role=None)] == []
+    with pytest.raises(StorageError, match="role must be one of"):
+        _ = [t async for t in storage.read_predictions(role="canary")]
+
+
 async def test_outcomes_final_is_never_replaced_by_early(storage: Storage) -> None:
     await storage.write_outcomes(
         outcomes([(1, 2024, True, "early"), (2, 2024, False, "final"), (3, 2024, True, "early")])
@@ -274,7 +347,8 @@ async def test_outcomes_final_is_never_replaced_by_early(storage: Storage) -> No
     got = await collect(storage.read_outcomes(), OUTCOMES_SCHEMA)
     expected = pa.concat_tables(
         [
-            outcomes([(1, 2024, True, "final"), (3, 2024, True, "early")], seq=50),
+            outcomes([(1, 2024, True, "final")], seq=50, early_seq=40),  # keeps the early time
+            outcomes([(3, 2024, True, "early")], seq=50),
             outcomes([(2, 2024, False, "final")]),
         ]
     )
@@ -287,9 +361,57 @@ async def test_outcomes_final_is_never_replaced_by_early(storage: Storage) -> No
 
 
 async def test_outcomes_batch_with_both_resolutions_keeps_final(storage: Storage) -> None:
-    await storage.write_outcomes(outcomes([(1, 2024, True, "final"), (1, 2024, True, "early")]))
+    final = outcomes([(1, 2024, True, "final")], seq=82)
+    await storage.write_outcomes(pa.concat_tables([final, outcomes([(1, 2024, True, "early")])]))
     got = await collect(storage.read_outcomes(), OUTCOMES_SCHEMA)
     assert got.column("resolution").to_pylist() == ["final"]
+    # ... and with the early row's time, as if the two had been written one after the other.
+    assert_rows(got, outcomes([(1, 2024, True, "final")], seq=82, early_seq=40), OUTCOME_KEY)
+
+
+async def test_final_outcome_keeps_the_early_time(storage: Storage) -> None:
+    """``COALESCE(new, old)``: a final row written without an early time keeps the stored one."""
+    await storage.write_outcomes(outcomes([(1, 2024, True, "early"), (2, 2023, True, "early")], seq=30))
+    await storage.write_outcomes(
+        outcomes([(1, 2024, True, "final"), (2, 2023, True, "final"), (3, 2024, False, "final")], seq=82)
+    )
+    expected = pa.concat_tables(
+        [
+            outcomes([(1, 2024, True, "final"), (2, 2023, True, "final")], seq=82, early_seq=30),
+            outcomes([(3, 2024, False, "final")], seq=82),  # never resolved early: null
+        ]
+    )
+    assert_rows(await collect(storage.read_outcomes(), OUTCOMES_SCHEMA), expected, OUTCOME_KEY)
+    # A correction of the final row keeps it too; a late early row changes nothing.
+    await storage.write_outcomes(outcomes([(1, 2024, False, "final"), (3, 2024, False, "final")], seq=82))
+    await storage.write_outcomes(outcomes([(3, 2024, True, "early")], seq=50))
+    expected = upserted(expected, outcomes([(1, 2024, False, "final")], seq=82, early_seq=30), OUTCOME_KEY)
+    assert_rows(await collect(storage.read_outcomes(), OUTCOMES_SCHEMA), expected, OUTCOME_KEY)
+    # A final row that brings its own early time keeps its own.
+    await storage.write_outcomes(outcomes([(2, 2023, True, "final")], seq=82, early_seq=35))
+    expected = upserted(expected, outcomes([(2, 2023, True, "final")], seq=82, early_seq=35), OUTCOME_KEY)
+    assert_rows(await collect(storage.read_outcomes(), OUTCOMES_SCHEMA), expected, OUTCOME_KEY)
+    # The training export carries it.
+    await storage.write_features(features(grid([1, 3], [2024], [1])))
+    export = (await collect(storage.export_training_set(), TRAINING_SCHEMA)).sort_by("player_id")
+    assert export.column("resolved_early_seq").to_pylist() == [30, None]
+    assert export.column("resolved_early_at").to_pylist() == [T0, None]
+
+
+async def test_early_outcome_time_must_be_its_own(storage: Storage) -> None:
+    rows = outcomes([(1, 2024, True, "early")], seq=30)
+    rows = rows.set_column(
+        rows.schema.get_field_index("resolved_early_seq"), "resolved_early_seq", pa.array([29], pa.int32())
+    )
+    with pytest.raises(StorageError, match="resolved_early_seq of an early row must equal its resolved_seq"):
+        await storage.write_outcomes(rows)
+    # Left null, it is filled in.
+    rows = rows.set_column(
+        rows.schema.get_field_index("resolved_early_seq"), "resolved_early_seq", pa.nulls(1, pa.int32())
+    )
+    await storage.write_outcomes(rows)
+    got = await collect(storage.read_outcomes(), OUTCOMES_SCHEMA)
+    assert got.column("resolved_early_seq").to_pylist() == [30]
 
 
 async def test_export_training_set_joins_features_with_outcomes(storage: Storage) -> None:
@@ -303,7 +425,17 @@ async def test_export_training_set_joins_features_with_outcomes(storage: Storage
     for player, season, beat, resolution in ((1, 2024, True, "final"), (3, 2023, False, "early")):
         part = features(grid([player], [season], [1, 2]))
         part = part.append_column(TRAINING_SCHEMA.field("beat"), pa.array([beat] * 2))
-        labelled.append(part.append_column(TRAINING_SCHEMA.field("resolution"), pa.array([resolution] * 2)))
+        part = part.append_column(TRAINING_SCHEMA.field("resolution"), pa.array([resolution] * 2))
+        early = resolution == "early"  # resolved at game 40 (outcomes' default), at T0
+        part = part.append_column(
+            TRAINING_SCHEMA.field("resolved_early_seq"), pa.array([40 if early else None] * 2, pa.int32())
+        )
+        labelled.append(
+            part.append_column(
+                TRAINING_SCHEMA.field("resolved_early_at"),
+                pa.array([T0 if early else None] * 2, TRAINING_SCHEMA.field("resolved_early_at").type),
+            )
+        )
     expected = pa.Table.from_batches(pa.concat_tables(labelled).to_batches(), schema=TRAINING_SCHEMA)
     assert_rows(got, expected, FEATURE_KEY)
     only = await collect(storage.export_training_set(seasons=[2023]), TRAINING_SCHEMA)
@@ -596,6 +728,112 @@ async def test_a_new_row_lacking_an_added_input_is_rejected(storage: Storage, na
     assert await storage.get_checkpoint("features") == b"1"
 
 
+# --- prediction and outcome schema versions --------------------------------------------------
+
+PREDICTIONS_SCHEMA_V1 = pa.schema([f for f in PREDICTIONS_SCHEMA if f.name != "role"])
+OUTCOMES_SCHEMA_V1 = pa.schema([f for f in OUTCOMES_SCHEMA if f.name not in EARLY_COLUMNS])
+"""Rows as scorebeater stored them before prediction/outcome schema version 2."""
+
+
+async def store_before_version_2(
+    storage: Storage, config: StorageConfig, old_predictions: pa.Table, old_outcomes: pa.Table
+) -> None:
+    """Store rows as a scorebeater of prediction/outcome schema version 1 did: segments of
+    schema version 1 (object stores), or rows in the tables before migration 0004 (Postgres:
+    its columns are dropped, the rows inserted, and 0004 is applied again on the next open)."""
+    if isinstance(storage, ObjectTableStorage):
+        committer = Committer(storage.objects, batch_rows=BATCH_ROWS, gc_grace_s=3600.0)
+        await committer.snapshot()
+        old_p = dataclasses.replace(PREDICTIONS, schema=PREDICTIONS_SCHEMA_V1, schema_version=1, upgrade=None)
+        old_o = dataclasses.replace(OUTCOMES, schema=OUTCOMES_SCHEMA_V1, schema_version=1, upgrade=None)
+        await committer.write([(old_p, old_predictions), (old_o, old_outcomes)], None)
+        return
+    assert config.postgres.dsn is not None
+    q = f'"{config.postgres.schema}"'
+    conn = await asyncpg.connect(config.postgres.dsn.get())
+    try:
+        async with conn.transaction():
+            await conn.execute(f"ALTER TABLE {q}.predictions DROP COLUMN role")
+            await conn.execute(
+                f"ALTER TABLE {q}.outcomes DROP COLUMN resolved_early_seq, DROP COLUMN resolved_early_at"
+            )
+            await conn.execute(f"DELETE FROM {q}.schema_migrations WHERE version = 4")  # noqa: S608 - a test-made schema name
+        for table, rows in (("predictions", old_predictions), ("outcomes", old_outcomes)):
+            await conn.copy_records_to_table(
+                table,
+                records=[tuple(r.values()) for r in rows.to_pylist()],
+                columns=rows.column_names,
+                schema_name=config.postgres.schema,
+            )
+    finally:
+        await conn.close()
+
+
+async def test_rows_stored_before_roles_and_early_times_read_back(
+    storage: Storage, backend_config: StorageConfig
+) -> None:
+    # 1. predictions and outcomes stored by the scorebeater before roles and early times
+    old_predictions = predictions([(p, 2024, q, 1) for p in (1, 2) for q in (1, 2)])
+    old_outcomes = pa.concat_tables(
+        [outcomes([(1, 2024, True, "early")], seq=30), outcomes([(2, 2023, False, "final")], seq=82)]
+    )
+    await store_before_version_2(
+        storage,
+        backend_config,
+        pa.Table.from_arrays(old_predictions.drop_columns(["role"]).columns, schema=PREDICTIONS_SCHEMA_V1),
+        pa.Table.from_arrays(
+            old_outcomes.drop_columns(list(EARLY_COLUMNS)).columns, schema=OUTCOMES_SCHEMA_V1
+        ),
+    )
+    async with open_storage(backend_config) as reopened:
+        # 2. they read back as the champion's, and an early row with its own early time; the
+        #    final row's was never stored (null)
+        assert_rows(
+            await collect(reopened.read_predictions(role=None), PREDICTIONS_SCHEMA),
+            old_predictions,
+            PREDICTION_KEY,
+        )
+        assert_rows(
+            await collect(reopened.read_predictions(), PREDICTIONS_SCHEMA), old_predictions, PREDICTION_KEY
+        )
+        assert [t async for t in reopened.read_predictions(role="challenger")] == []
+        assert_rows(await collect(reopened.read_outcomes(), OUTCOMES_SCHEMA), old_outcomes, OUTCOME_KEY)
+        # 3. new rows of both roles beside them; latest per role reads across old and new rows
+        new = pa.concat_tables(
+            [
+                predictions([(1, 2024, 3, 2)], probability=0.75),
+                predictions([(1, 2024, 3, 3), (2, 2024, 1, 3)], probability=0.5, role="challenger"),
+            ]
+        )
+        await reopened.write_predictions(new)
+        latest = await collect(reopened.read_predictions(latest_only=True), PREDICTIONS_SCHEMA)
+        assert_rows(latest, pa.concat_tables([new.slice(0, 1), old_predictions.slice(3)]), PREDICTION_KEY)
+        latest = await collect(
+            reopened.read_predictions(latest_only=True, role="challenger"), PREDICTIONS_SCHEMA
+        )
+        assert_rows(latest, new.slice(1), PREDICTION_KEY)
+        everything = await collect(reopened.read_predictions(role=None), PREDICTIONS_SCHEMA)
+        assert_rows(everything, pa.concat_tables([old_predictions, new]), PREDICTION_KEY)
+        # 4. the final row replacing the old early one keeps its early time
+        await reopened.write_outcomes(outcomes([(1, 2024, True, "final")], seq=82))
+        expected = upserted(
+            old_outcomes, outcomes([(1, 2024, True, "final")], seq=82, early_seq=30), OUTCOME_KEY
+        )
+        assert_rows(await collect(reopened.read_outcomes(), OUTCOMES_SCHEMA), expected, OUTCOME_KEY)
+        if isinstance(reopened, ObjectTableStorage):
+            # 5. compaction rewrites the old segments (with new ones) at the current schema version
+            for spec in (PREDICTIONS, OUTCOMES):
+                assert await reopened.compact(spec, "season=2024", everything=True)
+                (merged,) = (await reopened.snapshot()).partitions(spec.name)["season=2024"]
+                assert merged.schema_version == 2
+            assert_rows(
+                await collect(reopened.read_predictions(role=None), PREDICTIONS_SCHEMA),
+                everything,
+                PREDICTION_KEY,
+            )
+            assert_rows(await collect(reopened.read_outcomes(), OUTCOMES_SCHEMA), expected, OUTCOME_KEY)
+
+
 # --- crash consistency -----------------------------------------------------------------------
 
 
@@ -752,4 +990,5 @@ async def test_write_cancelled_while_uploading_leaves_previous_state(
     assert_rows(await collect(object_storage.read_outcomes(), OUTCOMES_SCHEMA), before, OUTCOME_KEY)
     assert await object_storage.get_checkpoint("validation") == b"before"
     await object_storage.write_outcomes(final, checkpoint=("validation", b"after"))
-    assert_rows(await collect(object_storage.read_outcomes(), OUTCOMES_SCHEMA), final, OUTCOME_KEY)
+    kept = outcomes([(1, 2024, True, "final")], early_seq=40)  # the early row's time
+    assert_rows(await collect(object_storage.read_outcomes(), OUTCOMES_SCHEMA), kept, OUTCOME_KEY)

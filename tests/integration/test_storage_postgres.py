@@ -26,6 +26,7 @@ from scorebeater.errors import StorageError, StorageUnavailable
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.storage.base import (
     CACHE_SCHEMA,
+    EARLY_COLUMNS,
     FEATURES_SCHEMA,
     LATE_INPUTS,
     OUTCOMES_SCHEMA,
@@ -108,6 +109,8 @@ def outcome(player_id: int, resolution: str, *, beat: bool = True, seq: int = 10
                 "resolved_at": T0,
                 "ftm": 100,
                 "prev_ftm": 90,
+                "resolved_early_seq": seq if resolution == "early" else None,
+                "resolved_early_at": T0 if resolution == "early" else None,
             }
         ],
         schema=OUTCOMES_SCHEMA,
@@ -161,12 +164,13 @@ async def test_open_creates_schema_and_reopen_is_idempotent(
         async with open_postgres(_cfg(pg_dsn, schema)):
             pass
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[1, 2, 3], []]
+    assert [e["migrations_applied"] for e in opened] == [[1, 2, 3, 4], []]
     rows = await raw.fetch(f'SELECT version, name FROM "{schema}".schema_migrations ORDER BY version')  # noqa: S608 - a test-made schema name
     assert [(r["version"], r["name"]) for r in rows] == [
         (1, "initial"),
         (2, "quarantine"),
         (3, "feature_inputs"),
+        (4, "roles_and_early_time"),
     ]
     assert await migrate(raw, schema) == []
 
@@ -259,7 +263,50 @@ async def test_a_store_at_version_2_gains_the_added_inputs_and_keeps_its_rows(
             history = (await collect(st.read_feature_history(), FEATURES_SCHEMA)).sort_by("as_of_seq")
             assert history.equals(pa.concat_tables([expected.slice(0, 1), new]))
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[3]]
+    assert [e["migrations_applied"] for e in opened] == [[3, 4]]
+
+
+async def test_a_store_at_version_3_gains_roles_and_early_times_and_keeps_its_rows(
+    pg_dsn: str, schema: str, raw: asyncpg.Connection[asyncpg.Record]
+) -> None:
+    """Migration 0004 on a store with rows: predictions are the champion's, an early outcome
+    has its own early time, a final one none; a final row replacing an early one keeps it."""
+    # 1. a store at 0003 holding predictions and outcomes as the code of then stored them
+    await _migrate_to(raw, schema, 3)
+    old = [{k: v for k, v in prediction(1, seq, 1, 0.25).items() if k != "role"} for seq in (1, 2)]
+    await raw.copy_records_to_table(
+        "predictions", records=[tuple(r.values()) for r in old], columns=list(old[0]), schema_name=schema
+    )
+    early = outcome(1, "early", seq=30).drop_columns(list(EARLY_COLUMNS))
+    final = outcome(2, "final", seq=82).drop_columns(list(EARLY_COLUMNS))
+    rows = pa.concat_tables([early, final])
+    await raw.copy_records_to_table(
+        "outcomes",
+        records=[tuple(r.values()) for r in rows.to_pylist()],
+        columns=rows.column_names,
+        schema_name=schema,
+    )
+    # 2. opening it applies 0004 only; the rows read back upgraded
+    with capture_logs() as logs:
+        async with open_postgres(_cfg(pg_dsn, schema)) as st:
+            back = await collect(st.read_predictions(), PREDICTIONS_SCHEMA)
+            assert back.sort_by("as_of_seq").equals(
+                pa.Table.from_pylist(
+                    [prediction(1, seq, 1, 0.25) for seq in (1, 2)], schema=PREDICTIONS_SCHEMA
+                )
+            )
+            assert (await collect(st.read_predictions(role="challenger"), PREDICTIONS_SCHEMA)).num_rows == 0
+            stored = (await collect(st.read_outcomes(), OUTCOMES_SCHEMA)).sort_by("player_id")
+            assert stored.equals(pa.concat_tables([outcome(1, "early", seq=30), outcome(2, "final", seq=82)]))
+            # 3. the final row replacing the old early one keeps its early time
+            await st.write_outcomes(outcome(1, "final", seq=82))
+            stored = (await collect(st.read_outcomes(), OUTCOMES_SCHEMA)).sort_by("player_id")
+            assert stored.select(["resolution", *EARLY_COLUMNS]).to_pylist() == [
+                {"resolution": "final", "resolved_early_seq": 30, "resolved_early_at": T0},
+                {"resolution": "final", "resolved_early_seq": None, "resolved_early_at": None},
+            ]
+    opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
+    assert [e["migrations_applied"] for e in opened] == [[4]]
 
 
 async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> None:
@@ -269,7 +316,7 @@ async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> Non
     finally:
         for c in conns:
             await c.close()
-    assert sorted(results) == [[], [], [], [1, 2, 3]]
+    assert sorted(results) == [[], [], [], [1, 2, 3, 4]]
 
 
 async def test_migration_waits_for_the_advisory_lock(
@@ -295,7 +342,7 @@ async def test_migration_waits_for_the_advisory_lock(
         assert await raw.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
         # 3. once released, it proceeds and applies everything
         await raw.execute("SELECT pg_advisory_unlock($1)", migration_lock_key(schema))
-        assert await asyncio.wait_for(task, 10) == [1, 2, 3]
+        assert await asyncio.wait_for(task, 10) == [1, 2, 3, 4]
     finally:
         await other.close()
 
@@ -416,6 +463,7 @@ async def test_binary_copy_keeps_edge_values_exactly(pg_dsn: str, schema: str) -
                 **outcome(2, "early").to_pylist()[0],
                 "beat": True,
                 "resolved_at": datetime(1950, 6, 1, tzinfo=UTC),
+                "resolved_early_at": datetime(1950, 6, 1, tzinfo=UTC),
             },
         ],
         schema=OUTCOMES_SCHEMA,
@@ -546,7 +594,7 @@ async def test_values_are_parameters_never_sql(pg_dsn: str, schema: str) -> None
 # --- the other kinds of data ------------------------------------------------------------------
 
 
-def prediction(player_id: int, seq: int, version: int, p: float) -> dict[str, object]:
+def prediction(player_id: int, seq: int, version: int, p: float, role: str = "champion") -> dict[str, object]:
     return {
         "player_id": player_id,
         "season": 2024,
@@ -557,6 +605,7 @@ def prediction(player_id: int, seq: int, version: int, p: float) -> dict[str, ob
         "feature_hash": "h",
         "progress": 0.5,
         "predicted_at": T0,
+        "role": role,
     }
 
 
@@ -610,6 +659,10 @@ async def test_early_outcome_never_replaces_final(pg_dsn: str, schema: str) -> N
             (r["player_id"], r["resolution"], r["resolved_seq"], r["beat"]) for r in back.to_pylist()
         )
         assert got == [(1, "final", 82, False), (2, "final", 82, True), (3, "final", 82, True)]
+        # The early time: none for 1 (its early row came after the final), kept for 2, and
+        # taken from the early row of the same batch for 3.
+        early = sorted((r["player_id"], r["resolved_early_seq"]) for r in back.to_pylist())
+        assert early == [(1, None), (2, 30), (3, 50)]
         with pytest.raises(StorageError, match="resolution"):
             await st.write_outcomes(outcome(4, "maybe"))
 

@@ -83,6 +83,27 @@ def test_copy_payload_is_postgres_binary_copy() -> None:
     assert row == struct.pack(">hiiiqib", 4, 4, 7, 8, 1_000_000, 1, 1) + struct.pack(">i", len(name)) + name
 
 
+def test_copy_payload_writes_a_null_as_length_minus_one() -> None:
+    """A nullable fixed-width column with nulls (an outcome's early time) is sent field by field."""
+    ts = dt.datetime(2000, 1, 1, 0, 0, 2, tzinfo=dt.UTC)
+    table = pa.table(
+        {
+            "n": pa.array([7, 8], pa.int32()),
+            "seq": pa.array([None, 30], pa.int32()),
+            "at": pa.array([ts, None], pa.timestamp("us", tz="UTC")),
+            "m": pa.array([1, 2], pa.int64()),
+            "name": pa.array(["a", "bc"]),
+        }
+    )
+    assert copy_columns(table.schema) == ("n", "seq", "at", "m", "name")
+    payload = copy_payload(table)
+    rows = payload[len(b"PGCOPY\n\xff\r\n\x00") + 8 : -2]
+    null = struct.pack(">i", -1)
+    first = struct.pack(">hii", 5, 4, 7) + null + struct.pack(">iq", 8, 2_000_000) + struct.pack(">iq", 8, 1)
+    second = struct.pack(">hii", 5, 4, 8) + struct.pack(">ii", 4, 30) + null + struct.pack(">iq", 8, 2)
+    assert rows == first + struct.pack(">i", 1) + b"a" + second + struct.pack(">i", 2) + b"bc"
+
+
 def _assert_clean(exc: BaseException, dsn: str) -> None:
     assert exc.__cause__ is not None
     text = str(exc)

@@ -261,6 +261,8 @@ def test_from_arrow_uses_only_final_outcomes() -> None:
         columns["feature_hash"].append("h")
         columns["beat"].append(i % 2 == 0)
         columns["resolution"].append("final" if i < 3 else "early")
+        columns["resolved_early_seq"].append(None)
+        columns["resolved_early_at"].append(None)
     table = pa.Table.from_pydict(columns, schema=TRAINING_SCHEMA)
     ts = from_arrow([table.slice(0, 2), table.slice(2)])
     assert len(ts) == 3

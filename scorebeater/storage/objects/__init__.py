@@ -28,6 +28,13 @@ feature row has the highest ``as_of_seq``). Partitions whose segments come from 
 read without deduplication; otherwise a key-columns-only pass picks the winning rows first.
 A partition with more than ``max_segments`` segments is compacted: its newest small segments
 are merged into one (size-tiered, so a large base segment is not rewritten on every merge).
+An outcome row that replaces a stored one keeps the stored early time where its own is null:
+the write reads those stored rows first and fills them in (under a lock: one writer process).
+
+**Schema versions.** The manifest records the schema version each segment was written at
+(features, predictions and outcomes have one: :mod:`scorebeater.storage.base`); reads bring
+an older segment's rows up to the current schema (``TableSpec.upgrade``; in a key-only pass,
+``TableSpec.added``), and compaction rewrites them at the current version.
 
 Modules, in import order: ``tables`` (table specs, winners, segment cutting, Parquet
 options), ``store`` (the ``ObjectStore`` protocol and keys), ``manifest`` (the committed

@@ -12,24 +12,27 @@ import asyncio
 import operator
 from collections.abc import AsyncGenerator, AsyncIterator, Collection
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
 from scorebeater.storage.base import (
-    PREDICTIONS_SCHEMA,
+    EARLY_COLUMNS,
+    OUTCOME_KEY,
     TRAINING_SCHEMA,
     CheckpointWrite,
     check_checkpoint_name,
-    conform,
+    check_role,
     conform_features,
     conform_outcomes,
+    conform_predictions,
 )
 from scorebeater.storage.objects.cache import ObjectPredictionCache
 from scorebeater.storage.objects.commit import Committer
 from scorebeater.storage.objects.manifest import Manifest
 from scorebeater.storage.objects.quarantine import ObjectQuarantine
-from scorebeater.storage.objects.scan import Latest, RowFilter, player_filter, scan
+from scorebeater.storage.objects.scan import Latest, RowFilter, Select, player_filter, scan
 from scorebeater.storage.objects.store import ObjectStore
 from scorebeater.storage.objects.tables import (
     FEATURES,
@@ -59,6 +62,8 @@ class ObjectTableStorage:
         self._committer = Committer(objects, batch_rows=batch_rows, gc_grace_s=gc_grace_s)
         self._cache = ObjectPredictionCache(self._committer, batch_rows=batch_rows)
         self._quarantine = ObjectQuarantine(self._committer, batch_rows=batch_rows)
+        # Outcome writes read the stored early times they keep (write_outcomes): one at a time.
+        self._outcomes_lock = asyncio.Lock()
 
     @property
     def objects(self) -> ObjectStore:
@@ -104,6 +109,7 @@ class ObjectTableStorage:
         values: Collection[int] | None,
         row_filter: RowFilter | None = None,
         latest: Latest | None = None,
+        select: Select | None = None,
     ) -> AsyncIterator[pa.Table]:
         """The table's live rows in batches of at most ``batch_rows``, partition by partition."""
         partitions = (await self._committer.snapshot()).partitions(spec.name)
@@ -115,6 +121,7 @@ class ObjectTableStorage:
             batch_rows=self._batch_rows,
             row_filter=row_filter,
             latest=latest,
+            select=select,
         ):
             yield table
 
@@ -149,24 +156,66 @@ class ObjectTableStorage:
 
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions by ``(player_id, season, as_of_seq, model_version)``."""
-        rows = conform(rows, PREDICTIONS_SCHEMA, "predictions")
-        await self._committer.write([(PREDICTIONS, rows)], checkpoint)
+        await self._committer.write([(PREDICTIONS, conform_predictions(rows))], checkpoint)
 
     async def read_predictions(
-        self, *, season: int | None = None, player_id: int | None = None, latest_only: bool = False
+        self,
+        *,
+        season: int | None = None,
+        player_id: int | None = None,
+        latest_only: bool = False,
+        role: str | None = "champion",
     ) -> AsyncGenerator[pa.Table, None]:
-        """Live predictions, filtered; ``latest_only``: one per player-season."""
+        """Live predictions of ``role`` (``None``: all), filtered; ``latest_only``: one per
+        player-season among them."""
+        select = None if check_role(role) is None else ("role", role)
         row_filter = None
         if player_id is not None:
             row_filter = player_filter(pa.array([operator.index(player_id)], pa.int64()))
         seasons = None if season is None else [season]
         latest = _LATEST_PREDICTION if latest_only else None
-        async for table in self._scan(PREDICTIONS, seasons, row_filter, latest):
+        async for table in self._scan(PREDICTIONS, seasons, row_filter, latest, select):
             yield table
 
     async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
-        """Upsert outcomes; a ``final`` row beats an ``early`` one whatever the order."""
-        await self._committer.write([(OUTCOMES, conform_outcomes(rows))], checkpoint)
+        """Upsert outcomes; a ``final`` row beats an ``early`` one whatever the order, and
+        keeps the stored row's early time where its own is null.
+
+        The stored early times are read before the commit, under a lock: with the one writer
+        process the design assumes, nothing can change them in between.
+        """
+        rows = conform_outcomes(rows)
+        async with self._outcomes_lock:
+            rows = await self._keep_early_time(rows)
+            await self._committer.write([(OUTCOMES, rows)], checkpoint)
+
+    async def _keep_early_time(self, rows: pa.Table) -> pa.Table:
+        """``rows`` with null ``resolved_early_*`` taken from the stored rows of their keys."""
+        lacking = rows.filter(pc.is_null(rows.column("resolved_early_seq")))
+        if not lacking.num_rows:
+            return rows
+        seasons = [int(s) for s in pc.unique(lacking.column("season")).to_pylist()]
+        wanted = player_filter(pc.unique(lacking.column("player_id")))
+        stored = [
+            t.select([*OUTCOME_KEY, *EARLY_COLUMNS]).filter(pc.is_valid(t.column("resolved_early_seq")))
+            async for t in self._scan(OUTCOMES, seasons, wanted)
+        ]
+        if not any(t.num_rows for t in stored):
+            return rows
+
+        def coalesce() -> pa.Table:
+            known = pa.concat_tables(stored).rename_columns([*OUTCOME_KEY, "_seq", "_at"])
+            order = rows.select(list(OUTCOME_KEY)).append_column(
+                "_row", pa.array(np.arange(rows.num_rows, dtype=np.int64))
+            )
+            joined = order.join(known, keys=list(OUTCOME_KEY), join_type="left outer").sort_by("_row")
+            out = rows
+            for column, found in zip(EARLY_COLUMNS, ("_seq", "_at"), strict=True):
+                merged = pc.coalesce(rows.column(column), joined.column(found))
+                out = out.set_column(out.schema.get_field_index(column), out.schema.field(column), merged)
+            return out
+
+        return await asyncio.to_thread(coalesce)
 
     async def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
         """Live outcomes, filtered by season when given."""
@@ -178,7 +227,7 @@ class ObjectTableStorage:
     ) -> AsyncGenerator[pa.Table, None]:
         """Feature history inner-joined with outcomes on ``(player_id, season)``."""
         labels = [
-            t.select(["player_id", "season", "beat", "resolution"])
+            t.select(["player_id", "season", "beat", "resolution", *EARLY_COLUMNS])
             async for t in self._scan(OUTCOMES, seasons)
         ]
         if not labels:

@@ -29,14 +29,39 @@ _SOURCE_REUSE_BYTES = 64 * 1024 * 1024
 RowFilter = Callable[[pa.Table], pa.Table]
 Latest = tuple[tuple[str, ...], tuple[str, ...]]
 """Keep one row per group (first columns) after deduplication: the highest by the others."""
+Select = tuple[str, object]
+"""Keep only the rows whose column (first) equals the value; ``latest`` is picked among them."""
 
 
 async def read_columns(
-    objects: ObjectStore, segment: Segment, columns: Sequence[str], keep: dict[str, pa.NativeFile]
+    objects: ObjectStore,
+    segment: Segment,
+    columns: Sequence[str],
+    keep: dict[str, pa.NativeFile],
+    spec: TableSpec | None = None,
 ) -> pa.Table:
-    """Some columns of a whole segment; its source goes into ``keep`` while there is room."""
+    """Some columns of a whole segment; its source goes into ``keep`` while there is room.
+
+    A segment older than ``spec``'s schema version lacks the columns added since
+    (:attr:`TableSpec.added`): they read back as the constant its rows stand for.
+    """
+    absent = {
+        name: value
+        for name, version, value in (spec.added if spec is not None else ())
+        if name in columns and segment.schema_version < version
+    }
     source = await objects.open_input(segment.key)
-    table = await asyncio.to_thread(pq.read_table, source, columns=list(columns))
+    present = [c for c in columns if c not in absent]
+    table = await asyncio.to_thread(pq.read_table, source, columns=present)
+    if absent and spec is not None:
+        fields = [spec.schema.field(c) if c in absent else table.schema.field(c) for c in columns]
+        arrays = [
+            pa.repeat(pa.scalar(absent[f.name], f.type), table.num_rows)
+            if f.name in absent
+            else table.column(f.name)
+            for f in fields
+        ]
+        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     if sum(s.size() for s in keep.values()) + segment.size <= _SOURCE_REUSE_BYTES:
         keep[segment.key] = source
     return table
@@ -47,22 +72,31 @@ async def _survivors(
     spec: TableSpec,
     segments: Sequence[Segment],
     keep: dict[str, pa.NativeFile],
+    *,
     latest: Latest | None = None,
+    select: Select | None = None,
 ) -> list[np.ndarray | None]:
-    """Per segment, a mask of the rows that win (``None``: all of them)."""
+    """Per segment, a mask of the rows that win (``None``: all of them); with ``latest``,
+    only the rows ``select`` keeps compete for a group."""
     overlapping = any(not a.disjoint(b) for i, a in enumerate(segments) for b in segments[i + 1 :])
     if not overlapping and latest is None:
         return [None] * len(segments)
+    selected = (select[0],) if select is not None and latest is not None else ()
     columns = list(
-        dict.fromkeys((*spec.local_key, *spec.rank_columns, *(latest[0] + latest[1] if latest else ())))
+        dict.fromkeys(
+            (*spec.local_key, *spec.rank_columns, *(latest[0] + latest[1] if latest else ()), *selected)
+        )
     )
-    keys = pa.concat_tables([await read_columns(objects, s, columns, keep) for s in segments])
+    keys = pa.concat_tables([await read_columns(objects, s, columns, keep, spec) for s in segments])
 
     def masks() -> np.ndarray:
         mask = np.zeros(keys.num_rows, dtype=bool)
         mask[winner_indices(keys, spec.local_key, spec.rank(keys) if spec.rank else [])] = True
         if latest is not None:
             index = np.flatnonzero(mask)
+            if select is not None:
+                chosen = pc.equal(keys.column(select[0]).take(pa.array(index)), select[1])
+                index = index[chosen.to_numpy(zero_copy_only=False)]
             survivors = keys.take(pa.array(index))
             best = winner_indices(survivors, latest[0], [survivors.column(c) for c in latest[1]])
             mask[:] = False
@@ -103,12 +137,13 @@ async def scan_partition(
     batch_rows: int,
     row_filter: RowFilter | None = None,
     latest: Latest | None = None,
+    select: Select | None = None,
 ) -> AsyncIterator[pa.Table]:
-    """The live rows of one partition's ``segments``, in tables of at most ``batch_rows`` rows
-    (possibly empty after ``row_filter``)."""
+    """The live rows of one partition's ``segments`` (those ``select`` keeps), in tables of at
+    most ``batch_rows`` rows (possibly empty after ``row_filter``)."""
     keep: dict[str, pa.NativeFile] = {}
     try:
-        masks = await _survivors(objects, spec, segments, keep, latest)
+        masks = await _survivors(objects, spec, segments, keep, latest=latest, select=select)
         for segment, mask in zip(segments, masks, strict=True):
             if mask is not None and not mask.any():
                 continue
@@ -118,6 +153,8 @@ async def scan_partition(
                     part = mask[offset : offset + table.num_rows]
                     offset += table.num_rows
                     table = table if part.all() else table.filter(pa.array(part))  # noqa: PLW2901
+                if select is not None:
+                    table = table.filter(pc.equal(table.column(select[0]), select[1]))  # noqa: PLW2901
                 yield row_filter(table) if row_filter else table
     finally:
         for source in keep.values():
@@ -133,9 +170,11 @@ async def scan(
     batch_rows: int,
     row_filter: RowFilter | None = None,
     latest: Latest | None = None,
+    select: Select | None = None,
 ) -> AsyncIterator[pa.Table]:
-    """The table's live rows in ``partitions`` (only those of partition ``values`` when given),
-    partition by partition, in as few tables of at most ``batch_rows`` rows as possible."""
+    """The table's live rows in ``partitions`` (only those of partition ``values`` when given;
+    only those ``select`` keeps), partition by partition, in as few tables of at most
+    ``batch_rows`` rows as possible."""
     if values is not None:
         wanted = {spec.partition_name(v) for v in values}
         partitions = {p: s for p, s in partitions.items() if p in wanted}
@@ -143,7 +182,13 @@ async def scan(
     async def tables() -> AsyncIterator[pa.Table]:
         for name in sorted(partitions, key=spec.partition_value):
             async for table in scan_partition(
-                objects, spec, partitions[name], batch_rows=batch_rows, row_filter=row_filter, latest=latest
+                objects,
+                spec,
+                partitions[name],
+                batch_rows=batch_rows,
+                row_filter=row_filter,
+                latest=latest,
+                select=select,
             ):
                 yield table
 

@@ -26,9 +26,13 @@ from scorebeater.storage.base import (
     FEATURES_SCHEMA_VERSION,
     OUTCOME_KEY,
     OUTCOMES_SCHEMA,
+    OUTCOMES_SCHEMA_VERSION,
     PREDICTION_KEY,
     PREDICTIONS_SCHEMA,
+    PREDICTIONS_SCHEMA_VERSION,
     upgraded_features,
+    upgraded_outcomes,
+    upgraded_predictions,
 )
 from scorebeater.storage.quarantine import QUARANTINE_SCHEMA
 
@@ -59,6 +63,9 @@ class TableSpec:
     """The version of ``schema`` new segments are written at (recorded in the manifest)."""
     upgrade: Callable[[pa.Table, int], pa.Table] | None = None
     """Turns rows of a segment written at an older schema version into ``schema`` rows."""
+    added: tuple[tuple[str, int, Any], ...] = ()
+    """Columns a key-only read may ask of an older segment that lacks them: ``(name, the
+    schema version that added it, the value older rows read back with)`` (a constant)."""
 
     @property
     def local_key(self) -> tuple[str, ...]:
@@ -101,7 +108,15 @@ FEATURES_LATEST = TableSpec(
     schema_version=FEATURES_SCHEMA_VERSION,
     upgrade=upgraded_features,
 )
-PREDICTIONS = TableSpec(name="predictions", schema=PREDICTIONS_SCHEMA, partition="season", key=PREDICTION_KEY)
+PREDICTIONS = TableSpec(
+    name="predictions",
+    schema=PREDICTIONS_SCHEMA,
+    partition="season",
+    key=PREDICTION_KEY,
+    schema_version=PREDICTIONS_SCHEMA_VERSION,
+    upgrade=upgraded_predictions,
+    added=(("role", 2, "champion"),),  # a role filter reads it in the key pass
+)
 OUTCOMES = TableSpec(
     name="outcomes",
     schema=OUTCOMES_SCHEMA,
@@ -110,6 +125,8 @@ OUTCOMES = TableSpec(
     rank=_final_first,
     rank_columns=("resolution",),
     max_segments=8,
+    schema_version=OUTCOMES_SCHEMA_VERSION,
+    upgrade=upgraded_outcomes,
 )
 CACHE = TableSpec(
     name="cache",

@@ -26,6 +26,7 @@ import structlog
 
 from scorebeater.errors import StorageUnavailable
 from scorebeater.storage.base import (
+    EARLY_COLUMNS,
     FEATURES_SCHEMA,
     OUTCOMES_SCHEMA,
     PREDICTIONS_SCHEMA,
@@ -33,10 +34,11 @@ from scorebeater.storage.base import (
     CheckpointWrite,
     check_checkpoint,
     check_checkpoint_name,
+    check_role,
     check_schema_name,
-    conform,
     conform_features,
     conform_outcomes,
+    conform_predictions,
 )
 from scorebeater.storage.postgres.cache import PostgresPredictionCache
 from scorebeater.storage.postgres.codec import init_connection
@@ -167,14 +169,21 @@ class PostgresStorage:
 
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions by ``(player_id, season, as_of_seq, model_version)``; idempotent."""
-        rows = conform(rows, PREDICTIONS_SCHEMA, "predictions")
-        await self._writer.write(PREDICTIONS, rows, checkpoint)
+        await self._writer.write(PREDICTIONS, conform_predictions(rows), checkpoint)
 
     async def read_predictions(
-        self, *, season: int | None = None, player_id: int | None = None, latest_only: bool = False
+        self,
+        *,
+        season: int | None = None,
+        player_id: int | None = None,
+        latest_only: bool = False,
+        role: str | None = "champion",
     ) -> AsyncGenerator[pa.Table, None]:
-        """Stored predictions, streamed; ``latest_only`` keeps the highest as-of, then model version."""
-        where, args = _filters(("season = ", season), ("player_id = ", player_id))
+        """Stored predictions of ``role`` (``None``: all), streamed; ``latest_only`` keeps, among
+        them, the highest as-of, then model version."""
+        where, args = _filters(
+            ("season = ", season), ("player_id = ", player_id), ("role = ", check_role(role))
+        )
         cols = ", ".join(PREDICTIONS_SCHEMA.names)
         if latest_only:
             # All DESC so the primary key index is walked backwards without a sort.
@@ -190,7 +199,9 @@ class PostgresStorage:
     async def write_outcomes(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert outcomes by ``(player_id, season)``; ``early`` never replaces ``final``.
 
-        Within one batch a ``final`` row of a key wins over an ``early`` one.
+        Within one batch a ``final`` row of a key wins over an ``early`` one. A replacing row
+        keeps the stored ``resolved_early_*`` where its own are null (``COALESCE`` in the
+        same upsert).
 
         Raises:
             StorageError: bad schema, or a resolution other than ``early``/``final``.
@@ -225,7 +236,8 @@ class PostgresStorage:
     ) -> AsyncGenerator[pa.Table, None]:
         """Every feature row of a player-season with an outcome, labelled (``TRAINING_SCHEMA``)."""
         where, args = _filters(("f.season = ANY", _int_list(seasons)))
-        cols = ", ".join([*(f"f.{c}" for c in FEATURES_SCHEMA.names), "o.beat", "o.resolution"])
+        labels = ["beat", "resolution", *EARLY_COLUMNS]
+        cols = ", ".join([*(f"f.{c}" for c in FEATURES_SCHEMA.names), *(f"o.{c}" for c in labels)])
         query = (
             f"SELECT {cols} FROM {self._t('features')} f JOIN {self._t('outcomes')} o"  # noqa: S608
             f" USING (player_id, season){where}"

@@ -6,9 +6,10 @@ or cancelled batch leaves nothing behind. Rows go in with binary ``COPY``, chunk
 new keys, the common case, cost one ``COPY``. When a chunk hits an existing key the savepoint
 is rolled back and that chunk and the rest of the batch go through a temporary staging table
 and ``INSERT ... ON CONFLICT DO UPDATE`` (the last occurrence of a key in a batch wins; for
-outcomes a ``final`` row wins over an ``early`` one, and an ``early`` row never replaces a
-stored ``final``). Chunks are encoded by :func:`~scorebeater.storage.postgres.codec.copy_payload`,
-the next one in a worker thread while the current one is sent.
+outcomes a ``final`` row wins over an ``early`` one, an ``early`` row never replaces a
+stored ``final``, and a replacing row keeps the stored early time where its own is null).
+Chunks are encoded by :func:`~scorebeater.storage.postgres.codec.copy_payload`, the next one
+in a worker thread while the current one is sent.
 
 SQL is built only from constants (table and column names from the Arrow schemas, the checked
 schema name, quoted); every value is a bind parameter. That is what each ``# noqa: S608``
@@ -27,6 +28,7 @@ import structlog
 
 from scorebeater.storage.base import (
     CACHE_SCHEMA,
+    EARLY_COLUMNS,
     FEATURE_KEY,
     FEATURES_SCHEMA,
     OUTCOME_KEY,
@@ -58,6 +60,8 @@ class Table:
     """Extra ``ON CONFLICT ... WHERE`` condition: when a stored row may be replaced."""
     not_compared: tuple[str, ...] = ()
     """Columns that alone do not make a stored row "changed" (bookkeeping timestamps)."""
+    coalesce: tuple[str, ...] = ()
+    """Columns where a replacing row's null keeps the stored value (``COALESCE(new, old)``)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -76,6 +80,7 @@ OUTCOMES = Table(
     OUTCOME_KEY,
     prefer="(resolution = 'final') DESC, ",
     keep=" AND NOT (t.resolution = 'final' AND EXCLUDED.resolution = 'early')",
+    coalesce=EARLY_COLUMNS,
 )
 
 
@@ -186,10 +191,11 @@ class TableWriter:
         cols = ", ".join(spec.columns)
         keys = ", ".join(spec.key)
         values = [c for c in spec.columns if c not in spec.key]
-        assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
+        new = {c: f"COALESCE(EXCLUDED.{c}, t.{c})" if c in spec.coalesce else f"EXCLUDED.{c}" for c in values}
+        assignments = ", ".join(f"{c} = {new[c]}" for c in values)
         compared = [c for c in values if c not in spec.not_compared]
         stored = ", ".join(f"t.{c}" for c in compared)
-        incoming = ", ".join(f"EXCLUDED.{c}" for c in compared)
+        incoming = ", ".join(new[c] for c in compared)
         await conn.copy_to_table(stage, source=_once(payload), columns=columns, format="binary")
         await conn.execute(
             f"INSERT INTO {self._db.table(spec.name)} AS t ({cols})"  # noqa: S608
