@@ -6,13 +6,16 @@ A staged candidate is blessed when all of these hold:
    ``serving_default`` signature with the named inputs and the ``probability`` output, and
    answers a predict with real rows: shape ``[rows, 1]``, finite values in ``[0, 1]``;
 2. **value threshold**: its ECE on the evaluation seasons is at most ``gate.max_ece``;
-3. **change thresholds** against the champion (the highest published version) on the same
-   rows: ROC AUC drops by at most ``max_auc_drop``, Brier and log loss rise by at most
-   ``max_brier_increase`` / ``max_log_loss_increase``. The first model has no champion. Both
-   are judged on seasons they were not fitted on: a champion whose card says it was fitted on
-   the evaluation seasons (a refit on everything) is represented by the metrics its own gate
-   fold recorded on the same seasons and row count; without such a record the candidate is
-   not blessed (``--force`` publishes it anyway).
+3. **change thresholds** against the champion on the same rows: ROC AUC drops by at most
+   ``max_auc_drop``, Brier and log loss rise by at most ``max_brier_increase`` /
+   ``max_log_loss_increase``. When the daemon stored the champion's predictions of the
+   evaluation seasons (:class:`StoredChampion`, from ``train --from-storage``), the champion
+   is what it served: both are judged on exactly the rows it predicted (source
+   ``stored_predictions``). Otherwise the champion is the highest published version; the
+   first model has none. Both are judged on seasons they were not fitted on: a champion whose
+   card says it was fitted on the evaluation seasons (a refit on everything) is represented by
+   the metrics its own gate fold recorded on the same seasons and row count; without such a
+   record the candidate is not blessed (``--force`` publishes it anyway).
 
 The decision (both models' metrics, the tolerances, the verdict and its reasons) is a plain
 dict written as ``blessing.json``; ``force`` publishes a rejected candidate and says so.
@@ -43,6 +46,17 @@ INFRA_ROWS = 256
 
 BLESSED = "BLESSED"
 NOT_BLESSED = "NOT_BLESSED"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChampion:
+    """The champion as the daemon served it: its stored predictions of evaluation rows."""
+
+    version: int
+    rows: TrainingSet
+    """The evaluation rows it predicted (final outcomes, every input)."""
+    probability: np.ndarray
+    """Its stored probability of each of :attr:`rows`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +135,24 @@ def _champion_card(base_path: Path, version: int | None) -> dict[str, Any]:
         return {}
 
 
+def _against_stored(
+    stored: StoredChampion, buckets: np.ndarray, cand_all: Mapping[str, float] | None, cfg: GateConfig
+) -> tuple[dict[str, Any], list[str]]:
+    """The champion as it served (its stored predictions: out of sample whatever it was fitted
+    on), and the candidate's problems against it (none if the candidate was not scored)."""
+    champion: dict[str, Any] = {
+        "version": stored.version,
+        "metrics": None,
+        "source": "stored_predictions",
+        "rows": len(stored.rows),
+    }
+    if cand_all is None:
+        return champion, []
+    table = {"mlp": bucket_metrics(stored.rows.label, stored.probability, buckets)}
+    champion["metrics"] = json_table(table)["mlp"]
+    return champion, _metric_problems(cand_all, table["mlp"]["all"], cfg)
+
+
 def decide(
     candidate_dir: Path,
     base_path: Path,
@@ -128,12 +160,15 @@ def decide(
     cfg: GateConfig,
     *,
     force: bool = False,
+    stored: StoredChampion | None = None,
 ) -> GateDecision:
     """Judge the staged candidate at ``candidate_dir`` against the champion under ``base_path``.
 
-    ``rows`` are the evaluation seasons' rows (both models are scored on exactly these).
-    A champion that no longer loads is logged and treated as absent (recorded in the reasons).
-    Never raises for a bad candidate: a failure is a ``NOT_BLESSED`` verdict with reasons.
+    ``rows`` are the evaluation seasons' rows (both models are scored on exactly these), or,
+    with ``stored``, only the rows of ``stored`` (the champion's stored predictions; the infra
+    check still uses ``rows``). A champion that no longer loads is logged and treated as
+    absent (recorded in the reasons). Never raises for a bad candidate: a failure is a
+    ``NOT_BLESSED`` verdict with reasons.
     """
     tolerances = {
         "max_auc_drop": cfg.max_auc_drop,
@@ -142,8 +177,10 @@ def decide(
         "max_ece": cfg.max_ece,
     }
     seasons = rows.seasons()
-    buckets = rows.progress_bucket()
     served, reasons = infra_check(candidate_dir, rows)
+    if stored is not None:
+        rows = stored.rows  # judged on exactly the rows the champion predicted
+    buckets = rows.progress_bucket()
     candidate: dict[str, Any] = {"path": str(candidate_dir), "metrics": None}
     cand_all: dict[str, float] | None = None
     if served is not None and not reasons:
@@ -154,10 +191,13 @@ def decide(
             reasons.append(f"ece {cand_all['ece']:.4f} exceeds max_ece {cfg.max_ece}")
 
     champion: dict[str, Any] | None = None
-    champ_version = latest_version(base_path)
-    champ_card = _champion_card(base_path, champ_version)
+    champ_version = latest_version(base_path) if stored is None else stored.version
+    champ_card = _champion_card(base_path, champ_version) if stored is None else {}
     fitted_on_eval = sorted(set(champ_card.get("training_seasons") or []) & set(seasons))
-    if champ_version is not None and cand_all is not None and fitted_on_eval:
+    if stored is not None:
+        champion, problems = _against_stored(stored, buckets, cand_all, cfg)
+        reasons.extend(problems)
+    elif champ_version is not None and cand_all is not None and fitted_on_eval:
         # A champion refitted on the evaluation seasons would be judged in-sample: use the
         # metrics its own gate fold (fitted without them) recorded on the same seasons.
         recorded = champ_card.get("gate_fold") or {}

@@ -4,7 +4,10 @@ train: rows (point-in-time from a data directory, or the stored feature history 
 with final outcomes, plus the long-history season-start rows) -> the gate fold (the recipe
 fitted on the seasons before the validation season, early-stopped on it) -> stage the
 SavedModel -> promotion gate on the evaluation season(s) -> the same recipe refitted on every
-season -> atomic publish as the next version, or a recorded rejection.
+season -> atomic publish as the next version, or a recorded rejection. From storage, when the
+daemon stored the champion's predictions for the evaluation season(s), the gate judges the
+fold's model against those predictions, on exactly the rows they cover
+(:class:`StoredPredictions`).
 
 evaluate: the published model (through its serving signature) and the three baselines
 (fitted on the model's training seasons less the evaluated ones; on all of them when the
@@ -26,9 +29,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from scorebeater import __version__
@@ -39,6 +44,9 @@ from scorebeater.inputs import MODEL_INPUTS, OUTPUT_NAME
 from scorebeater.storage.base import Storage
 from scorebeater.training import dataset
 from scorebeater.training.dataset import TrainingSet
+
+if TYPE_CHECKING:
+    from scorebeater.training.gate import StoredChampion
 
 log = structlog.get_logger(__name__)
 
@@ -95,11 +103,85 @@ async def training_set_from_storage(storage: Storage) -> TrainingSet:
     return dataset.from_arrow(tables)
 
 
-async def _from_configured_storage(cfg: Config) -> TrainingSet:
+_KEY = ("player_id", "season", "as_of_seq")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPredictions:
+    """What the served model predicted live: one version's stored ``champion`` predictions of
+    some seasons, by feature row key (``player_id``, ``season``, ``as_of_seq``).
+
+    The gate compares a candidate with them on exactly the rows they cover (:meth:`on`): the
+    champion is then judged by what it really served, out of sample whatever it was fitted on.
+    """
+
+    version: int
+    seasons: list[int]
+    predictions: pa.Table
+    """``player_id``, ``season``, ``as_of_seq``, ``probability``: one row per key."""
+
+    def on(self, rows: TrainingSet) -> tuple[TrainingSet, np.ndarray]:
+        """The rows of ``rows`` with a stored prediction (in their order) and its probability."""
+        keys = pa.table(
+            {
+                "player_id": pa.array(rows.player_id, pa.int64()),
+                "season": pa.array(rows.season, pa.int32()),
+                "as_of_seq": pa.array(rows.as_of_seq, pa.int32()),
+                "_row": pa.array(np.arange(len(rows), dtype=np.int64)),
+            }
+        )
+        joined = keys.join(self.predictions, keys=list(_KEY), join_type="inner").sort_by("_row")
+        index = joined.column("_row").to_numpy()
+        probability = joined.column("probability").to_numpy().astype(np.float64)
+        return rows.take(index), probability
+
+
+async def stored_champion_predictions(storage: Storage, seasons: Collection[int]) -> StoredPredictions | None:
+    """The champion's stored predictions of ``seasons`` (role ``champion``), of one version:
+    the one that predicted the most rows of them (the served version; on a tie the newer).
+    ``None`` when none are stored (training from files, or a store without predictions).
+    """
+    wanted = sorted(set(seasons))
+    parts = [
+        table.select([*_KEY, "model_version", "probability"])
+        for season in wanted
+        async for table in storage.read_predictions(season=season, role="champion")
+    ]
+    if not parts or not any(p.num_rows for p in parts):
+        return None
+    stored = pa.concat_tables(parts)
+    versions, counts = np.unique(stored.column("model_version").to_numpy(), return_counts=True)
+    version = int(max(zip(counts.tolist(), versions.tolist(), strict=True))[1])
+    mine = stored.filter(pc.equal(stored.column("model_version"), version))
+    log.info(
+        "train.stored_champion_predictions",
+        seasons=wanted,
+        version=version,
+        rows=mine.num_rows,
+        by_version={str(v): int(n) for v, n in zip(versions.tolist(), counts.tolist(), strict=True)},
+    )
+    return StoredPredictions(
+        version=version, seasons=wanted, predictions=mine.drop_columns(["model_version"])
+    )
+
+
+async def _from_configured_storage(
+    cfg: Config, args: argparse.Namespace
+) -> tuple[TrainingSet, TrainingSet, str, StoredPredictions | None]:
+    """Stored rows, the rows to train on (with the files' seasons), their source, and the
+    champion's stored predictions of the gate's evaluation season(s) when storage holds them all."""
     from scorebeater.storage import open_storage  # noqa: PLC0415 - backends load lazily
 
     async with open_storage(cfg.storage) as storage:
-        return await training_set_from_storage(storage)
+        stored = await training_set_from_storage(storage)
+        rows, source = _with_file_history(stored, args, cfg)
+        try:
+            eval_seasons = split_seasons(rows.seasons(), cfg.training).eval_seasons
+        except DataError:
+            return stored, rows, source, None  # run_training says why
+        if not set(eval_seasons) <= set(stored.seasons()):
+            return stored, rows, source, None  # the files' seasons have no stored predictions
+        return stored, rows, source, await stored_champion_predictions(storage, eval_seasons)
 
 
 def _with_file_history(stored: TrainingSet, args: argparse.Namespace, cfg: Config) -> tuple[TrainingSet, str]:
@@ -158,6 +240,7 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
     compare_baselines: bool = True,
     progress: Callable[[str], None] = _stderr,
     stored_seasons: Collection[int] = (),
+    champion_predictions: StoredPredictions | None = None,
 ) -> TrainOutcome:
     """Fit the gate fold, judge it, refit on everything and publish (if blessed or forced).
 
@@ -171,7 +254,11 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
 
     ``long_history`` rows take part in both fits with ``training.long_history_weight``.
     ``stored_seasons`` are the seasons whose rows came from storage (the model card lists
-    every season with its source and rows).
+    every season with its source and rows). ``champion_predictions``: the champion's stored
+    predictions of the evaluation season(s); when they cover some evaluation rows, the gate
+    compares the fold's model with them on exactly those rows (and the baselines are scored
+    there too), instead of scoring a published champion; the card's ``gate_fold.champion``
+    says how the champion was represented.
     ``compare_baselines`` also fits the baselines on the fold's training rows and records
     their evaluation metrics in the model card (about 30 s).
 
@@ -211,17 +298,19 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
         refit_rows=len(everything),
         recipe=plan.as_dict(),
     )
+    stored = _stored_champion(champion_predictions, eval_rows, split.eval_seasons)
     fold = recipe.fit(plan, train, validation, progress=progress, label="gate fold: ")
     base_path = cfg.model.base_path
     staged_fold = export.stage(fold.model, base_path)
     staged_final: Path | None = None
     try:
-        decision = gate.decide(staged_fold, base_path, eval_rows, tcfg.gate, force=force)
+        decision = gate.decide(staged_fold, base_path, eval_rows, tcfg.gate, force=force, stored=stored)
         baseline_metrics = {}
         if compare_baselines:
             progress("baselines on the gate fold")
             baselines = fit_baselines(train, tcfg.seed, long_history_weight=plan.long_history_weight)
-            baseline_metrics = json_table(evaluate(eval_rows, dict(baselines.predict)).table)
+            judged = stored.rows if stored is not None else eval_rows
+            baseline_metrics = json_table(evaluate(judged, dict(baselines.predict)).table)
         refit = None
         if decision.publish:
             refit = recipe.fit(
@@ -252,7 +341,12 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
         )
         blessing = decision.as_dict()
         if refit is not None and staged_final is not None:
-            version: int | None = export.publish(staged_final, card, blessing)
+            # The drift reference: the refit's fitted per-game rows, scored by the staged artifact.
+            from scorebeater.training.reference import reference_for  # noqa: PLC0415 - TensorFlow
+
+            progress("drift reference")
+            reference = reference_for(staged_final, rows)
+            version: int | None = export.publish(staged_final, card, blessing, reference)
             staged_final = None
             rejected = None
         else:
@@ -268,6 +362,33 @@ def run_training(  # noqa: PLR0915 - one linear story: fold, gate, refit, publis
     return TrainOutcome(
         version=version, decision=blessing, card=card, rejected_record=rejected, seconds=seconds
     )
+
+
+def _stored_champion(
+    predictions: StoredPredictions | None, eval_rows: TrainingSet, eval_seasons: list[int]
+) -> StoredChampion | None:
+    """The gate's stored champion (:class:`~scorebeater.training.gate.StoredChampion`): the
+    evaluation rows the stored predictions cover, or ``None`` (then the gate's other rules)."""
+    from scorebeater.training.gate import StoredChampion  # noqa: PLC0415 - TensorFlow
+
+    if predictions is None:
+        return None
+    if sorted(predictions.seasons) != sorted(eval_seasons):
+        log.warning(
+            "training.stored_predictions_other_seasons", stored=predictions.seasons, eval_seasons=eval_seasons
+        )
+        return None
+    rows, probability = predictions.on(eval_rows)
+    log.info(
+        "training.champion_from_stored_predictions",
+        version=predictions.version,
+        rows=len(rows),
+        eval_rows=len(eval_rows),
+        stored=predictions.predictions.num_rows,
+    )
+    if not len(rows):
+        return None  # none of them on a row with a final outcome and every input
+    return StoredChampion(version=predictions.version, rows=rows, probability=probability)
 
 
 def _model_card(
@@ -331,6 +452,8 @@ def _model_card(
             "best_epochs": fold.best_epochs,
             "validation_loss": fold.validation_loss,
             "metrics": {"mlp": decision.candidate["metrics"], **baseline_metrics},
+            "rows": decision.rows,
+            "champion": _champion_summary(decision.champion),
             "note": "the gate fold's model is fitted without the evaluation seasons; the published "
             "model is the same recipe refitted on every season for the same epochs",
         },
@@ -350,6 +473,15 @@ def _model_card(
     }
 
 
+def _champion_summary(champion: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How the gate represented the champion: ``source`` is ``stored_predictions`` (its live
+    predictions, on ``rows`` evaluation rows), ``champion's gate fold`` (the metrics its card
+    recorded), ``champion scored on the evaluation seasons``, or absent (see ``note``)."""
+    if champion is None:
+        return None
+    return {k: champion[k] for k in ("version", "source", "rows", "note") if k in champion}
+
+
 def _runtime() -> dict[str, str]:
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
@@ -364,9 +496,9 @@ async def train_command(args: argparse.Namespace) -> int:
     """
     cfg: Config = args.cfg
     stored_seasons: list[int] = []
+    champion_predictions = None
     if args.from_storage:
-        stored = await _from_configured_storage(cfg)
-        rows, source = _with_file_history(stored, args, cfg)
+        stored, rows, source, champion_predictions = await _from_configured_storage(cfg, args)
         stored_seasons = stored.seasons()
     else:
         data_dir = _data_dir(args, cfg)
@@ -374,7 +506,13 @@ async def train_command(args: argparse.Namespace) -> int:
         source = str(data_dir) if data_dir is not None else "bundled"
     long_rows = long_history_rows(cfg, _data_dir(args, cfg))
     outcome = run_training(
-        cfg, rows, long_rows, source=source, force=args.force, stored_seasons=stored_seasons
+        cfg,
+        rows,
+        long_rows,
+        source=source,
+        force=args.force,
+        stored_seasons=stored_seasons,
+        champion_predictions=champion_predictions,
     )
     mlp = (outcome.decision.get("candidate") or {}).get("metrics") or {}
     summary = mlp.get("all", {})

@@ -93,6 +93,14 @@ def test_train_gate_publish_and_evaluate(
     assert [i["name"] for i in card["inputs"]] == list(INPUT_NAMES)
     assert set(fold["metrics"]) == {"mlp", "pace", "logistic", "gbt"}
     assert blessing["verdict"] == "BLESSED"
+    # the drift reference: the refit's per-game rows (no long-history rows), scored by the artifact
+    from scorebeater.drift import read_reference
+
+    reference = read_reference(base / "1")
+    assert reference is not None
+    assert reference.rows == len(rows)
+    assert (reference.meta["model_version"], reference.meta["added_after_export"]) == (1, False)
+    assert reference.meta["seasons"] == SEASONS
     assert blessing["champion"] is None
     assert not [p for p in base.iterdir() if p.name.startswith(".tmp-")]
 
@@ -167,6 +175,61 @@ def test_train_gate_publish_and_evaluate(
     assert (tmp_path / "report" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gate_judges_against_the_champions_stored_predictions(
+    tmp_path: Path, rows: TrainingSet, long_rows: TrainingSet
+) -> None:
+    """From storage, the champion is what it served: its stored predictions of the evaluation
+    season, on exactly the rows it predicted (here every other row of 2014)."""
+    import pyarrow as pa
+
+    from scorebeater.training.pipeline import StoredPredictions, run_training
+
+    cfg = _config(tmp_path)
+    served = rows.for_seasons([2014])
+    served = served.take(np.arange(0, len(served), 2))
+
+    def stored(probability: np.ndarray) -> StoredPredictions:
+        table = pa.table(
+            {
+                "player_id": pa.array(served.player_id, pa.int64()),
+                "season": pa.array(served.season, pa.int32()),
+                "as_of_seq": pa.array(served.as_of_seq, pa.int32()),
+                "probability": pa.array(probability, pa.float64()),
+            }
+        )
+        return StoredPredictions(version=7, seasons=[2014], predictions=table)
+
+    summary = {"version": 7, "source": "stored_predictions", "rows": len(served)}
+    # 1. a champion that served the truth itself: the candidate falls short of it
+    perfect = stored(np.where(served.label, 0.99, 0.01))
+    rejected = run_training(
+        cfg, rows, long_rows, source="test", compare_baselines=False, champion_predictions=perfect
+    )
+    assert rejected.version is None
+    champion = rejected.decision["champion"]
+    assert {k: champion[k] for k in summary} == summary
+    assert champion["metrics"]["all"]["n"] == len(served)
+    assert champion["metrics"]["all"]["roc_auc"] == 1.0
+    assert rejected.decision["rows"] == len(served)
+    assert rejected.decision["candidate"]["metrics"]["all"]["n"] == len(served)  # the same rows
+    assert any("roc_auc drops" in r for r in rejected.decision["reasons"])
+    assert rejected.card["gate_fold"]["champion"] == summary
+    # 2. one that served coin flips: the candidate is blessed and published; its card says
+    #    how the champion was represented, and on how many rows
+    coin = stored(np.full(len(served), 0.5))
+    published = run_training(
+        cfg, rows, long_rows, source="test", compare_baselines=True, champion_predictions=coin
+    )
+    assert published.version == 1
+    assert published.decision["verdict"] == "BLESSED"
+    card = json.loads((cfg.model.base_path / "1" / "assets.extra" / "model_card.json").read_text())
+    assert card["gate_fold"]["champion"] == summary
+    assert card["gate_fold"]["rows"] == len(served)
+    assert card["gate_fold"]["metrics"]["mlp"]["all"]["n"] == len(served)
+    assert card["gate_fold"]["metrics"]["gbt"]["all"]["n"] == len(served)  # baselines on them too
+    assert card["training_seasons"] == SEASONS
+
+
 def test_infra_check_rejects_a_directory_that_is_not_a_model(tmp_path: Path, rows: TrainingSet) -> None:
     from scorebeater.training.gate import decide
 
@@ -202,6 +265,8 @@ def test_storage_training_set_goes_through_the_same_pipeline(tmp_path: Path, row
             "feature_hash": ["h"] * n,
             "beat": rows.label,
             "resolution": np.where(np.arange(n) % 10 == 0, "early", "final"),
+            "resolved_early_seq": pa.nulls(n, pa.int32()),
+            "resolved_early_at": pa.nulls(n, TRAINING_SCHEMA.field("resolved_early_at").type),
         },
         schema=TRAINING_SCHEMA,
     )
