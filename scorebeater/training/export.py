@@ -7,6 +7,7 @@ Layout (TF Serving's model base path)::
             saved_model.pb, variables/, assets/
             assets.extra/model_card.json   version, seasons, metrics, input schema, revision
             assets.extra/blessing.json     the promotion gate's decision
+            assets.extra/reference.json    the fitted rows' distribution (drift reference)
         .tmp-<random>/          a candidate being staged (ignored by TF Serving: not an integer)
         .publish.lock           serialises version allocation between concurrent publishers
 
@@ -18,6 +19,7 @@ stand-in) sees either no version or a complete one.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -31,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from scorebeater import drift
 from scorebeater.errors import ScorebeaterError
 
 log = structlog.get_logger(__name__)
@@ -38,6 +41,7 @@ log = structlog.get_logger(__name__)
 EXTRA_DIR = "assets.extra"
 MODEL_CARD = "model_card.json"
 BLESSING = "blessing.json"
+REFERENCE = drift.REFERENCE_FILE
 _LOCK = ".publish.lock"
 _TMP_PREFIX = ".tmp-"
 
@@ -164,11 +168,17 @@ def _publish_lock(base_path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def publish(staged: Path, card: Mapping[str, Any], blessing: Mapping[str, Any]) -> int:
+def publish(
+    staged: Path,
+    card: Mapping[str, Any],
+    blessing: Mapping[str, Any],
+    reference: drift.Reference | None = None,
+) -> int:
     """Publish a staged candidate as the next version; returns the version number.
 
     Under an exclusive lock on the base path: choose ``v = max(existing) + 1``, write the
-    model card (with ``version = v``) and the blessing into ``assets.extra/``, fsync the
+    model card (with ``version = v``), the blessing and the drift ``reference`` (when given:
+    :mod:`scorebeater.training.reference`) into ``assets.extra/``, fsync the
     tree, and ``os.rename`` the staged directory to ``<base>/<v>``. A version is never
     overwritten: ``rename`` onto an existing version directory fails rather than replaces.
 
@@ -183,6 +193,11 @@ def publish(staged: Path, card: Mapping[str, Any], blessing: Mapping[str, Any]) 
         target = base_path / str(version)
         _write_json(staged / EXTRA_DIR / MODEL_CARD, {**card, "version": version})
         _write_json(staged / EXTRA_DIR / BLESSING, {**blessing, "version": version})
+        if reference is not None:
+            stamped = dataclasses.replace(
+                reference, meta={**reference.meta, "model_version": version, "added_after_export": False}
+            )
+            _write_json(staged / EXTRA_DIR / REFERENCE, stamped.as_json())
         _fsync_tree(staged)
         if target.exists():
             raise PublishError(target, "version directory already exists; refusing to overwrite")
