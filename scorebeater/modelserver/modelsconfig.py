@@ -86,6 +86,8 @@ class _Tok:
     kind: str
     text: str
     line: int
+    start: int = 0
+    """Offset of the token's first character in the text (the writer edits by offset)."""
 
 
 def _unquote(text: str) -> str:
@@ -103,7 +105,7 @@ def _tokens(text: str, source: str) -> list[_Tok]:
         kind = match.lastgroup or ""
         value = match.group()
         if kind != "ws":
-            out.append(_Tok(kind, value, line))
+            out.append(_Tok(kind, value, line, pos))
         line += value.count("\n")
         pos = match.end()
     return out
@@ -365,3 +367,149 @@ def load_models_config(path: Path, *, base_dir: Path | None = None) -> list[Mode
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read: {exc}"]) from exc
     return parse_models_config(text, source=str(path), base_dir=base_dir)
+
+
+# --- label writer ---------------------------------------------------------------------------
+
+VERSION_LABEL = re.compile(r"[A-Za-z0-9_]+")
+"""A version label as TF Serving documents them: word characters only (``[a-zA-Z0-9_]+``)."""
+
+
+def check_version_label(label: str) -> str:
+    """Return ``label`` if TF Serving accepts it as a version label.
+
+    Raises:
+        ConfigError: the label is empty or has a character outside ``[A-Za-z0-9_]``.
+    """
+    if not VERSION_LABEL.fullmatch(label):
+        raise ConfigError("version label", [f"{label!r}: a label is [A-Za-z0-9_]+ (TF Serving's rule)"])
+    return label
+
+
+def _is_punct(tok: _Tok, chars: str) -> bool:
+    return tok.kind == "punct" and tok.text in chars
+
+
+def _after_message(toks: list[_Tok], opener: int) -> int:
+    """The index after the closer matching the ``{``/``<`` at ``opener``."""
+    stack: list[str] = []
+    i = opener
+    while i < len(toks):
+        tok = toks[i]
+        if _is_punct(tok, "{<"):
+            stack.append("}" if tok.text == "{" else ">")
+        elif tok.kind == "punct" and stack and tok.text == stack[-1]:
+            stack.pop()
+            if not stack:
+                return i + 1
+        i += 1
+    raise ConfigError("models.config", ["unbalanced braces"])  # pragma: no cover - parsed before
+
+
+def _fields(toks: list[_Tok], start: int, stop: int) -> list[tuple[str, int, int]]:
+    """``(name, first value token, index after the value)`` of each field of ``toks[start:stop]``.
+
+    A message value's first token is its opener and its closer sits just before the end index.
+    Only called on text :func:`parse_text_proto` has accepted, so the shape is known good.
+    """
+    out: list[tuple[str, int, int]] = []
+    i = start
+    while i < stop:
+        name = toks[i].text
+        i += 1
+        if _is_punct(toks[i], ":"):
+            i += 1
+        first = i
+        i = _after_message(toks, i) if _is_punct(toks[i], "{<") else i + 1
+        out.append((name, first, i))
+        if i < stop and _is_punct(toks[i], ",;"):
+            i += 1
+    return out
+
+
+def _model_body(toks: list[_Tok], model: str) -> tuple[int, int] | None:
+    """``(opener, closer)`` token indices of ``model``'s ``config { ... }`` message."""
+    for name, first, end in _fields(toks, 0, len(toks)):
+        if name != "model_config_list":
+            continue
+        for cname, cfirst, cend in _fields(toks, first + 1, end - 1):
+            if cname != "config":
+                continue
+            for fname, ffirst, _ in _fields(toks, cfirst + 1, cend - 1):
+                tok = toks[ffirst]
+                if fname == "name" and tok.kind == "string" and _unquote(tok.text) == model:
+                    return cfirst, cend - 1
+    return None
+
+
+def _label_value_token(toks: list[_Tok], opener: int, closer: int, label: str) -> int | None:
+    """The index of the ``value`` token of ``label``'s ``version_labels`` entry, if there is one."""
+    for fname, ffirst, fend in _fields(toks, opener + 1, closer):
+        if fname != "version_labels":
+            continue
+        entry = {n: f for n, f, _ in _fields(toks, ffirst + 1, fend - 1)}
+        key = toks[entry["key"]] if "key" in entry else None
+        if key is not None and key.kind == "string" and _unquote(key.text) == label and "value" in entry:
+            return entry["value"]
+    return None
+
+
+def _line_indent(text: str, offset: int) -> tuple[int, str]:
+    """The start of the line holding ``offset`` and the line's leading whitespace."""
+    start = text.rfind("\n", 0, offset) + 1
+    line = text[start:offset]
+    return start, line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def set_version_label(
+    text: str, *, model: str, label: str, version: int, source: str = "models.config"
+) -> tuple[str, int | None]:
+    """``text`` with ``model``'s ``label`` pointing at ``version``, and the label's previous version.
+
+    Only the label's ``value`` token changes; every comment, quote style and the layout are kept
+    byte for byte. When the model has no such label, one ``version_labels { key: '...' value: N }``
+    entry is added as the last field of its ``config`` (on its own line, indented like the
+    model's first field, when the closing brace has a line of its own). Pure; idempotent.
+
+    Returns:
+        The new text and the version the label named before (``None``: it was absent).
+
+    Raises:
+        ConfigError: ``text`` is not a valid models.config, declares no model ``model``, the label
+            is not a valid TF Serving label, or ``version`` is negative.
+    """
+    check_version_label(label)
+    if version < 0:
+        raise ConfigError(source, [f"version must be >= 0, got {version}"])
+    models = parse_models_config(text, source=source)
+    current = next((m for m in models if m.name == model), None)
+    if current is None:
+        raise ConfigError(source, [f"declares no model {model!r} (declared: {[m.name for m in models]})"])
+    previous = current.labels.get(label)
+    toks = _tokens(text, source)
+    body = _model_body(toks, model)
+    if body is None:  # pragma: no cover - parse_models_config found the model
+        raise ConfigError(source, [f"model {model!r} not found"])
+    opener, closer = body
+    value = _label_value_token(toks, opener, closer, label)
+    if value is not None:
+        tok = toks[value]
+        new = text[: tok.start] + str(version) + text[tok.start + len(tok.text) :]
+    else:
+        entry = f"version_labels {{ key: '{label}' value: {version} }}"
+        close = toks[closer]
+        line_start, close_indent = _line_indent(text, close.start)
+        if text[line_start : close.start].strip() == "":
+            first = toks[opener + 1] if opener + 1 < closer else None
+            if first is not None and first.line != toks[opener].line:
+                indent = _line_indent(text, first.start)[1]
+            else:
+                indent = close_indent + "  "
+            new = text[:line_start] + f"{indent}{entry}\n" + text[line_start:]
+        else:
+            pad = "" if text[close.start - 1].isspace() else " "
+            new = text[: close.start] + f"{pad}{entry} " + text[close.start :]
+    check = next(m for m in parse_models_config(new, source=source) if m.name == model)
+    if check.labels.get(label) != version:  # pragma: no cover - a bug in this writer
+        raise ConfigError(source, [f"rewriting label {label!r} did not take effect"])
+    return new, previous
