@@ -39,6 +39,7 @@ HANDLERS: dict[str, str] = {
     "evaluate": "scorebeater.training.pipeline:evaluate_command",
     "backtest": "scorebeater.training.backtest_report:backtest_command",
     "quarantine": "scorebeater.admin.quarantine:command",
+    "promote": "scorebeater.promotion.promoter:promote_command",
 }
 
 
@@ -114,6 +115,26 @@ def _add_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         actions.add_parser(action, help=text).add_argument("id", type=int, help="the entry's id (see list)")
 
 
+def _add_promote(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``promote`` (its handler is :mod:`scorebeater.promotion.promoter`'s)."""
+    p = sub.add_parser(
+        "promote",
+        help="move a model version label (stable) to a version the model server serves",
+        description="Point a label of the model at VERSION by rewriting, atomically, the models.config "
+        "file TF Serving polls ([tfserving] models_config, else [model_server] models_config); the "
+        "model server moves the label at its next poll. Refused (exit 2) unless the model server "
+        "reports VERSION AVAILABLE. The promotion is recorded in storage (GET /v1/models lists them) "
+        "and printed as JSON.",
+    )
+    _add_config(p)
+    p.add_argument("--to", type=int, required=True, metavar="VERSION", help="the model version to promote")
+    p.add_argument(
+        "--label", default=None, help="the label to move, [A-Za-z0-9_]+ (default: promotion.label, 'stable')"
+    )
+    p.add_argument("--by", default=None, help="who promotes, for the record (default: the login name)")
+    p.add_argument("--reason", default="", help="why, for the record")
+
+
 def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``backtest`` (its handler is :mod:`scorebeater.training.backtest_report`'s)."""
     p = sub.add_parser(
@@ -176,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("once", help="run one iteration of one stage and exit")
     _add_config(p)
     _add_data(p)
-    p.add_argument("--stage", required=True, choices=("features", "predictions", "validation", "refeed"))
+    p.add_argument(
+        "--stage",
+        required=True,
+        choices=("features", "predictions", "validation", "refeed", "shadow", "monitoring"),
+    )
 
     p = sub.add_parser("check-config", help="check a config file and print the effective settings")
     p.add_argument("file", type=Path, help="TOML config file")
@@ -307,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_backtest(sub)
     _add_quarantine(sub)
+    _add_promote(sub)
     return parser
 
 

@@ -17,6 +17,12 @@ predictions     at start, then when the hand-off has committed rows or a final s
 refeed          on ``refeed_cron`` and on request; never alongside predictions (one lock)
 validation      on ``validation_cron`` and when a final season has had its last predictions
 retrain         when final labels are stored (only with ``retrain_on_season_final``)
+promotion       when a champion-versus-challenger comparison is recorded (always present:
+                with ``promotion.auto`` off it only refreshes the label gauges)
+shadow          at start, then when champion predictions are stored (a no-op without
+                ``challenger_label``); its own lock and TF Serving client: never delays them
+monitoring      every ``monitoring.interval_s`` and when champion predictions are stored
+                (only with ``monitoring.enabled``): drift PSI and CBPE estimates
 ==============  ==========================================================================
 """
 
@@ -43,14 +49,19 @@ from scorebeater.config import Config
 from scorebeater.errors import FatalError
 from scorebeater.lifecycle import run_until_signal
 from scorebeater.metrics import Metrics
+from scorebeater.promotion.promoter import Promoter
+from scorebeater.promotion.records import PromotionLog
 from scorebeater.scheduler import Clock, Stage, StageRunner, SystemClock
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.features import FeaturesStage
 from scorebeater.stages.handoff import Handoff
+from scorebeater.stages.monitoring import MonitoringStage
 from scorebeater.stages.predictions import PredictionsStage
+from scorebeater.stages.promotion import PromotionStage
 from scorebeater.stages.refeed import RefeedStage
 from scorebeater.stages.retrain import RetrainStage
 from scorebeater.stages.scoring import Scorer
+from scorebeater.stages.shadow import ShadowStage
 from scorebeater.stages.validation import ValidationStage
 from scorebeater.storage import open_storage
 
@@ -70,6 +81,8 @@ class Daemon:
     runners: dict[str, StageRunner]
     started: asyncio.Event
     admin_url: str | None = None
+    promoter: Promoter | None = None
+    """Moves labels for the promotion stage and the admin API (one lock, one history)."""
 
 
 def _has_model_version(base_path: Path) -> bool:
@@ -139,6 +152,7 @@ async def _start_admin(daemon: Daemon, stack: contextlib.AsyncExitStack) -> str 
             features=daemon.features,
             token=cfg.token,
             started=daemon.started,
+            promoter=daemon.promoter,
         )
     )
     runner = web.AppRunner(app, access_log=None)
@@ -188,7 +202,18 @@ async def open_daemon(
             if (runner := runners.get(stage)) is not None:
                 runner.trigger()
 
-        handoff = Handoff(wake, retrain_on_final_labels=cfg.training.retrain_on_season_final)
+        handoff = Handoff(
+            wake,
+            retrain_on_final_labels=cfg.training.retrain_on_season_final,
+            shadow=bool(cfg.tfserving.challenger_label),
+        )
+        # The challenger's own client: its connections and concurrency limit are its own, so a
+        # hung challenger never holds a request slot the champion needs; it reports no
+        # availability (model_available/model_info are the served model's).
+        challenger_model = await stack.enter_async_context(
+            TFServingClient.open(cfg.tfserving, cfg.model.name, metrics=metrics, reports_availability=False)
+        )
+        shadow_ctx = dataclasses.replace(ctx, model=challenger_model)
         scorer = Scorer(ctx)
         features = FeaturesStage(ctx, handoff)
         predictions = PredictionsStage(ctx, handoff, scorer)
@@ -211,8 +236,18 @@ async def open_daemon(
         runners["predictions"] = runner(predictions, run_at_start=True, lock=scoring)
         runners["refeed"] = runner(RefeedStage(ctx, handoff, scorer), cron=sc.refeed_cron, lock=scoring)
         runners["validation"] = runner(validation, cron=sc.validation_cron)
+        runners["shadow"] = runner(
+            ShadowStage(shadow_ctx, handoff, Scorer(shadow_ctx, role="challenger")), run_at_start=True
+        )
         if cfg.training.retrain_on_season_final:
             runners["retrain"] = runner(RetrainStage(handoff, config_path=config_path))
+        promoter = Promoter(cfg, model, PromotionLog(storage), metrics=metrics)
+        runners["promotion"] = runner(PromotionStage(ctx, handoff, promoter))
+        if cfg.monitoring.enabled:
+            monitoring = MonitoringStage(
+                ctx, seasons=features.followed_seasons, champion_version=lambda: predictions.pinned_version
+            )
+            runners["monitoring"] = runner(monitoring, interval_s=cfg.monitoring.interval_s)
         daemon = Daemon(
             cfg=cfg,
             ctx=ctx,
@@ -222,6 +257,7 @@ async def open_daemon(
             validation=validation,
             runners=runners,
             started=asyncio.Event(),
+            promoter=promoter,
         )
         daemon.admin_url = await _start_admin(daemon, stack)
         yield daemon
@@ -279,6 +315,11 @@ async def once_command(args: argparse.Namespace) -> int:
     # One iteration serves no one: no admin port (a running daemon may hold it).
     cfg: Config = dataclasses.replace(args.cfg, admin=dataclasses.replace(args.cfg.admin, enabled=False))
     async with open_daemon(cfg, data_dir=args.data, config_path=args.config) as daemon:
-        result = await daemon.runners[args.stage].run_once()
+        runner = daemon.runners.get(args.stage)
+        if runner is None:
+            # A stage the config leaves out (monitoring disabled, retrain off).
+            enabled = ", ".join(sorted(daemon.runners))
+            raise FatalError(f"stage {args.stage!r} is not enabled by this config (enabled: {enabled})")
+        result = await runner.run_once()
     print(json.dumps(result, default=str, indent=2))  # noqa: T201 - this command's output
     return 0

@@ -4,8 +4,10 @@ Names follow Prometheus conventions: the ``scorebeater_`` prefix, base units (``
 ``_ratio``), ``_total`` for counters, timestamps rather than ages (``*_timestamp_seconds``;
 dashboards compute ``time() - metric``). Labels are bounded: ``stage``, ``outcome``,
 ``endpoint``, ``code``, ``mode``, ``model_version``, ``bucket`` (``all`` and the four
-season-progress buckets), ``bin`` (ten calibration bins), ``kind``, ``reason``, ``state``; never
-a player or game id.
+season-progress buckets), ``bin`` (ten calibration bins), ``kind``, ``reason``, ``state``,
+``role`` (champion, challenger), ``rows`` (labelled, latest), ``input`` (the model's raw inputs
+and ``probability``), ``reference`` (training, last_season), ``trigger``, ``label`` (a
+models.config version label); never a player or game id.
 Known label values are pre-initialised so series exist (as 0) before the first event.
 
 Tests pass a fresh ``CollectorRegistry`` so nothing leaks between them.
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scorebeater.inputs import PROGRESS_BUCKETS
 
-STAGES = ("features", "predictions", "refeed", "validation")
+STAGES = ("features", "predictions", "refeed", "validation", "shadow", "promotion")
 """Stages whose series exist from the start (``retrain`` exists only when enabled)."""
 STAGE_OUTCOMES = ("success", "error")
 EVAL_BUCKETS = ("all", *PROGRESS_BUCKETS)
@@ -29,6 +31,14 @@ PREDICTION_MODES = ("diff", "refeed")
 QUARANTINE_KINDS = ("box_score",)
 QUARANTINE_STATES = ("open", "retry", "skipped", "resolved")
 """The dead-letter table's kinds and states (``storage.quarantine``'s; a test keeps them equal)."""
+MODEL_ROLES = ("champion", "challenger")
+DRIFT_REFERENCES = ("training", "last_season")
+"""``scorebeater_drift_psi``'s references: the champion's training rows, last season."""
+SHADOW_FAILURE_REASONS = ("unavailable", "not_found", "bad_request", "model_error", "storage", "other")
+"""``shadow_failures_total``'s reasons: the TF Serving error kinds, storage, anything else."""
+PROMOTION_TRIGGERS = ("operator", "auto")
+PROMOTION_OUTCOMES = ("promoted", "refused")
+"""``scorebeater_promotions_total``'s labels: who moved the label, and whether it moved."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -262,6 +272,10 @@ class Metrics:
             "Unix time the realized metrics were last computed.",
             registry=r,
         )
+        self._shadow_metrics(r)
+        self._promotion_metrics(r)
+        self._monitoring_metrics(r)
+
         self._initialise()
 
     def _initialise(self) -> None:
@@ -286,6 +300,164 @@ class Metrics:
         for kind in QUARANTINE_KINDS:
             for state in QUARANTINE_STATES:
                 self.quarantined.labels(kind, state)
+        self._initialise_learning_loop()
+
+    def _initialise_learning_loop(self) -> None:
+        for role in MODEL_ROLES:
+            self.model_role_version.labels(role)
+        for reason in SHADOW_FAILURE_REASONS:
+            self.shadow_failures.labels(reason)
+        for trigger in PROMOTION_TRIGGERS:
+            for outcome in PROMOTION_OUTCOMES:
+                self.promotions.labels(trigger, outcome)
+
+    # --- shadow challenger ------------------------------------------------------------
+    def _shadow_metrics(self, r: CollectorRegistry) -> None:
+        """The shadow challenger's metrics (validation and shadow stages)."""
+        # The champion and the challenger on the SAME labelled rows (final outcomes), per
+        # progress bucket; then how far apart they are (labelled rows, and each player's
+        # latest pair of the followed seasons).
+        sq = ["model_version", "role", "bucket"]
+        self.shadow_eval_roc_auc = Gauge(
+            "scorebeater_shadow_eval_roc_auc",
+            "ROC AUC of each role's version on the rows both versions predicted (final labels).",
+            sq,
+            registry=r,
+        )
+        self.shadow_eval_brier = Gauge(
+            "scorebeater_shadow_eval_brier",
+            "Brier score on the rows both versions predicted.",
+            sq,
+            registry=r,
+        )
+        self.shadow_eval_log_loss = Gauge(
+            "scorebeater_shadow_eval_log_loss",
+            "Log loss on the rows both versions predicted.",
+            sq,
+            registry=r,
+        )
+        self.shadow_eval_ece = Gauge(
+            "scorebeater_shadow_eval_ece",
+            "ECE (10 equal-width bins) on the rows both versions predicted.",
+            sq,
+            registry=r,
+        )
+        self.shadow_eval_accuracy = Gauge(
+            "scorebeater_shadow_eval_accuracy",
+            "Accuracy at 0.5 on the rows both versions predicted.",
+            sq,
+            registry=r,
+        )
+        self.shadow_eval_rows = Gauge(
+            "scorebeater_shadow_eval_rows",
+            "Labelled rows both versions predicted (the same for both roles).",
+            sq,
+            registry=r,
+        )
+        sd = ["model_version", "role", "rows"]
+        self.shadow_flip_ratio = Gauge(
+            "scorebeater_shadow_flip_ratio",
+            "Share of rows on which the challenger and the champion disagree at 0.5 "
+            "(rows: labelled, or latest: each player's latest pair).",
+            sd,
+            registry=r,
+        )
+        self.shadow_abs_diff_mean = Gauge(
+            "scorebeater_shadow_abs_diff_mean",
+            "Mean absolute difference of the challenger's and the champion's probabilities.",
+            sd,
+            registry=r,
+        )
+        self.shadow_auc_gain = Gauge(
+            "scorebeater_shadow_auc_gain",
+            "Challenger ROC AUC minus champion ROC AUC on the same labelled rows.",
+            ["bucket"],
+            registry=r,
+        )
+        self.model_role_version = Gauge(
+            "scorebeater_model_role_version",
+            "The model version currently in each role (0: none; challenger 0: no shadow scoring).",
+            ["role"],
+            registry=r,
+        )
+        self.shadow_predictions = Counter(
+            "scorebeater_shadow_predictions_total", "Challenger predictions stored.", registry=r
+        )
+        self.shadow_failures = Counter(
+            "scorebeater_shadow_failures_total",
+            "Failed shadow runs, by reason (the champion is never affected).",
+            ["reason"],
+            registry=r,
+        )
+
+    # --- promotion ----------------------------------------------------------------------
+    def _promotion_metrics(self, r: CollectorRegistry) -> None:
+        """The promotion metrics (scorebeater.promotion)."""
+        # Label moves in models.config (operator: `scorebeater promote` or the admin API; auto:
+        # the policy). A CLI run in another process counts in its own process, not here; the
+        # label gauge is refreshed whenever the daemon reads the file.
+        self.promotions = Counter(
+            "scorebeater_promotions_total",
+            "Promotions (label moves) by trigger (operator, auto) and outcome (promoted; refused: "
+            "the version was not AVAILABLE, unknown, or no models.config is configured).",
+            ["trigger", "outcome"],
+            registry=r,
+        )
+        self.model_label_version = Gauge(
+            "scorebeater_model_label_version",
+            "The model version each label of models.config names, as the daemon last wrote or read it.",
+            ["label"],
+            registry=r,
+        )
+        self.last_promotion = Gauge(
+            "scorebeater_last_promotion_timestamp_seconds",
+            "Unix time of the last promotion this daemon made (0: none since it started).",
+            registry=r,
+        )
+
+    # --- drift and estimated performance (monitoring) ----------------------------------------
+    def _monitoring_metrics(self, r: CollectorRegistry) -> None:
+        """The monitoring stage's gauges (scorebeater.stages.monitoring), pre-initialised."""
+        self.drift_psi = Gauge(
+            "scorebeater_drift_psi",
+            "Population stability index of the current season's latest rows, per raw input and "
+            "'probability', against the champion's training rows at the same season progress "
+            "(reference=training) or last season at the same point (reference=last_season).",
+            ["input", "reference"],
+            registry=r,
+        )
+        self.drift_rows = Gauge(
+            "scorebeater_drift_rows",
+            "Reference rows the drift PSI is computed against (0: no comparison).",
+            ["reference"],
+            registry=r,
+        )
+        self.drift_reference_available = Gauge(
+            "scorebeater_drift_reference_available",
+            "1 when the champion version has a drift reference (assets.extra/reference.json), else 0.",
+            registry=r,
+        )
+        self.estimated_roc_auc = Gauge(
+            "scorebeater_estimated_roc_auc",
+            "ROC AUC expected from the calibrated probabilities alone (CBPE), on each player's "
+            "latest champion prediction of the current season.",
+            ["model_version", "bucket"],
+            registry=r,
+        )
+        self.estimated_accuracy = Gauge(
+            "scorebeater_estimated_accuracy",
+            "Accuracy at 0.5 expected from the calibrated probabilities alone (CBPE).",
+            ["model_version", "bucket"],
+            registry=r,
+        )
+        self.estimated_rows = Gauge(
+            "scorebeater_estimated_rows",
+            "Predictions the estimated metrics are computed on.",
+            ["model_version", "bucket"],
+            registry=r,
+        )
+        for reference in DRIFT_REFERENCES:
+            self.drift_rows.labels(reference)
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -2,10 +2,10 @@
 
 Read endpoints are open (put the port behind your network policy). State-changing endpoints
 (``POST /v1/refeed``, ``POST /v1/stages/{stage}:run``, ``POST /v1/quarantine/{id}:retry`` and
-``:skip``, see :mod:`scorebeater.admin.quarantine`) require ``Authorization: Bearer <token>``
-with the token from the environment variable named by ``admin.token_env``; with no token
-configured they answer 403, never run unauthenticated. ``openapi.yaml`` beside this
-module documents every endpoint and is served at ``/openapi.yaml``.
+``:skip``, see :mod:`scorebeater.admin.quarantine`, ``POST /v1/models/promote``) require
+``Authorization: Bearer <token>`` with the token from the environment variable named by
+``admin.token_env``; with no token configured they answer 403, never run unauthenticated.
+``openapi.yaml`` beside this module documents every endpoint and is served at ``/openapi.yaml``.
 
 Every error is ``{"error": {"code", "message", "param"?}}``, whatever produced it (the shared
 error middleware of :mod:`scorebeater.httpsurface`: unknown paths, wrong methods, bodies too
@@ -32,7 +32,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from scorebeater.admin.quarantine import QuarantineRoutes
 from scorebeater.bounds import PLAYER_ID, SEASON
 from scorebeater.config import Secret
-from scorebeater.errors import ScorebeaterError
+from scorebeater.errors import (
+    ConfigError,
+    ScorebeaterError,
+    StorageError,
+    StorageUnavailable,
+    TFServingError,
+)
 from scorebeater.httpsurface import (
     ApiError,
     bearer_token,
@@ -41,12 +47,17 @@ from scorebeater.httpsurface import (
     int_param,
     json_object_body,
     json_response,
+    shown,
     surface_app,
 )
+from scorebeater.modelserver.modelsconfig import VERSION_LABEL
+from scorebeater.promotion.promoter import Promoter, PromotionRefused
+from scorebeater.promotion.records import ADMIN_API, MAX_RECORDS, PromotionLog, comparison_json
 from scorebeater.scheduler import StageRunner
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.features import FeaturesStage
 from scorebeater.stages.handoff import Handoff
+from scorebeater.storage.base import PREDICTION_ROLES
 
 log = structlog.get_logger(__name__)
 
@@ -66,9 +77,13 @@ class AdminState:
     """Read for the player lookups: the latest season, players without a previous season."""
     token: Secret | None
     started: asyncio.Event
+    promoter: Promoter | None = None
+    """Moves labels (``POST /v1/models/promote``) and keeps their history; ``None``: the app
+    builds one over ``ctx`` (the daemon passes the promotion stage's, so both share one lock)."""
 
 
 STATE = web.AppKey("state", AdminState)
+PROMOTER = web.AppKey("promoter", Promoter)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -141,12 +156,26 @@ def _iso(value: object) -> object:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _role_param(raw: str) -> str:
+    """``?role=``: one of ``PREDICTION_ROLES``, exactly (the challenger is never served unasked)."""
+    if raw not in PREDICTION_ROLES:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"role must be one of {', '.join(PREDICTION_ROLES)}, got {shown(raw)}",
+            param="role",
+        )
+    return raw
+
+
 async def get_predictions(request: web.Request) -> web.Response:
-    """Latest probability (or the history) for one player and season."""
+    """Latest probability (or the history) for one player and season, of one role (the
+    champion's unless ``?role=challenger``)."""
     state = request.app[STATE]
     player_id = int_param(request.match_info["player_id"], "player_id", lo=PLAYER_ID.lo, hi=PLAYER_ID.hi)
     season_raw = request.query.get("season")
     history = bool_param(request.query.get("history", "false"), "history")
+    role = _role_param(request.query.get("role", "champion"))
     if season_raw is None:
         latest = state.features.latest_season()
         if latest is None:
@@ -156,7 +185,7 @@ async def get_predictions(request: web.Request) -> web.Response:
         season = int_param(season_raw, "season", lo=SEASON.lo, hi=SEASON.hi)
     rows: list[dict[str, Any]] = []
     async for table in state.ctx.storage.read_predictions(
-        season=season, player_id=player_id, latest_only=not history
+        season=season, player_id=player_id, latest_only=not history, role=role
     ):
         rows.extend(table.to_pylist())
     if not rows:
@@ -166,7 +195,8 @@ async def get_predictions(request: web.Request) -> web.Response:
                 "no_previous_season",
                 f"player {player_id} has no season {season - 1}: no prediction is made for him",
             )
-        return _error(404, "not_found", f"no prediction for player {player_id} in season {season}")
+        whose = "" if role == "champion" else f" by the {role}"
+        return _error(404, "not_found", f"no prediction{whose} for player {player_id} in season {season}")
     rows.sort(key=lambda r: (r["as_of_seq"], r["model_version"]))
     clean = [
         {
@@ -179,7 +209,7 @@ async def get_predictions(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    body: dict[str, Any] = {"player_id": player_id, "season": season, **clean[-1]}
+    body: dict[str, Any] = {"player_id": player_id, "season": season, "role": role, **clean[-1]}
     if history:
         body["history"] = clean
     return _json(body)
@@ -188,11 +218,14 @@ async def get_predictions(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     """Each stage's runner state and own status, and the work in flight between them."""
     state = request.app[STATE]
+    stages = {name: runner.status() for name, runner in state.runners.items()}
     return _json(
         {
-            "stages": {name: runner.status() for name, runner in state.runners.items()},
+            "stages": stages,
             "handoff": state.handoff.status(),
             "model": state.ctx.cfg.model.name,
+            # The shadow stage's own status: label, pinned version, why skipped, its queue.
+            "challenger": stages["shadow"]["watermark"] if "shadow" in stages else None,
         }
     )
 
@@ -221,6 +254,110 @@ async def post_stage_run(request: web.Request) -> web.Response:
     return _json({"accepted": True, "stage": stage}, 202)
 
 
+# --- models, labels, roles and promotions ---------------------------------------------------
+
+
+def _roles(state: AdminState, labels: dict[str, int], available: list[int]) -> dict[str, int | None]:
+    """The champion (the version the prediction stage pinned last; before its first run, the
+    ``version_label``'s in models.config, or the highest AVAILABLE) and the challenger (the
+    ``challenger_label``'s, ``None`` when off or the same version as the champion)."""
+    tf = state.ctx.cfg.tfserving
+    predictions = state.runners.get("predictions")
+    pinned = predictions.status()["watermark"].get("pinned_model_version") if predictions else None
+    if pinned is None:
+        pinned = labels.get(tf.version_label) if tf.version_label else max(available, default=None)
+    challenger_label = getattr(tf, "challenger_label", "")
+    challenger = labels.get(challenger_label) if challenger_label else None
+    return {"champion": pinned, "challenger": None if challenger == pinned else challenger}
+
+
+async def get_models(request: web.Request) -> web.Response:
+    """The model's versions with their state, labels and roles; realized metrics; promotions."""
+    state = request.app[STATE]
+    promoter = request.app[PROMOTER]
+    limit = int_param(request.query.get("limit", "100"), "limit", lo=1, hi=MAX_RECORDS)
+    server_error: str | None = None
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            statuses = await state.ctx.model.status()
+    except (ScorebeaterError, OSError, TimeoutError) as exc:
+        statuses, server_error = [], f"{type(exc).__name__}: {exc}"
+    config_error: str | None = None
+    try:
+        labels = await promoter.labels()
+    except ConfigError as exc:
+        labels, config_error = {}, f"{exc.source}: " + "; ".join(exc.problems)
+    try:
+        history = await promoter.history.records(limit=limit)
+    except StorageError as exc:
+        code = "storage_unavailable" if isinstance(exc, StorageUnavailable) else "storage_error"
+        raise ApiError(503, code, f"storage: {exc}") from exc
+    roles = _roles(state, labels, [s.version for s in statuses if s.available])
+    versions = [
+        {
+            "version": s.version,
+            "state": s.state,
+            "labels": sorted(label for label, v in labels.items() if v == s.version),
+            "roles": [role for role, v in roles.items() if v == s.version],
+        }
+        for s in statuses
+    ]
+    validation = state.runners.get("validation")
+    comparison = state.handoff.latest_comparison()
+    return _json(
+        {
+            "model": state.ctx.cfg.model.name,
+            "models_config": None if promoter.path is None else str(promoter.path),
+            "versions": versions,
+            "labels": labels,
+            "roles": roles,
+            "realized": {
+                "comparison": comparison_json(comparison),
+                "validation": validation.status().get("last_result") if validation else None,
+            },
+            "promotions": [r.to_json() for r in history],
+            "errors": {"model_server": server_error, "models_config": config_error},
+        }
+    )
+
+
+@_requires_token
+async def post_promote(request: web.Request) -> web.Response:
+    """Move a label (default ``promotion.label``) to an AVAILABLE version; recorded as ``admin-api``."""
+    state = request.app[STATE]
+    body = await json_object_body(
+        request, {"version": int, "label": str, "reason": str}, limit=MAX_BODY_BYTES
+    )
+    if "version" not in body:
+        raise ApiError(400, "missing_field", "version is required", param="version")
+    version = int(body["version"])
+    if not 0 <= version <= 2**63 - 1:
+        raise ApiError(400, "bad_field", f"version must be >= 0, got {version}", param="version")
+    label = body.get("label") or state.ctx.cfg.promotion.label
+    if not VERSION_LABEL.fullmatch(label):
+        raise ApiError(400, "bad_field", f"label must be [A-Za-z0-9_]+, got {label!r}", param="label")
+    try:
+        record = await request.app[PROMOTER].promote(
+            version,
+            by=ADMIN_API,
+            trigger="operator",
+            label=label,
+            reason=str(body.get("reason", "")),
+            comparison=state.handoff.latest_comparison(),
+        )
+    except PromotionRefused as exc:
+        raise ApiError(409, exc.code, str(exc)) from exc
+    except TFServingError as exc:
+        raise ApiError(503, "model_server_unavailable", f"cannot ask the model server: {exc}") from exc
+    except OSError as exc:
+        raise ApiError(503, "models_config_unwritable", f"cannot rewrite models.config: {exc}") from exc
+    except StorageError as exc:
+        # The label has moved; only its record is missing.
+        raise ApiError(503, "storage_unavailable", f"label moved, record not stored: {exc}") from exc
+    log.info("admin.promoted", label=record.label, version=record.to_version)
+    return _json({"promoted": True, **record.to_json()})
+
+
 async def openapi(request: web.Request) -> web.Response:
     del request
     text = resources.files("scorebeater.admin").joinpath("openapi.yaml").read_text("utf-8")
@@ -231,6 +368,9 @@ def create_app(state: AdminState) -> web.Application:
     """The admin application over one daemon's state."""
     app = surface_app(coded_error, surface="admin")
     app[STATE] = state
+    app[PROMOTER] = state.promoter or Promoter(
+        state.ctx.cfg, state.ctx.model, PromotionLog(state.ctx.storage), metrics=state.ctx.metrics
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(state.ctx.metrics.registry))
@@ -239,5 +379,7 @@ def create_app(state: AdminState) -> web.Application:
     app.router.add_get(r"/v1/predictions/{player_id}", get_predictions)
     app.router.add_post("/v1/refeed", post_refeed)
     app.router.add_post(r"/v1/stages/{stage:[a-z_]+}:run", post_stage_run)
+    app.router.add_get("/v1/models", get_models)
+    app.router.add_post("/v1/models/promote", post_promote)
     QuarantineRoutes(STATE).register(app, _requires_token)
     return app

@@ -81,16 +81,21 @@ class TFServingClient:
         metrics: Metrics | None = None,
         signature_name: str = DEFAULT_SIGNATURE,
         output: str | None = None,
+        reports_availability: bool = True,
     ) -> None:
         """A client over ``session``, which the caller owns and closes; :meth:`open` builds both.
 
         ``output`` names the output alias to read (default: the only one, else ``probability``).
+        ``reports_availability``: this client's pins and predictions set ``model_available``
+        and ``model_info`` (the champion's client); a shadow challenger's client must not, so
+        that its outage never reads as the served model's.
         """
         self.cfg = cfg
         self.model_name = model_name
         self.signature_name = signature_name
         self._output = output
         self._metrics = metrics
+        self._reports_availability = reports_availability
         self._base = cfg.base_url.rstrip("/") + "/v1/models/" + urllib.parse.quote(model_name, safe="")
         self._session = session
         self._checked: dict[int, ModelMetadata] = {}
@@ -106,6 +111,7 @@ class TFServingClient:
         metrics: Metrics | None = None,
         signature_name: str = DEFAULT_SIGNATURE,
         output: str | None = None,
+        reports_availability: bool = True,
     ) -> AsyncIterator[Self]:
         """A ready client for the duration of the block; its session closes on exit.
 
@@ -123,6 +129,7 @@ class TFServingClient:
                 metrics=metrics,
                 signature_name=signature_name,
                 output=output,
+                reports_availability=reports_availability,
             )
 
     # --- transport ------------------------------------------------------------------------
@@ -217,7 +224,7 @@ class TFServingClient:
     async def pin_version(self, label: str | None) -> int:
         """The version to score a whole job with: ``label``'s, or the highest AVAILABLE one.
 
-        Sets ``model_available`` (1 when found, 0 when not).
+        Sets ``model_available`` (1 when found, 0 when not) if this client reports availability.
 
         Raises:
             ModelUnavailable: no version is AVAILABLE (including a model the server does not
@@ -236,7 +243,7 @@ class TFServingClient:
             self._set_available(0)
             raise
         self._set_available(1)
-        if self._metrics is not None:
+        if self._metrics is not None and self._reports_availability:
             self._metrics.model_info.clear()
             self._metrics.model_info.labels(self.model_name, str(version)).set(1)
         log.debug("tfserving.version_pinned", model=self.model_name, version=version, label=label or None)
@@ -251,7 +258,7 @@ class TFServingClient:
         return max(available)
 
     def _set_available(self, value: int) -> None:
-        if self._metrics is not None:
+        if self._metrics is not None and self._reports_availability:
             self._metrics.model_available.set(value)
 
     # --- predict ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ with them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import date
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from scorebeater.config.ranges import check_ranges
 from scorebeater.config.sections import (
     Config,
     ModelConfig,
+    PromotionConfig,
     SchedulerConfig,
     ScoreApiConfig,
     StorageConfig,
@@ -45,6 +47,7 @@ def validate(cfg: Config, problems: Problems) -> None:
     _storage(cfg.storage, problems)
     _scheduler(cfg.scheduler, problems)
     _training(cfg.training, problems)
+    _promotion(cfg.promotion, problems)
 
 
 def _unused_backends(st: StorageConfig) -> set[str]:
@@ -112,11 +115,15 @@ def _model(model: ModelConfig, problems: Problems) -> None:
 
 def _tfserving(tf: TFServingConfig, problems: Problems) -> None:
     _check_url(problems, "tfserving.base_url", tf.base_url)
-    if tf.version_label and not _is_label(tf.version_label):
-        problems.add(
-            "tfserving.version_label",
-            f"must be empty or a name of [A-Za-z0-9._-], got {shown(tf.version_label)}",
-        )
+    for key, label in (("version_label", tf.version_label), ("challenger_label", tf.challenger_label)):
+        if label and not _is_label(label):
+            problems.add(f"tfserving.{key}", f"must be empty or a name of [A-Za-z0-9._-], got {shown(label)}")
+
+
+def _promotion(pr: PromotionConfig, problems: Problems) -> None:
+    # TF Serving's own rule for version labels, stricter than a URL segment (no '.' or '-').
+    if not re.fullmatch(r"[A-Za-z0-9_]+", pr.label):
+        problems.add("promotion.label", f"must be a name of [A-Za-z0-9_], got {shown(pr.label)}")
 
 
 def _storage(st: StorageConfig, problems: Problems) -> None:

@@ -119,6 +119,11 @@ RANGES: dict[str, Range] = {
     "training.gate.max_log_loss_increase": Range(-100, 100),
     "training.gate.max_ece": FRACTION,
     "training.gate.eval_seasons": SEASON,
+    "promotion.min_labelled_rows": ROWS,
+    # AUC and ECE differences lie in -1..1; a negative gain lets a slightly worse AUC through.
+    "promotion.min_auc_gain": Range(-1, 1),
+    "promotion.max_ece_increase": Range(-1, 1),
+    "monitoring.interval_s": BUDGET_S,
 }
 """Key path -> range. For an integer array the range applies to each item."""
 

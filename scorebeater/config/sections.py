@@ -89,6 +89,10 @@ class TFServingConfig:
     base_url: str = "http://127.0.0.1:8501"
     version_label: str = ""
     """Label to resolve the pinned version from (``stable``); empty: the latest AVAILABLE."""
+    challenger_label: str = ""
+    """Label of the shadow challenger (``canary``): its version scores every row the champion
+    scores, stored with role ``challenger`` and never served by default; empty: no shadow.
+    Skipped while the label is unassigned or names the champion's version."""
     format: PredictFormat = "columnar"
     max_batch_size: int = 1024
     """Rows per ``:predict`` call; keep at or below the server's ``max_batch_size``."""
@@ -98,6 +102,9 @@ class TFServingConfig:
     max_attempts: int = 5
     retry_budget_s: float = 60.0
     gzip: bool = False
+    models_config: Path | None = None
+    """The ``models.config`` file TF Serving polls, which ``scorebeater promote`` and the promotion
+    stage rewrite to move a label; ``None``/empty: ``model_server.models_config``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +218,32 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PromotionConfig:
+    """Moving a label (``stable``) to another model version, by an operator or by the policy."""
+
+    auto: bool = False
+    """Promote the challenger automatically when :attr:`min_labelled_rows`,
+    :attr:`min_auc_gain` and :attr:`max_ece_increase` all hold (off: operators only)."""
+    label: str = "stable"
+    """The label promotions move (TF Serving's rule: ``[A-Za-z0-9_]+``)."""
+    min_labelled_rows: int = 2000
+    """Labelled rows (final outcomes) both versions predicted, at least, before the policy judges."""
+    min_auc_gain: float = 0.002
+    """Challenger ROC AUC minus champion ROC AUC on the same labelled rows (bucket ``all``), at least."""
+    max_ece_increase: float = 0.0
+    """Challenger ECE minus champion ECE, at most (0: no worse calibrated)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringConfig:
+    """The monitoring stage: input drift (PSI) and estimated performance (CBPE) of the champion."""
+
+    enabled: bool = True
+    interval_s: float = 900.0
+    """Seconds between runs; a prediction run that stored rows also wakes it (coalesced)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration: one field per top-level TOML table. Build it with ``load_config``."""
 
@@ -224,3 +257,5 @@ class Config:
     scheduler: SchedulerConfig = SchedulerConfig()
     admin: AdminConfig = AdminConfig()
     training: TrainingConfig = TrainingConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()

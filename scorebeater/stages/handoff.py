@@ -30,6 +30,21 @@ The rules:
 6. **An operator's quarantine decision wakes the feature stage.** A quarantined record marked
    for retry is fetched again by the next feature run, and a skipped one may complete its
    season: either wakes the feature stage at once instead of at its next poll.
+7. **A champion-versus-challenger comparison wakes the promotion stage.** The validation stage
+   records the latest comparison of the two versions on the same labelled rows
+   (:class:`ShadowComparison`); the promotion stage (automatic policy) reads the latest one.
+8. **Stored champion predictions are scored by the shadow challenger.** When a challenger is
+   configured (``[tfserving] challenger_label``), every batch of feature rows whose champion
+   predictions the prediction or refeed stage stored is queued for the shadow stage and wakes
+   it; the champion's stages never wait for the challenger. The queue is bounded
+   (``shadow_max_rows``): a batch that would pass the cap drops the queue and makes a shadow
+   reconcile due instead (every feature row with a champion prediction and no challenger
+   prediction of the challenger's version is scored), so a long challenger outage costs one
+   catch-up read, not memory. A new daemon starts with a shadow reconcile due; a failed shadow
+   run puts back what it did not store, like the prediction stage.
+9. **Stored champion predictions wake the monitoring stage** (drift and estimated metrics of
+   the champion's latest predictions), through the same :meth:`Handoff.champion_stored` call.
+   Wakes coalesce: every batch stored while a monitoring run is in flight makes one more run.
 
 The feature stage's stored checkpoint is the part of the hand-off that outlives a restart:
 its ``complete`` flag (read by :func:`season_complete`) tells a new process that a season's
@@ -48,7 +63,11 @@ import pyarrow as pa
 
 Waker = Callable[[str], None]
 """Wakes a stage by name (``"features"``, ``"predictions"``, ``"refeed"``, ``"validation"``,
-``"retrain"``)."""
+``"retrain"``, ``"shadow"``, ...)."""
+
+SHADOW_MAX_ROWS = 200_000
+"""Default cap of the shadow queue, in feature rows (a few hundred bytes each in Arrow): a
+game day is a few hundred rows, a refeed of a season's latest rows well below the cap."""
 
 
 def features_checkpoint_name(season: int) -> str:
@@ -74,6 +93,27 @@ class CommittedFeatures:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowComparison:
+    """The champion and the challenger scored on the same labelled rows (final outcomes).
+
+    ``champion``/``challenger`` map a metric name (``roc_auc``, ``brier``, ``log_loss``,
+    ``ece``, ``accuracy``) to its value over the ``labelled_rows`` rows both versions
+    predicted; ``flip_rate`` is the share of those rows on which the two disagree at 0.5, and
+    ``mean_abs_diff`` the mean absolute difference of their probabilities. ``computed_at`` is
+    Unix time (seconds).
+    """
+
+    champion_version: int
+    challenger_version: int
+    labelled_rows: int
+    champion: dict[str, float]
+    challenger: dict[str, float]
+    flip_rate: float
+    mean_abs_diff: float
+    computed_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RefeedRequest:
     """A request to re-score every player's latest feature row; ``clear_cache`` drops the cache first."""
 
@@ -87,7 +127,15 @@ def _wake_nobody(stage: str) -> None:
 class Handoff:
     """The work in flight between the stages of one daemon (see the module docstring for the rules)."""
 
-    def __init__(self, wake: Waker = _wake_nobody, *, retrain_on_final_labels: bool = False) -> None:
+    def __init__(
+        self,
+        wake: Waker = _wake_nobody,
+        *,
+        retrain_on_final_labels: bool = False,
+        shadow: bool = False,
+        shadow_max_rows: int = SHADOW_MAX_ROWS,
+    ) -> None:
+        """``shadow``: a challenger is configured (rule 8); without it nothing is queued for it."""
         self._wake = wake
         self._retrain_enabled = retrain_on_final_labels
         self._committed: list[CommittedFeatures] = []
@@ -95,6 +143,13 @@ class Handoff:
         self._refeed: RefeedRequest | None = None
         self._awaiting_predictions: set[int] = set()
         self._retrain: list[int] = []
+        self._comparison: ShadowComparison | None = None
+        self._shadow_enabled = shadow
+        self._shadow_max_rows = shadow_max_rows
+        self._shadow: list[pa.Table] = []
+        self._shadow_reconcile_due = shadow
+        self._shadow_dropped = 0
+        self._champion_version: int | None = None
 
     # -- rule 1 and 2: committed feature rows -> predictions -----------------------------------
 
@@ -218,6 +273,85 @@ class Handoff:
         """An operator marked a quarantined record for retry or skipped it: wake the feature stage."""
         self._wake("features")
 
+    # -- rule 7: a shadow comparison -> the promotion stage -------------------------------------
+
+    def shadow_compared(self, comparison: ShadowComparison) -> None:
+        """Record the latest champion-versus-challenger comparison; wake the promotion stage."""
+        self._comparison = comparison
+        self._wake("promotion")
+
+    def latest_comparison(self) -> ShadowComparison | None:
+        """The latest comparison recorded (``None`` before the first, or with no challenger)."""
+        return self._comparison
+
+    # -- rule 8: stored champion predictions -> the shadow challenger ---------------------------
+
+    def champion_stored(self, rows: pa.Table, version: int) -> None:
+        """The champion's predictions of the feature rows ``rows`` are stored, by ``version``.
+
+        Queues the rows for the shadow stage and wakes it (nothing is queued without a
+        challenger). Past the row cap the queue is dropped and a shadow reconcile made due.
+        Synchronous and cheap: the champion's stages call it after each stored batch.
+        """
+        self._champion_version = version
+        if rows.num_rows:
+            self._wake("monitoring")  # rule 9
+        if not self._shadow_enabled or rows.num_rows == 0:
+            return
+        self._shadow.append(rows)
+        self._cap_shadow()
+        self._wake("shadow")
+
+    @property
+    def champion_version(self) -> int | None:
+        """The version of the champion's latest stored predictions (``None`` before any)."""
+        return self._champion_version
+
+    def take_shadow(self) -> list[pa.Table]:
+        """Every queued batch for the shadow stage, oldest first; the queue is left empty."""
+        batches, self._shadow = self._shadow, []
+        return batches
+
+    def put_back_shadow(self, batches: list[pa.Table]) -> None:
+        """Return batches a failed shadow run did not store, ahead of newer ones (the cap holds)."""
+        self._shadow[:0] = batches
+        self._cap_shadow()
+
+    def drop_shadow(self) -> None:
+        """Forget the queue and make a shadow reconcile due: the challenger changed or is not
+        scoring now, and a reconcile finds what it has not scored whenever it is back."""
+        self._shadow_dropped += sum(b.num_rows for b in self._shadow)
+        self._shadow = []
+        self._shadow_reconcile_due = self._shadow_reconcile_due or self._shadow_enabled
+
+    @property
+    def shadow_pending_rows(self) -> int:
+        """Feature rows queued for the shadow stage."""
+        return sum(b.num_rows for b in self._shadow)
+
+    def take_shadow_reconcile(self) -> bool:
+        """Whether this shadow run must reconcile; clears the flag (see :meth:`shadow_reconcile_failed`)."""
+        due, self._shadow_reconcile_due = self._shadow_reconcile_due, False
+        return due
+
+    def shadow_reconcile_failed(self) -> None:
+        """A shadow reconcile did not finish: the next shadow run does it again."""
+        self._shadow_reconcile_due = True
+
+    def _cap_shadow(self) -> None:
+        if self.shadow_pending_rows > self._shadow_max_rows:
+            self.drop_shadow()
+
+    def shadow_status(self) -> dict[str, object]:
+        """The shadow queue, for ``GET /v1/status``."""
+        return {
+            "enabled": self._shadow_enabled,
+            "pending_batches": len(self._shadow),
+            "pending_rows": self.shadow_pending_rows,
+            "reconcile_due": self._shadow_reconcile_due,
+            "dropped_rows": self._shadow_dropped,
+        }
+
     def status(self) -> dict[str, object]:
         """What is in flight, for ``GET /v1/status``."""
         return {
@@ -227,4 +361,5 @@ class Handoff:
             "refeed_requested": None if self._refeed is None else {"clear_cache": self._refeed.clear_cache},
             "seasons_awaiting_predictions": sorted(self._awaiting_predictions),
             "seasons_awaiting_retrain": list(self._retrain),
+            "shadow": self.shadow_status(),
         }

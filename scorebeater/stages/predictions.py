@@ -8,7 +8,8 @@ run first scores every stored feature row that has no prediction yet. Full re-pr
 every player are the refeed stage's (:mod:`scorebeater.stages.refeed`); both score through
 :class:`~scorebeater.stages.scoring.Scorer`: a row lacking an input the pinned model takes
 (stored before the input existed and not filled in since) is skipped, counted and logged by
-season, never a failed run.
+season, never a failed run. Each batch whose predictions are stored is handed to the shadow
+challenger through the hand-off (rule 8), after the store: the champion never waits for it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class PredictionsStage:
                         )
                         scored += done.rows
                         skipped.add(done.skipped)
+                        self._handoff.champion_stored(batch.rows, version)
                         self._ctx.metrics.update_latency.observe(time.monotonic() - batch.seen_at)
                 except BaseException:
                     # Put back what was not stored; re-storing a stored batch is an idempotent upsert.
@@ -109,11 +111,11 @@ class PredictionsStage:
             )
             if todo.num_rows:
                 # The join may reorder columns; keep the schema's order.
-                done = await self._scorer.score_and_store(
-                    todo.select(table.column_names), version, mode="diff", stage=self.name
-                )
+                todo = todo.select(table.column_names)
+                done = await self._scorer.score_and_store(todo, version, mode="diff", stage=self.name)
                 missing += done.rows
                 skipped.add(done.skipped)
+                self._handoff.champion_stored(todo, version)
         if missing:
             log.info("predictions.reconciled", rows=missing)
         return missing

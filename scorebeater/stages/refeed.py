@@ -8,7 +8,8 @@ with the prediction stage: the two never write predictions at the same time.
 
 Every stored season's rows are scored, followed or not. A row lacking an input the pinned model
 takes (stored before the input existed and not filled in since) is skipped, counted and logged
-by season (:class:`~scorebeater.stages.scoring.Skipped`); it never fails the refeed.
+by season (:class:`~scorebeater.stages.scoring.Skipped`); it never fails the refeed. Each
+stored batch is handed to the shadow challenger (hand-off rule 8).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import asyncio
 import contextlib
 import time
 
+import pyarrow as pa
 import structlog
 
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.handoff import Handoff, RefeedRequest
-from scorebeater.stages.scoring import Scorer, Skipped
+from scorebeater.stages.scoring import Scored, Scorer, Skipped
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +70,7 @@ class RefeedStage:
                     scored = await self._scorer.score(table, version, use_cache=use_cache, stage=self.name)
                     if storing is not None:
                         await storing
-                    storing = asyncio.create_task(self._scorer.store(scored, version, mode="refeed"))
+                    storing = asyncio.create_task(self._store(scored, table, version))
                     rows += scored.rows
                     skipped.add(scored.skipped)
             if storing is not None:
@@ -88,3 +90,8 @@ class RefeedStage:
             rows_per_s=round(rows / elapsed) if elapsed > 0 else None,
         )
         return {"rows": rows, "skipped_rows": skipped.total, "cache_cleared": cleared}
+
+    async def _store(self, scored: Scored, table: pa.Table, version: int) -> None:
+        """Store one batch's predictions, then hand its feature rows to the shadow challenger."""
+        await self._scorer.store(scored, version, mode="refeed")
+        self._handoff.champion_stored(table, version)

@@ -17,7 +17,12 @@ through a :class:`Scorer`, so they pin versions, use the cache and store rows th
 - **cache**: a row whose (feature hash, model version) pair is cached is not sent to the
   model; newly scored pairs are cached;
 - **storing**: predictions and new cache entries are upserted, keyed by (player, season,
-  as-of, version), so storing the same rows twice changes nothing.
+  as-of, version), so storing the same rows twice changes nothing;
+- **roles**: a scorer scores for one role (:data:`~scorebeater.storage.base.PREDICTION_ROLES`):
+  the ``champion`` pins ``[tfserving] version_label`` (the prediction and refeed stages), the
+  ``challenger`` pins ``[tfserving] challenger_label`` (the shadow stage, through its own
+  client); every stored row records its role. The cache is keyed by version, so both roles
+  share it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ from scorebeater.errors import StageError
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.metrics import Metrics, observe_many
 from scorebeater.stages.base import StageContext
-from scorebeater.storage.base import FEATURES_SCHEMA_VERSION, PREDICTIONS_SCHEMA, UTC_TS
+from scorebeater.storage.base import (
+    FEATURES_SCHEMA_VERSION,
+    PREDICTION_ROLES,
+    PREDICTIONS_SCHEMA,
+    UTC_TS,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -120,12 +130,25 @@ class Scored:
 
 
 class Scorer:
-    """Pins a model version, scores feature rows (cache first) and stores predictions."""
+    """Pins a model version, scores feature rows (cache first) and stores predictions for one role."""
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, *, role: str = "champion") -> None:
+        """``role``: ``champion`` or ``challenger``; ``ctx.model`` is the client this role's
+        requests go through (the challenger's own, so its outage never holds the champion's
+        connections)."""
+        if role not in PREDICTION_ROLES:
+            raise ValueError(f"role must be one of {PREDICTION_ROLES}, got {role!r}")
         self._ctx = ctx
+        self.role = role
         self.pinned_version: int | None = None
         """The version the latest run pinned (``None`` before the first)."""
+
+    @property
+    def label(self) -> str | None:
+        """The label this role pins (``None``: the highest AVAILABLE version; the challenger
+        always has one when it is configured)."""
+        tf = self._ctx.cfg.tfserving
+        return (tf.version_label if self.role == "champion" else tf.challenger_label) or None
 
     async def pin(self, stage: str) -> int:
         """Pin the version for one run of ``stage``, and check it takes only known inputs.
@@ -136,12 +159,18 @@ class Scorer:
                 (:meth:`model_inputs`).
         """
         ctx = self._ctx
-        version = await ctx.model.pin_version(ctx.cfg.tfserving.version_label or None)
+        version = await ctx.model.pin_version(self.label)
         if version != self.pinned_version:
             # The client exports model_info/model_available; a change of version is news.
-            log.info("predictions.version_changed", model_version=version, previous=self.pinned_version)
+            log.info(
+                "predictions.version_changed",
+                role=self.role,
+                model_version=version,
+                previous=self.pinned_version,
+            )
             self.pinned_version = version
         await self.model_inputs(version, stage=stage)
+        ctx.metrics.model_role_version.labels(self.role).set(version)
         return version
 
     async def model_inputs(self, version: int, *, stage: str) -> tuple[str, ...]:
@@ -221,6 +250,7 @@ class Scorer:
                 "feature_hash": table.column("feature_hash"),
                 "progress": progress,
                 "predicted_at": pa.array([ctx.clock.now()] * n, UTC_TS),
+                "role": pa.array([self.role] * n, pa.string()),
             },
             schema=PREDICTIONS_SCHEMA,
         )
@@ -237,7 +267,9 @@ class Scorer:
     async def store(self, scored: Scored, version: int, *, mode: str) -> None:
         """Upsert the predictions and the new cache entries (concurrently: independent writes).
 
-        Idempotent. ``mode`` (``diff``/``refeed``) labels the predictions counter.
+        Idempotent. ``mode`` (``diff``/``refeed``) labels the champion's predictions counter;
+        the challenger's rows count in ``shadow_predictions_total`` only (the served model's
+        metrics stay the champion's).
         """
         ctx = self._ctx
         if scored.rows == 0:
@@ -252,6 +284,9 @@ class Scorer:
         except ExceptionGroup as group:
             # The first failure as itself (StorageUnavailable, ...), not as a group.
             raise group.exceptions[0] from None
+        if self.role != "champion":
+            ctx.metrics.shadow_predictions.inc(scored.rows)
+            return
         ctx.metrics.predictions.labels(mode).inc(scored.rows)
         observe_many(ctx.metrics.prediction_score, scored.probabilities)
         ctx.metrics.predictions_last_written.set(time.time())

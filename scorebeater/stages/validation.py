@@ -13,6 +13,14 @@ Realized model quality is computed on *final* labels only (early labels are all 
 and would flatter any model in-season), per model version and season-progress bucket, over
 every stored prediction of a season with final outcomes, and exported as gauges. Label
 coverage is exported per resolution, so a dashboard shows how much of the picture is known.
+Those metrics are the champion's (the served predictions, role ``champion``).
+
+With a shadow challenger (``[tfserving] challenger_label``), the challenger's latest version is
+compared with the champion's latest on exactly the same rows: the feature rows both predicted
+(joined on player, season and as-of point) with a final outcome, per progress bucket
+(``shadow_eval_*``, ``shadow_auc_gain``), and how far apart the two are on those rows and on
+each player's latest pair (``shadow_flip_ratio``: disagreement at 0.5, ``shadow_abs_diff_mean``).
+The comparison is handed to the promotion stage (:class:`~scorebeater.stages.handoff.ShadowComparison`).
 """
 
 from __future__ import annotations
@@ -21,18 +29,20 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
+from prometheus_client import Gauge
 
 from scorebeater import quality
 from scorebeater.errors import ScoreApiNotFound
 from scorebeater.inputs import PROGRESS_BUCKETS, progress_bucket_index
-from scorebeater.metrics import CALIBRATION_BINS
+from scorebeater.metrics import CALIBRATION_BINS, Metrics
 from scorebeater.stages.base import StageContext
-from scorebeater.stages.handoff import Handoff, features_checkpoint_name
+from scorebeater.stages.handoff import Handoff, ShadowComparison, features_checkpoint_name
 from scorebeater.storage.base import OUTCOMES_SCHEMA, UTC_TS
 
 log = structlog.get_logger(__name__)
@@ -131,6 +141,9 @@ class ValidationStage:
                 "resolved_at": pa.array([first[p][1] for p in pids], UTC_TS),
                 "ftm": pa.array([round(first[p][2]) for p in pids], pa.int32()),
                 "prev_ftm": pa.array([round(first[p][3]) for p in pids], pa.int32()),
+                # The time he was known to have beaten his mark: kept when the final row comes.
+                "resolved_early_seq": pa.array([first[p][0] for p in pids], pa.int32()),
+                "resolved_early_at": pa.array([first[p][1] for p in pids], UTC_TS),
             },
             schema=OUTCOMES_SCHEMA,
         )
@@ -184,6 +197,9 @@ class ValidationStage:
                 "resolved_at": pa.array([now] * len(pids), UTC_TS),
                 "ftm": pa.array([official[p] for p in pids], pa.int32()),
                 "prev_ftm": pa.array([round(latest[p][1]) for p in pids], pa.int32()),
+                # Null: storage keeps the stored early row's time (players resolved early).
+                "resolved_early_seq": pa.nulls(len(pids), pa.int32()),
+                "resolved_early_at": pa.nulls(len(pids), UTC_TS),
             },
             schema=OUTCOMES_SCHEMA,
         )
@@ -202,8 +218,12 @@ class ValidationStage:
         final = labels.filter(pc.equal(labels.column("resolution"), "final")).select([*key, "beat"])
         predicted_parts: list[pa.Table] = []
         scored_parts: list[pa.Table] = []
+        scan = _ShadowScan()
         for season in seasons:
-            async for table in self._ctx.storage.read_predictions(season=season):
+            # Every role in one read: the challenger's rows feed the shadow comparison only.
+            async for every in self._ctx.storage.read_predictions(season=season, role=None):
+                scan.observe(every)
+                table = every.filter(pc.equal(every.column("role"), "champion"))
                 predicted_parts.append(table.select(key).group_by(key).aggregate([]))
                 if final.num_rows:
                     joined = table.select([*key, "model_version", "probability", "progress"]).join(
@@ -227,7 +247,79 @@ class ValidationStage:
             for version in np.unique(versions):
                 mask = versions == version
                 by_version[int(version)] = (probs[mask], beats[mask], progress[mask])
-        return self._export(counts, covered, predicted.num_rows, by_version)
+        summary = self._export(counts, covered, predicted.num_rows, by_version)
+        shadow = await self._shadow(seasons, scan, final)
+        if shadow is not None:
+            summary["shadow"] = shadow
+        return summary
+
+    async def _shadow(
+        self, seasons: list[int], scan: _ShadowScan, final: pa.Table
+    ) -> dict[str, object] | None:
+        """Compare the latest challenger version with the latest champion version on the rows
+        both predicted; export it, hand it to the promotion stage, and return its summary
+        (``None``, gauges cleared, while there is nothing to compare).
+
+        The challenger's rows were kept by the first pass; the champion's are read again,
+        only when a challenger exists, and only the rows the challenger also predicted kept.
+        The comparison is handed over even without labelled rows (a new challenger), so the
+        promotion stage never judges a challenger that was replaced.
+        """
+        versions = scan.versions()
+        if versions is None:
+            for g in _shadow_gauges(self._ctx.metrics):
+                g.clear()
+            return None
+        champion_version, challenger_version = versions
+        challenger = scan.challenger_rows(challenger_version)
+        parts: list[pa.Table] = []
+        for season in seasons:
+            async for table in self._ctx.storage.read_predictions(season=season, role="champion"):
+                mine = table.filter(pc.equal(table.column("model_version"), champion_version))
+                if mine.num_rows:
+                    champion = mine.select([*SHADOW_KEY, "probability", "progress"]).rename_columns(
+                        [*SHADOW_KEY, "champion", "progress"]
+                    )
+                    parts.append(champion.join(challenger, keys=SHADOW_KEY, join_type="inner"))
+        pairs = pa.concat_tables(parts) if parts else _empty_pairs()
+        report = shadow_report(champion_version, challenger_version, pairs, final)
+        self._export_shadow(report)
+        everything = report.buckets.get("all")
+        self._handoff.shadow_compared(
+            ShadowComparison(
+                champion_version=champion_version,
+                challenger_version=challenger_version,
+                labelled_rows=report.labelled.rows,
+                champion=_metric_values(everything[0]) if everything else {},
+                challenger=_metric_values(everything[1]) if everything else {},
+                flip_rate=report.labelled.flip_rate,
+                mean_abs_diff=report.labelled.mean_abs_diff,
+                computed_at=time.time(),
+            )
+        )
+        return report.summary()
+
+    def _export_shadow(self, report: ShadowReport) -> None:
+        """Replace the shadow gauges with ``report``'s (synchronously: a scrape sees one or the other)."""
+        m = self._ctx.metrics
+        for g in _shadow_gauges(m):
+            g.clear()
+        versions = {"champion": str(report.champion_version), "challenger": str(report.challenger_version)}
+        for bucket, pair in report.buckets.items():
+            for role, scores in zip(("champion", "challenger"), pair, strict=True):
+                v = versions[role]
+                for gauge, name in _shadow_metric_gauges(m):
+                    if not math.isnan(scores[name]):
+                        gauge.labels(v, role, bucket).set(scores[name])
+                m.shadow_eval_rows.labels(v, role, bucket).set(scores["n"])
+            gain = pair[1]["roc_auc"] - pair[0]["roc_auc"]
+            if not math.isnan(gain):
+                m.shadow_auc_gain.labels(bucket).set(gain)
+        v = versions["challenger"]
+        for rows, d in (("labelled", report.labelled), ("latest", report.latest)):
+            if d.rows:
+                m.shadow_flip_ratio.labels(v, "challenger", rows).set(d.flip_rate)
+                m.shadow_abs_diff_mean.labels(v, "challenger", rows).set(d.mean_abs_diff)
 
     async def _labels(self, seasons: list[int]) -> pa.Table:
         parts = [
@@ -328,3 +420,197 @@ def _count_by_resolution(table: pa.Table) -> dict[str, int]:
         for item in pc.value_counts(table.column("resolution")).to_pylist():
             counts[item["values"]] = int(item["counts"])
     return counts
+
+
+# --- the shadow comparison: champion and challenger on the same rows -----------------------
+
+SHADOW_KEY = ["player_id", "season", "as_of_seq"]
+"""A feature row: the champion's and the challenger's predictions of it are a pair."""
+SHADOW_METRICS = ("roc_auc", "brier", "log_loss", "ece", "accuracy")
+THRESHOLD = 0.5
+"""The decision threshold of the flip rate (the accuracy's: positive when ``p >= 0.5``)."""
+
+
+class _ShadowScan:
+    """What the metrics pass keeps for the comparison: each role's latest version (the
+    version of its most recently stored prediction) and the challenger's rows (narrow)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[datetime, int]] = {}
+        self._challenger: list[pa.Table] = []
+
+    def observe(self, table: pa.Table) -> None:
+        roles = table.column("role")
+        for role in ("champion", "challenger"):
+            part = table.filter(pc.equal(roles, role))
+            if not part.num_rows:
+                continue
+            at = pc.max(part.column("predicted_at"))
+            newest = part.filter(pc.equal(part.column("predicted_at"), at))
+            # Newest first by time, then by version (two versions stored in one batch).
+            candidate = (at.as_py(), int(pc.max(newest.column("model_version")).as_py()))
+            held = self._latest.get(role)
+            if held is None or candidate > held:
+                self._latest[role] = candidate
+            if role == "challenger":
+                self._challenger.append(part.select([*SHADOW_KEY, "model_version", "probability"]))
+
+    def versions(self) -> tuple[int, int] | None:
+        """``(champion, challenger)`` latest versions; ``None`` unless both exist and differ."""
+        champion, challenger = self._latest.get("champion"), self._latest.get("challenger")
+        if champion is None or challenger is None or champion[1] == challenger[1]:
+            return None
+        return champion[1], challenger[1]
+
+    def challenger_rows(self, version: int) -> pa.Table:
+        """The challenger's ``version`` rows: the key and its probability as ``challenger``."""
+        rows = pa.concat_tables(self._challenger)
+        rows = rows.filter(pc.equal(rows.column("model_version"), version))
+        return rows.select([*SHADOW_KEY, "probability"]).rename_columns([*SHADOW_KEY, "challenger"])
+
+
+def _empty_pairs() -> pa.Table:
+    return pa.table(
+        {
+            "player_id": pa.array([], pa.int64()),
+            "season": pa.array([], pa.int32()),
+            "as_of_seq": pa.array([], pa.int32()),
+            "champion": pa.array([], pa.float64()),
+            "progress": pa.array([], pa.float32()),
+            "challenger": pa.array([], pa.float64()),
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """How far two versions' probabilities of the same rows are apart."""
+
+    rows: int
+    flip_rate: float
+    """Share of the rows on which exactly one of the two says positive (``p >= 0.5``); nan without rows."""
+    mean_abs_diff: float
+    """Mean ``|p_challenger - p_champion|``; nan without rows."""
+
+
+def disagreement(champion: np.ndarray, challenger: np.ndarray) -> Disagreement:
+    """The :class:`Disagreement` of two probability arrays of the same rows (same order)."""
+    a = np.asarray(champion, dtype=np.float64)
+    b = np.asarray(challenger, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"champion and challenger must have the same rows, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        return Disagreement(0, math.nan, math.nan)
+    flips = (a >= THRESHOLD) != (b >= THRESHOLD)
+    return Disagreement(int(a.size), float(flips.mean()), float(np.abs(a - b).mean()))
+
+
+def compare_on_same_rows(
+    y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, progress: np.ndarray
+) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """``quality.summary`` of both versions on exactly the same labelled rows, per bucket
+    (``all`` and each progress bucket that has rows): ``bucket -> (champion, challenger)``."""
+    index = progress_bucket_index(progress)
+    out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for bucket in ("all", *PROGRESS_BUCKETS):
+        mask = np.ones(y.size, np.bool_) if bucket == "all" else index == PROGRESS_BUCKETS.index(bucket)
+        if mask.any():
+            out[bucket] = (
+                quality.summary(y[mask], champion[mask]),
+                quality.summary(y[mask], challenger[mask]),
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowReport:
+    """One comparison of the champion's and the challenger's versions."""
+
+    champion_version: int
+    challenger_version: int
+    buckets: dict[str, tuple[dict[str, float], dict[str, float]]]
+    """On the labelled pairs (:func:`compare_on_same_rows`)."""
+    labelled: Disagreement
+    latest: Disagreement
+    """On each player-season's latest pair (highest as-of point both predicted), labelled or not."""
+
+    def summary(self) -> dict[str, object]:
+        """The run summary's ``shadow`` entry (JSON-able; nan metrics left out)."""
+        return {
+            "champion_version": self.champion_version,
+            "challenger_version": self.challenger_version,
+            "labelled_rows": self.labelled.rows,
+            "latest_rows": self.latest.rows,
+            "flip_ratio": {
+                "labelled": _finite(self.labelled.flip_rate),
+                "latest": _finite(self.latest.flip_rate),
+            },
+            "abs_diff_mean": {
+                "labelled": _finite(self.labelled.mean_abs_diff),
+                "latest": _finite(self.latest.mean_abs_diff),
+            },
+            "metrics": {
+                bucket: {"champion": _metric_values(pair[0]), "challenger": _metric_values(pair[1])}
+                for bucket, pair in self.buckets.items()
+            },
+        }
+
+
+def shadow_report(
+    champion_version: int, challenger_version: int, pairs: pa.Table, final: pa.Table
+) -> ShadowReport:
+    """Compare the two versions over ``pairs`` (``SHADOW_KEY``, ``champion``, ``challenger``,
+    ``progress``: one row per feature row both predicted) with ``final`` outcomes
+    (``player_id``, ``season``, ``beat``)."""
+    labelled = pairs.join(
+        final.select(["player_id", "season", "beat"]), keys=["player_id", "season"], join_type="inner"
+    )
+    y = labelled.column("beat").to_numpy(zero_copy_only=False).astype(np.bool_)
+    a = labelled.column("champion").to_numpy().astype(np.float64)
+    b = labelled.column("challenger").to_numpy().astype(np.float64)
+    progress = labelled.column("progress").to_numpy().astype(np.float64)
+    newest = (
+        pairs.group_by(["player_id", "season"])
+        .aggregate([("as_of_seq", "max")])
+        .rename_columns(["player_id", "season", "as_of_seq"])
+    )
+    latest = pairs.join(newest, keys=SHADOW_KEY, join_type="inner")
+    return ShadowReport(
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        buckets=compare_on_same_rows(y, a, b, progress),
+        labelled=disagreement(a, b),
+        latest=disagreement(
+            latest.column("champion").to_numpy().astype(np.float64),
+            latest.column("challenger").to_numpy().astype(np.float64),
+        ),
+    )
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _metric_values(scores: dict[str, float]) -> dict[str, float]:
+    """The comparison metrics of a ``quality.summary`` (nan ones left out)."""
+    return {name: scores[name] for name in SHADOW_METRICS if not math.isnan(scores[name])}
+
+
+def _shadow_metric_gauges(m: Metrics) -> tuple[tuple[Gauge, str], ...]:
+    return (
+        (m.shadow_eval_roc_auc, "roc_auc"),
+        (m.shadow_eval_brier, "brier"),
+        (m.shadow_eval_log_loss, "log_loss"),
+        (m.shadow_eval_ece, "ece"),
+        (m.shadow_eval_accuracy, "accuracy"),
+    )
+
+
+def _shadow_gauges(m: Metrics) -> tuple[Gauge, ...]:
+    return (
+        *(g for g, _ in _shadow_metric_gauges(m)),
+        m.shadow_eval_rows,
+        m.shadow_auc_gain,
+        m.shadow_flip_ratio,
+        m.shadow_abs_diff_mean,
+    )

@@ -68,6 +68,7 @@ def _predictions() -> pa.Table:
             "feature_hash": [f"{k[0]:x}-{k[1]}-{k[2]}" for k in keys],
             "progress": [k[2] / 82 for k in keys],
             "predicted_at": [t0 + dt.timedelta(days=k[2], hours=1) for k in keys],
+            "role": ["champion"] * len(keys),
         },
         schema=PREDICTIONS_SCHEMA,
     )

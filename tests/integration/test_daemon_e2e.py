@@ -205,6 +205,12 @@ async def test_daemon_over_a_real_season(
             outcomes.extend(table.to_pylist())
         assert outcomes
         assert {o["resolution"] for o in outcomes} == {"final"}
+        # The final rows keep when a player was known to have beaten his mark (the early rows
+        # the same run stored first): never for a player who did not beat it.
+        early = [o for o in outcomes if o["resolved_early_seq"] is not None]
+        assert early
+        assert all(o["beat"] and o["resolved_early_seq"] <= o["resolved_seq"] for o in early)
+        assert all(o["resolved_early_at"] is not None for o in early)
         async with aiohttp.ClientSession(base_url=daemon.admin_url) as http, http.get("/metrics") as resp:
             text = await resp.text()
         for version in ("1", "2"):

@@ -264,7 +264,10 @@ async def test_stopping_the_daemon_stops_the_refeed_schedule_and_terminates_a_tr
         assert isinstance(pid, int)
         stop.set()
         await asyncio.wait_for(task, cfg.scheduler.shutdown_grace_s + 10)
-    stages = ("features", "predictions", "refeed", "validation", "retrain")
+    stages = (
+        *("features", "predictions", "refeed", "validation", "retrain"),
+        *("promotion", "shadow", "monitoring"),
+    )
     assert {name: r.state.state for name, r in daemon.runners.items()} == dict.fromkeys(stages, "stopped")
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

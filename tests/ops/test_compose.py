@@ -253,14 +253,44 @@ def test_every_mounted_file_exists() -> None:
             assert path.exists(), f"{name} mounts {source} at {target}, which is not in the repository"
 
 
+def _host_path(service: str, container_path: str) -> tuple[Path, bool] | None:
+    """The repository path a bind mount of ``service`` shows at ``container_path`` (a mounted
+    file, or a file inside a mounted directory), and whether it is read-only."""
+    for target, (source, read_only) in _mounts(service).items():
+        if not source.startswith("."):
+            continue
+        if container_path == target or Path(container_path).is_relative_to(target):
+            return (REPO / source / Path(container_path).relative_to(target)).resolve(), read_only
+    return None
+
+
 def test_tfserving_flags_name_its_mounted_files() -> None:
-    mounts = _mounts("tfserving")
     for flag in SERVICES["tfserving"]["command"]:
         key, _, value = flag.partition("=")
         if key in {"--model_config_file", "--monitoring_config_file", "--batching_parameters_file"}:
-            assert value in mounts, f"{flag}: not mounted"
-            assert mounts[value][1], f"{value}: mount it read-only"
+            mounted = _host_path("tfserving", value)
+            assert mounted is not None, f"{flag}: not mounted"
+            assert mounted[0].is_file(), f"{flag}: {mounted[0]} is not in the repository"
+            assert mounted[1], f"{value}: mount it read-only"
     assert "--enable_batching" in SERVICES["tfserving"]["command"]  # required by --batching_parameters_file
+
+
+def test_the_daemon_rewrites_the_models_config_tfserving_polls() -> None:
+    """Promotion: the daemon's models_config is the very file TF Serving reads, mounted writable
+    for the daemon, and through a directory mount on both sides (an atomic rename replaces the
+    file's inode, which a single-file bind mount would never see)."""
+    flag = next(f for f in SERVICES["tfserving"]["command"] if f.startswith("--model_config_file="))
+    served = _host_path("tfserving", flag.partition("=")[2])
+    assert served is not None
+    for storage in STORAGE_VARIANTS:
+        cfg = _command_config(storage)[1]
+        assert cfg.tfserving.models_config is not None, f"{storage}: [tfserving] models_config is not set"
+        written = _host_path("scorebeater", str(cfg.tfserving.models_config))
+        assert written is not None, f"{storage}: {cfg.tfserving.models_config} is not mounted"
+        assert written == (served[0], False), f"{storage}: the daemon must write the file tfserving reads"
+    for service in ("tfserving", "scorebeater"):
+        for target, (source, _) in _mounts(service).items():
+            assert not source.endswith("models.config"), f"{service}: mount the directory, not {target}"
 
 
 def test_tfserving_files_agree_with_the_stack() -> None:

@@ -149,6 +149,25 @@ def test_each_dashboard_shows_its_required_metrics() -> None:
         "scorebeater_label_coverage_ratio",
     ):
         assert name in quality, name
+    # issue 13: drift, estimated beside realized, the shadow comparison, label coverage vs games
+    for name in (
+        "scorebeater_drift_psi",
+        "scorebeater_estimated_roc_auc",
+        "scorebeater_estimated_accuracy",
+        "scorebeater_shadow_eval_roc_auc",
+        "scorebeater_shadow_auc_gain",
+        "scorebeater_shadow_flip_ratio",
+        "scorebeater_games_processed_total",
+        "scorebeater_outcomes_stored",
+    ):
+        assert name in quality, name
+    beside = [
+        p
+        for p in iter_panels(DASHBOARDS["model-quality"])
+        if {"scorebeater_estimated_roc_auc", "scorebeater_eval_roc_auc"}
+        <= {n for t in p.get("targets", []) for n in metric_names(t["expr"])}
+    ]
+    assert beside, "no panel shows the estimated AUC beside the realized one"
     by_bucket = [q for q in QUERIES if q.dashboard == "model-quality" and 'bucket=~"$bucket"' in q.raw]
     assert by_bucket, "no quality panel is broken down by season-progress bucket"
     pipeline = used("pipeline")

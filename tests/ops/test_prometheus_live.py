@@ -16,6 +16,13 @@ Scenario:
    alert returns data and the alert expression evaluates; every metric name a panel or alert uses
    is one the scraped targets export; every alert rule is loaded and evaluates without error.
 
+The learning loop's parts take part too: the replayed season's play-by-play FTM are halved (the
+season totals, the ground truth, are not), the repository's two newest model versions are served
+with the older one as the shadow challenger (``challenger_label = "canary"``), and the drift
+alert's hold time is cut to nothing in the rules Prometheus loads here, so that
+ScorebeaterInputDrift is seen firing for ``ftm`` on real scraped data (its promtool tests and
+tests/ops/test_drift_alert.py check it with its real hold time).
+
 Only ``scorebeater_records_rejected_total`` may have no series: it gains one only when a record is
 rejected, and the replay serves clean data; queries over it alone must then still be backed by the
 family's metadata in the scrape (see EVENT_ONLY).
@@ -115,7 +122,7 @@ def _wait(
 # --- the short season ----------------------------------------------------------------------------
 
 
-def _copy_filtered(source: Any, target: Path, keep: Any) -> int:
+def _copy_filtered(source: Any, target: Path, keep: Any, transform: Any = None) -> int:
     with source.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as fin:
         reader = csv.DictReader(fin)
         assert reader.fieldnames is not None
@@ -125,7 +132,7 @@ def _copy_filtered(source: Any, target: Path, keep: Any) -> int:
         kept = 0
         for row in reader:
             if keep(row):
-                writer.writerow(row)
+                writer.writerow(transform(row) if transform is not None else row)
                 kept += 1
     with gzip.open(target, "wt", encoding="utf-8", newline="") as fout:
         fout.write(out.getvalue())
@@ -133,7 +140,8 @@ def _copy_filtered(source: Any, target: Path, keep: Any) -> int:
 
 
 def _short_season(directory: Path) -> int:
-    """The bundled data with the last season cut to its first GAMES regular-season games."""
+    """The bundled data with the last season cut to its first GAMES regular-season games, its
+    play-by-play FTM halved."""
     from scorebeater.data import GAMES as GAMES_FILE
     from scorebeater.data import PLAYER_GAMES, SEASON_TOTALS, bundled_data_dir
 
@@ -149,12 +157,35 @@ def _short_season(directory: Path) -> int:
 
     _copy_filtered(bundled.joinpath(SEASON_TOTALS), directory / SEASON_TOTALS, lambda _row: True)
     assert _copy_filtered(bundled.joinpath(GAMES_FILE), directory / GAMES_FILE, in_short_season) == GAMES
-    assert _copy_filtered(bundled.joinpath(PLAYER_GAMES), directory / PLAYER_GAMES, in_short_season) > 0
+    plays = bundled.joinpath(PLAYER_GAMES)
+    halved = _copy_filtered(plays, directory / PLAYER_GAMES, in_short_season, _halve_ftm)
+    assert halved > 0
     return season
 
 
+def _halve_ftm(row: dict[str, str]) -> dict[str, str]:
+    """The deliberate input shift: every play-by-play FTM halved (rounded down)."""
+    return {**row, "ftm": str(int(row["ftm"]) // 2)} if row["ftm"] else row
+
+
+def _models_config(base_path: Path, path: Path) -> bool:
+    """A models.config serving the two newest versions, the older labelled ``canary`` (the
+    shadow challenger); False (no file) when there is only one version."""
+    versions = sorted(int(p.name) for p in base_path.iterdir() if p.name.isdigit())
+    if len(versions) < 2:
+        return False
+    path.write_text(
+        "model_config_list {\n  config {\n    name: 'score_beater'\n"
+        f"    base_path: '{base_path}'\n    model_platform: 'tensorflow'\n"
+        "    model_version_policy { latest { num_versions: 2 } }\n"
+        f"    version_labels {{ key: 'stable' value: {versions[-1]} }}\n"
+        f"    version_labels {{ key: 'canary' value: {versions[-2]} }}\n  }}\n}}\n"
+    )
+    return True
+
+
 def _model(base_path: Path, work: Path) -> None:
-    """model/score_beater's newest version, copied in; when the repository has none, a model with
+    """model/score_beater's two newest versions, copied in; when the repository has none, a model with
     the production signature (scorebeater.testing.savedmodel, untrained weights: the checks here are about
     metrics and queries, not quality; `scorebeater train` takes minutes)."""
     repo_models = REPO / "model" / "score_beater"
@@ -166,7 +197,8 @@ def _model(base_path: Path, work: Path) -> None:
         else []
     )
     if versions:
-        shutil.copytree(versions[-1], base_path / versions[-1].name)
+        for version in versions[-2:]:
+            shutil.copytree(version, base_path / version.name)
         return
     code = "import sys\nfrom pathlib import Path\n"
     code += "from scorebeater.testing.savedmodel import export_score_model\n"
@@ -238,6 +270,18 @@ def _prometheus_config(live_targets: dict[str, str], rules: Path) -> dict[str, A
     return doc
 
 
+DRIFT_ALERT = "ScorebeaterInputDrift"
+
+
+def _without_drift_hold(doc: dict[str, Any]) -> dict[str, Any]:
+    """alerts.yml with the drift alert's ``for`` cut to 0s: it fires on the first evaluation."""
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == DRIFT_ALERT:
+                rule["for"] = "0s"
+    return doc
+
+
 def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -258,6 +302,8 @@ def _live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     _model(model_base, work)
 
     replay_port, model_port, admin_port, prom_port = (_free_port() for _ in range(4))
+    models_config = work / "models.config"
+    challenger = _models_config(model_base, models_config)
     config = work / "scorebeater.toml"
     config.write_text(
         f"""
@@ -288,10 +334,12 @@ enabled = true
 host = "127.0.0.1"
 port = {model_port}
 poll_interval_s = 1.0
+{f'models_config = "{models_config}"' if challenger else ""}
 
 [tfserving]
 base_url = "http://127.0.0.1:{model_port}"
 version_label = ""
+challenger_label = "{"canary" if challenger else ""}"
 
 [storage]
 backend = "local"
@@ -337,7 +385,9 @@ report_dir = "{work / "reports"}"
             "localhost:9090": f"127.0.0.1:{prom_port}",
         }
         prom_config = work / "prometheus.yml"
-        prom_config.write_text(yaml.safe_dump(_prometheus_config(targets, ALERTS)))
+        rules = work / "alerts.yml"
+        rules.write_text(yaml.safe_dump(_without_drift_hold(yaml.safe_load(ALERTS.read_text()))))
+        prom_config.write_text(yaml.safe_dump(_prometheus_config(targets, rules)))
         prom_log = work / "prometheus.log"
         with prom_log.open("wb") as out:
             prometheus = subprocess.Popen(
@@ -415,13 +465,15 @@ def _settle(live: Live, daemon: subprocess.Popen[bytes], log: Path) -> None:
     Validation runs on its cron (every minute here) and when the season turns final; that
     trigger can come before the prediction stage has stored the last predictions, leaving the
     realized metrics to the next cron minute. Rather than wait up to a minute, ask for a
-    validation run through the admin API while the realized metrics are missing.
+    validation run through the admin API while the realized metrics (or the shadow comparison
+    and the label gauges the promotion stage refreshes after it) are missing.
     """
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     missing = _pending(live)
     while missing and time.monotonic() < deadline:
         assert daemon.poll() is None, f"the daemon exited with {daemon.returncode}\n{log.read_text()[-4000:]}"
-        if any("scorebeater_eval_" in m for m in missing) and live.query(
+        after_validation = ("scorebeater_eval_", "shadow", "label_version")
+        if any(k in m for m in missing for k in after_validation) and live.query(
             'scorebeater_outcomes_stored{resolution="final"} > 0'
         ):
             live.run_stage("validation")
@@ -502,3 +554,24 @@ def test_the_daemon_reports_realized_quality(live: Live) -> None:
     assert live.query(':tensorflow:serving:request_count{status="OK"} > 0'), (
         "the stand-in answered no predict"
     )
+
+
+def test_the_drift_alert_fires_on_the_halved_season(live: Live) -> None:
+    """Every FTM of the replayed season was halved: the monitoring stage's PSI for ftm against
+    the champion's training reference passes 0.2 and the drift alert fires on it."""
+    psi = live.query('scorebeater_drift_psi{input="ftm", reference="training"}')
+    assert psi, "no drift PSI for ftm (no reference with the served model?)"
+    assert float(psi[0]["value"][1]) > 0.2
+    assert live.query("scorebeater_drift_reference_available == 1")
+    deadline = time.monotonic() + 30
+    query = f'ALERTS{{alertname="{DRIFT_ALERT}", alertstate="firing", input="ftm", reference="training"}}'
+    while not live.query(query):
+        assert time.monotonic() < deadline, f"{DRIFT_ALERT} did not fire for ftm"
+        time.sleep(0.5)
+
+
+def test_the_estimates_are_exported(live: Live) -> None:
+    for name in ("scorebeater_estimated_roc_auc", "scorebeater_estimated_accuracy"):
+        samples = live.query(f'{name}{{bucket="all"}}')
+        assert samples, name
+        assert all(0.0 <= float(x["value"][1]) <= 1.0 for x in samples)

@@ -104,6 +104,10 @@ def test_alerts_cover_staleness_quality_errors_and_model_availability() -> None:
     assert by_metric["scorebeater_tfserving_requests_total"]
     assert by_metric[":tensorflow:serving:request_count"]
     assert by_metric["scorebeater_model_available"]
+    # issue 13: input drift, outcomes that stop while games are played, an unpromoted challenger
+    assert by_metric["scorebeater_drift_psi"]
+    assert by_metric["scorebeater_outcomes_stored"] & by_metric["scorebeater_games_processed_total"]
+    assert by_metric["scorebeater_shadow_auc_gain"] & by_metric["scorebeater_model_role_version"]
 
 
 def test_scrape_config_matches_the_alerts_and_tf_serving() -> None:

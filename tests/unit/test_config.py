@@ -474,6 +474,7 @@ def test_listen_hosts_are_checked(key: str, host: str, ok: bool) -> None:
     [
         ({"model": {"name": ".."}}, "model.name: must be a name of [A-Za-z0-9._-]"),
         ({"tfserving": {"version_label": "a/b"}}, "tfserving.version_label: must be empty or a name"),
+        ({"tfserving": {"challenger_label": "../x"}}, "tfserving.challenger_label: must be empty or a name"),
         (
             {"storage": {"backend": "s3", "s3": {"bucket": "bkt", "region": "us east"}}},
             "storage.s3.region: must be a region name",

@@ -154,6 +154,13 @@ def test_status_shows_the_work_in_flight(woken: Woken) -> None:
         "refeed_requested": {"clear_cache": True},
         "seasons_awaiting_predictions": [2014],
         "seasons_awaiting_retrain": [],
+        "shadow": {
+            "enabled": False,
+            "pending_batches": 0,
+            "pending_rows": 0,
+            "reconcile_due": False,
+            "dropped_rows": 0,
+        },
     }
 
 
@@ -162,3 +169,71 @@ def test_an_operators_quarantine_decision_wakes_the_feature_stage(woken: Woken) 
     handoff.quarantine_decided()
     assert woken.stages == ["features"]
     assert handoff.pending_rows == 0  # nothing else changes hands
+
+
+def _rows(n: int) -> pa.Table:
+    return pa.table({"player_id": pa.array(range(n), pa.int64())})
+
+
+def test_stored_champion_rows_are_queued_for_the_shadow_only_with_a_challenger(woken: Woken) -> None:
+    off = Handoff(woken)
+    off.champion_stored(_rows(3), 1)
+    assert off.shadow_pending_rows == 0
+    assert off.champion_version == 1
+    assert "shadow" not in woken.stages
+    assert off.take_shadow_reconcile() is False
+
+    on = Handoff(woken, shadow=True)
+    assert on.take_shadow_reconcile() is True  # a new daemon catches up first
+    assert on.take_shadow_reconcile() is False
+    on.champion_stored(_rows(3), 2)
+    on.champion_stored(_rows(0), 2)  # nothing to score: not queued, nobody woken
+    on.champion_stored(_rows(2), 2)
+    assert [s for s in woken.stages if s == "shadow"] == ["shadow", "shadow"]
+    assert on.champion_version == 2
+    batches = on.take_shadow()
+    assert [b.num_rows for b in batches] == [3, 2]
+    assert on.shadow_pending_rows == 0
+
+
+def test_a_failed_shadow_run_puts_back_what_it_did_not_store_ahead_of_newer_rows(woken: Woken) -> None:
+    handoff = Handoff(woken, shadow=True)
+    handoff.take_shadow_reconcile()
+    handoff.champion_stored(_rows(1), 1)
+    taken = handoff.take_shadow()
+    handoff.champion_stored(_rows(4), 1)
+    handoff.put_back_shadow(taken)
+    assert [b.num_rows for b in handoff.take_shadow()] == [1, 4]
+    handoff.shadow_reconcile_failed()
+    assert handoff.take_shadow_reconcile() is True
+
+
+def test_the_shadow_queue_past_its_cap_is_dropped_for_a_reconcile(woken: Woken) -> None:
+    handoff = Handoff(woken, shadow=True, shadow_max_rows=5)
+    handoff.take_shadow_reconcile()
+    handoff.champion_stored(_rows(3), 1)
+    handoff.champion_stored(_rows(2), 1)
+    assert handoff.shadow_pending_rows == 5
+    assert handoff.shadow_status()["reconcile_due"] is False
+    handoff.champion_stored(_rows(1), 1)  # 6 > 5: the catch-up read replaces the queue
+    assert handoff.shadow_pending_rows == 0
+    assert handoff.shadow_status() == {
+        "enabled": True,
+        "pending_batches": 0,
+        "pending_rows": 0,
+        "reconcile_due": True,
+        "dropped_rows": 6,
+    }
+    assert handoff.take_shadow_reconcile() is True
+
+
+def test_stored_champion_predictions_wake_the_monitoring_stage(woken: Woken) -> None:
+    """Rule 9: with or without a challenger; a batch of no rows wakes nobody."""
+    for handoff in (Handoff(woken), Handoff(woken, shadow=True)):
+        woken.stages.clear()
+        handoff.champion_stored(_rows(0), 1)
+        assert "monitoring" not in woken.stages
+        handoff.champion_stored(_rows(2), 1)
+        handoff.champion_stored(_rows(1), 1)
+        # one wake per stored batch; the runner coalesces wakes that come before its next run
+        assert [s for s in woken.stages if s == "monitoring"] == ["monitoring", "monitoring"]
