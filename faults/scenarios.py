@@ -100,8 +100,23 @@ def _mount(root: Path, options: str) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root)], check=True)
 
 
-def _remount(root: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(root)], check=True)
+MOUNT_FAILURE = 32
+"""mount(8)'s exit status for a failed mount call (EBUSY among others)."""
+
+
+def _remount(root: Path, options: str, *, attempts: int = 100) -> None:
+    """Remount ``root`` with ``options``. Linux refuses a read-only remount (EBUSY, exit 32)
+    while a file is open for writing, i.e. while the daemon is in the middle of a commit: try
+    again shortly, the fault is meant to land between two writes or during a later one."""
+    command = ["mount", "-o", f"remount,{options}", str(root)]
+    for _ in range(attempts - 1):
+        done = subprocess.run(command, check=False, capture_output=True)
+        if done.returncode == 0:
+            return
+        if done.returncode != MOUNT_FAILURE:
+            break
+        time.sleep(0.05)
+    subprocess.run(command, check=True)
 
 
 def _tmpfs(run: Run, root: Path, size_bytes: int) -> None:
