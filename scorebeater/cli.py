@@ -40,6 +40,8 @@ HANDLERS: dict[str, str] = {
     "backtest": "scorebeater.training.backtest_report:backtest_command",
     "quarantine": "scorebeater.admin.quarantine:command",
     "promote": "scorebeater.promotion.promoter:promote_command",
+    "export": "scorebeater.export:export_command",
+    "predictions": "scorebeater.export:predictions_command",
 }
 
 
@@ -133,6 +135,73 @@ def _add_promote(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--by", default=None, help="who promotes, for the record (default: the login name)")
     p.add_argument("--reason", default="", help="why, for the record")
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``export``, and ``predictions`` (:func:`_add_predictions`): both :mod:`scorebeater.export`'s."""
+    p = sub.add_parser(
+        "export",
+        help="write one season of stored features, predictions or outcomes as CSV, JSON lines, "
+        "Parquet or a Delta Lake table",
+        description="Read one season of one table from the configured storage (any backend), batch by "
+        "batch, and write it to a file, stdout (-), a directory (FILE named WHAT_SEASON.EXT), an S3 URL "
+        "(s3://bucket/prefix, at [storage.s3] endpoint_url) or, with --format delta, a Delta Lake table "
+        "partitioned by season whose season partition is replaced (never duplicated). A file is written "
+        "whole or not at all. Fails, writing nothing, when nothing is stored for the season.",
+    )
+    _add_config(p)
+    p.add_argument("--season", type=int, required=True, help="season (end year)")
+    p.add_argument("--what", choices=("features", "predictions", "outcomes"), required=True)
+    p.add_argument("--format", choices=("csv", "parquet", "jsonl", "delta"), required=True)
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE|-|DIR|s3://...",
+        help="destination (- is stdout: csv/jsonl only)",
+    )
+    p.add_argument(
+        "--role",
+        choices=("champion", "challenger", "all"),
+        default="champion",
+        help="predictions of this role (default: champion)",
+    )
+    p.add_argument(
+        "--latest",
+        action="store_true",
+        help="only each player's latest row (features, predictions; default: the whole history)",
+    )
+    _add_predictions(sub)
+
+
+def _add_predictions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``predictions`` (its handler is :mod:`scorebeater.export`'s)."""
+    p = sub.add_parser(
+        "predictions",
+        help="print a season's latest predictions as a table, most likely to beat his mark first",
+        description="Each player's latest prediction of the season from the configured storage: rank, "
+        "name, team, probability, FTM so far against the mark (last season's FTM), team games, model "
+        "version and the outcome once known, by probability descending.",
+    )
+    _add_config(p)
+    p.add_argument("--season", type=int, required=True, help="season (end year)")
+    p.add_argument("--top", type=_positive_int, default=None, metavar="N", help="only the first N rows")
+    p.add_argument("--player", default=None, metavar="NAME", help="names containing NAME (any case)")
+    p.add_argument(
+        "--role",
+        choices=("champion", "challenger", "all"),
+        default="champion",
+        help="predictions of this role (default: champion)",
+    )
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be >= 1")
+    return number
 
 
 def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -333,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backtest(sub)
     _add_quarantine(sub)
     _add_promote(sub)
+    _add_export(sub)
     return parser
 
 
