@@ -368,6 +368,31 @@ def check_role(role: str | None) -> str | None:
     return role
 
 
+PAGE_SCHEMA = pa.schema([*PREDICTIONS_SCHEMA, pa.field("previous_probability", pa.float64(), nullable=True)])
+"""A page of latest predictions (:meth:`Storage.read_latest_predictions_page`): each row's
+``previous_probability`` is that of the player's latest prediction of the same role and season
+before the row's ``as_of_seq`` (null if none)."""
+MAX_PAGE_ROWS = 10_000
+"""The most rows one :meth:`Storage.read_latest_predictions_page` call returns."""
+
+
+def check_page(*, limit: int, role: str, after_player_id: int | None) -> tuple[int, str, int | None]:
+    """Return a page read's arguments if valid: ``limit`` in 1..:data:`MAX_PAGE_ROWS`, ``role``
+    one of :data:`PREDICTION_ROLES` (not ``None``), ``after_player_id`` an int or ``None``.
+
+    Raises:
+        StorageError: naming the bad value.
+    """
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE_ROWS:  # a bool is no limit
+        raise StorageError(f"predictions page: limit must be an int in 1..{MAX_PAGE_ROWS}, got {limit!r}")
+    if role not in PREDICTION_ROLES:
+        raise StorageError(f"predictions page: role must be one of {list(PREDICTION_ROLES)}, got {role!r}")
+    after = after_player_id
+    if after is not None and type(after) is not int:
+        raise StorageError(f"predictions page: after_player_id must be an int, got {after_player_id!r}")
+    return limit, role, after_player_id
+
+
 def _check_version(what: str, version: int, current: int) -> None:
     if version > current:
         raise StorageError(
@@ -663,6 +688,24 @@ class Storage(Protocol):
         """
         ...
 
+    async def read_latest_predictions_page(
+        self, *, season: int, after_player_id: int | None = None, limit: int, role: str = "champion"
+    ) -> pa.Table:
+        """One page of a season's latest predictions of ``role``, in ascending ``player_id``:
+        the latest rows (as ``read_predictions(latest_only=True)``) of the first ``limit``
+        players whose id is above ``after_player_id`` (from the first when ``None``), with
+        each one's ``previous_probability`` (:data:`PAGE_SCHEMA`). Fewer rows: the last page.
+
+        Cost: Postgres walks the primary key index from ``after_player_id`` (O(limit) rows
+        read, plus each player's index lookup of his previous point); the object stores stream
+        the season's partition once, keeping the ``limit`` first players (O(season) time,
+        O(limit + batch) memory), then read those players' history for the previous points.
+
+        Raises:
+            StorageError: a bad ``limit``, ``role`` or ``after_player_id`` (:func:`check_page`).
+        """
+        ...
+
     @property
     def cache(self) -> PredictionCache:
         """The prediction cache kept in the same store (the same object on every access)."""
@@ -688,8 +731,10 @@ class Storage(Protocol):
         """
         ...
 
-    def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
-        """Stored outcomes, filtered by season when given."""
+    def read_outcomes(
+        self, *, season: int | None = None, player_ids: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Stored outcomes, filtered by season and/or player ids when given."""
         ...
 
     async def get_checkpoint(self, name: str) -> bytes | None:

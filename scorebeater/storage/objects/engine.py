@@ -20,9 +20,11 @@ import structlog
 from scorebeater.storage.base import (
     EARLY_COLUMNS,
     OUTCOME_KEY,
+    PAGE_SCHEMA,
     TRAINING_SCHEMA,
     CheckpointWrite,
     check_checkpoint_name,
+    check_page,
     check_role,
     conform_features,
     conform_outcomes,
@@ -217,9 +219,41 @@ class ObjectTableStorage:
 
         return await asyncio.to_thread(coalesce)
 
-    async def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
-        """Live outcomes, filtered by season when given."""
-        async for table in self._scan(OUTCOMES, None if season is None else [season]):
+    async def read_latest_predictions_page(
+        self, *, season: int, after_player_id: int | None = None, limit: int, role: str = "champion"
+    ) -> pa.Table:
+        """The first ``limit`` players' latest predictions after ``after_player_id`` (see the
+        protocol): one streamed pass over the season's partition keeping at most ``limit``
+        rows, then the page players' history for their previous points."""
+        limit, role, after = check_page(limit=limit, role=role, after_player_id=after_player_id)
+        row_filter = None
+        if after is not None:
+            bound = after
+
+            def row_filter(table: pa.Table) -> pa.Table:
+                return table.filter(pc.greater(table.column("player_id"), bound))
+
+        held: pa.Table | None = None
+        async for table in self._scan(PREDICTIONS, [season], row_filter, _LATEST_PREDICTION, ("role", role)):
+            held = _first_players(table if held is None else pa.concat_tables([held, table]), limit)
+        if held is None or not held.num_rows:
+            return PAGE_SCHEMA.empty_table()
+        mine = player_filter(held.column("player_id").combine_chunks())
+        history = [
+            t.select(["player_id", "as_of_seq", "model_version", "probability"])
+            async for t in self._scan(PREDICTIONS, [season], mine, select=("role", role))
+        ]
+        previous = await asyncio.to_thread(previous_probabilities, held, history)
+        return pa.Table.from_arrays([*held.columns, previous], schema=PAGE_SCHEMA)
+
+    async def read_outcomes(
+        self, *, season: int | None = None, player_ids: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Live outcomes, filtered by season and/or player ids when given."""
+        row_filter = None
+        if player_ids is not None:
+            row_filter = player_filter(pa.array([operator.index(p) for p in player_ids], pa.int64()))
+        async for table in self._scan(OUTCOMES, None if season is None else [season], row_filter):
             yield table
 
     async def export_training_set(
@@ -252,3 +286,34 @@ class ObjectTableStorage:
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         """Atomically replace checkpoint ``name`` (one commit)."""
         await self._committer.write([], (name, value))
+
+
+def _first_players(table: pa.Table, limit: int) -> pa.Table:
+    """The ``limit`` rows of lowest ``player_id`` (one row per player), ascending."""
+    order = pc.sort_indices(table.column("player_id"))
+    return table.take(order[:limit]).combine_chunks()
+
+
+def previous_probabilities(page: pa.Table, history: list[pa.Table]) -> pa.Array:
+    """For each row of ``page``, the probability of the same player's history row with the
+    highest ``(as_of_seq, model_version)`` below the page row's ``as_of_seq`` (null if none).
+
+    CPU: runs in a worker thread; ``history`` holds the page players' rows only.
+    """
+    ids = page.column("player_id").to_numpy()
+    out = np.full(len(ids), np.nan)
+    rows = pa.concat_tables(history) if history else None
+    if rows is not None and rows.num_rows:
+        pid = rows.column("player_id").to_numpy()
+        seq = rows.column("as_of_seq").to_numpy().astype(np.int64)
+        ver = rows.column("model_version").to_numpy()
+        at = np.searchsorted(ids, pid)  # the page is in ascending player_id order
+        at = np.clip(at, 0, len(ids) - 1)
+        page_seq = page.column("as_of_seq").to_numpy().astype(np.int64)
+        keep = (ids[at] == pid) & (seq < page_seq[at])
+        order = np.lexsort((-ver[keep], -seq[keep], at[keep]))
+        slots = at[keep][order]
+        first = np.ones(len(slots), dtype=bool)
+        first[1:] = slots[1:] != slots[:-1]
+        out[slots[first]] = rows.column("probability").to_numpy()[keep][order][first]
+    return pa.array(out, pa.float64(), from_pandas=True)

@@ -29,11 +29,13 @@ from scorebeater.storage.base import (
     EARLY_COLUMNS,
     FEATURES_SCHEMA,
     OUTCOMES_SCHEMA,
+    PAGE_SCHEMA,
     PREDICTIONS_SCHEMA,
     TRAINING_SCHEMA,
     CheckpointWrite,
     check_checkpoint,
     check_checkpoint_name,
+    check_page,
     check_role,
     check_schema_name,
     conform_features,
@@ -208,9 +210,41 @@ class PostgresStorage:
         """
         await self._writer.write(OUTCOMES, conform_outcomes(rows), checkpoint)
 
-    async def read_outcomes(self, *, season: int | None = None) -> AsyncGenerator[pa.Table, None]:
-        """Stored outcomes, streamed, filtered by season when given."""
-        where, args = _filters(("season = ", season))
+    async def read_latest_predictions_page(
+        self, *, season: int, after_player_id: int | None = None, limit: int, role: str = "champion"
+    ) -> pa.Table:
+        """The first ``limit`` players' latest predictions after ``after_player_id`` (see the
+        protocol): a walk of the primary key index from ``after_player_id`` (``DISTINCT ON``
+        per player, latest first), and per row an index lookup of his previous point."""
+        limit, role, after = check_page(limit=limit, role=role, after_player_id=after_player_id)
+        cols = ", ".join(f"p.{c}" for c in PREDICTIONS_SCHEMA.names)
+        t = self._t("predictions")
+        args: list[object] = [season, role, limit]
+        after_clause = ""
+        if after is not None:  # a separate statement: "$n IS NULL OR ..." would hide the range
+            args.append(after)
+            after_clause = " AND player_id > $4"
+        # The LATERAL lookup walks (player_id, season, as_of_seq) backwards from the row's point.
+        query = (
+            f"SELECT {cols}, prev.probability FROM ("  # noqa: S608
+            f" SELECT DISTINCT ON (player_id) * FROM {t} WHERE season = $1 AND role = $2{after_clause}"
+            " ORDER BY player_id, as_of_seq DESC, model_version DESC LIMIT $3) p"
+            f" LEFT JOIN LATERAL (SELECT q.probability FROM {t} q"
+            " WHERE q.player_id = p.player_id AND q.season = p.season AND q.role = p.role"
+            " AND q.as_of_seq < p.as_of_seq ORDER BY q.as_of_seq DESC, q.model_version DESC LIMIT 1)"
+            " prev ON true ORDER BY p.player_id"
+        )
+        tables = [
+            table
+            async for table in self._db.stream("read predictions page", query, *args, schema=PAGE_SCHEMA)
+        ]
+        return pa.concat_tables(tables) if tables else PAGE_SCHEMA.empty_table()
+
+    async def read_outcomes(
+        self, *, season: int | None = None, player_ids: Collection[int] | None = None
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Stored outcomes, streamed, filtered by season and/or player ids when given."""
+        where, args = _filters(("season = ", season), ("player_id = ANY", _int_list(player_ids)))
         query = f"SELECT {', '.join(OUTCOMES_SCHEMA.names)} FROM {self._t('outcomes')}{where}"  # noqa: S608
         async for batch in self._db.stream("read outcomes", query, *args, schema=OUTCOMES_SCHEMA):
             yield batch

@@ -1,0 +1,356 @@
+"""The read API's season listing, page by page over HTTP, against a raw storage scan.
+
+    .venv/bin/python -m bench.bench_read_api [--quick] [--players N] [--limit N] [--max-pages N]
+                                             [--order player] [--batch-rows N] [--backends local,postgres]
+
+Per backend (local storage; Postgres 15 in a throwaway cluster from
+``scorebeater.testing.postgres``), writes ``--players`` synthetic players (1,000,000; 20,000
+with ``--quick``) of one season: one latest feature row each (name, team, counts), one
+prediction each, an outcome for every other one. Then:
+
+* **ceiling**: this process streams the season's latest predictions once with
+  ``storage.read_predictions(season=S, latest_only=True)``: rows/s of a raw storage scan;
+* **listing**: the admin app (``create_app``, the read routes of ``scorebeater/admin/read_api.py``)
+  serves the store from a **child process** (so its RSS is its own); this process fetches
+  ``GET /v1/predictions?season=S&order=...&limit=...`` page after page, following
+  ``next_cursor``, up to ``--max-pages`` pages (20; 0: to the end; ``--quick``: every page).
+  Rows/s = rows received / wall time; the child's RSS (``VmRSS``) is sampled after each page
+  and its peak (``VmHWM``) read at the end.
+
+In player order a Postgres page is an index range scan (O(page)); on local storage every page
+streams the season (see ``read_api``'s module doc), so there the listing's rate is about
+``limit / players`` of a scan's and is measured over the first ``--max-pages`` pages (each
+costs about the same in player order). Target: >= 50% of the scan's rate, flat memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import numpy as np
+import pyarrow as pa
+
+from bench.report import load_average, load_note, md_row, percent, verdict
+from scorebeater.config import Config, LocalStorageConfig, PostgresStorageConfig, Secret, StorageConfig
+from scorebeater.inputs import INPUT_NAMES
+from scorebeater.storage import open_storage
+from scorebeater.storage.base import (
+    FEATURES_SCHEMA,
+    OUTCOMES_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    feature_hashes,
+)
+
+SEASON = 2014
+TEAMS = ("ATL", "BOS", "BKN", "CHA", "CHI", "CLE", "DAL", "DEN", "DET", "GSW")
+MB = 1024 * 1024
+TARGET = 0.5
+"""The listing's rate as a share of the raw scan's (issue 14)."""
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def _ts(us: np.ndarray) -> pa.Array:
+    return pa.array(us, pa.timestamp("us", tz="UTC"))
+
+
+def synthetic(players: int, seed: int = 14) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Feature rows, predictions and outcomes of ``players`` players of one season, as of game 60."""
+    rng = np.random.default_rng(seed)
+    pid = np.arange(1, players + 1, dtype=np.int64) * 3
+    seq = np.full(players, 60, dtype=np.int32)
+    at = np.full(players, np.datetime64("2014-02-20T03:00:00", "us").astype(np.int64))
+    prev_ftm = rng.integers(0, 600, players).astype(np.float32)
+    inputs = {name: np.ones(players, dtype=np.float32) for name in INPUT_NAMES}
+    inputs |= {
+        "prev_ftm": prev_ftm,
+        "prev_fta": prev_ftm * 1.25,
+        "ftm": (prev_ftm * rng.uniform(0.5, 0.9, players)).round().astype(np.float32),
+        "team_games": np.full(players, 60, dtype=np.float32),
+        "season_games": np.full(players, 82, dtype=np.float32),
+        "experience": np.full(players, 5, dtype=np.float32),
+        "age": np.full(players, 27, dtype=np.float32),
+    }
+    inputs["fta"] = inputs["ftm"] * 1.25
+    features = pa.table(
+        {
+            "player_id": pid,
+            "season": pa.array(np.full(players, SEASON, dtype=np.int32)),
+            "as_of_seq": seq,
+            "as_of_game_id": pa.array(np.full(players, "0021300900", dtype=object)),
+            "as_of_time": _ts(at),
+            "player": pa.array([f"Player {p} Smith" for p in pid.tolist()]),
+            "team": pa.array(np.array(TEAMS, dtype=object)[pid % len(TEAMS)]),
+            **{name: pa.array(inputs[name]) for name in INPUT_NAMES},
+            "feature_hash": pa.array(np.full(players, "", dtype=object)),
+        }
+    ).cast(FEATURES_SCHEMA)
+    hashes = pa.array(feature_hashes(features), pa.string())
+    features = features.set_column(features.num_columns - 1, "feature_hash", hashes)
+    predictions = pa.table(
+        {
+            "player_id": pid,
+            "season": pa.array(np.full(players, SEASON, dtype=np.int32)),
+            "as_of_seq": seq,
+            "as_of_time": _ts(at),
+            "model_version": np.ones(players, dtype=np.int64),
+            "probability": rng.uniform(0, 1, players),
+            "feature_hash": hashes,
+            "progress": pa.array(np.full(players, 60 / 82, dtype=np.float32)),
+            "predicted_at": _ts(at + 1_000_000),
+            "role": pa.array(np.full(players, "champion", dtype=object)),
+        }
+    ).cast(PREDICTIONS_SCHEMA)
+    half = pid[::2]
+    outcomes = pa.table(
+        {
+            "player_id": half,
+            "season": pa.array(np.full(len(half), SEASON, dtype=np.int32)),
+            "beat": pa.array(rng.uniform(0, 1, len(half)) < 0.4),
+            "resolution": pa.array(np.full(len(half), "early", dtype=object)),
+            "resolved_seq": np.full(len(half), 55, dtype=np.int32),
+            "resolved_at": _ts(at[: len(half)]),
+            "ftm": np.full(len(half), 100, dtype=np.int32),
+            "prev_ftm": np.full(len(half), 90, dtype=np.int32),
+            "resolved_early_seq": np.full(len(half), 55, dtype=np.int32),
+            "resolved_early_at": _ts(at[: len(half)]),
+        }
+    ).cast(OUTCOMES_SCHEMA)
+    return features, predictions, outcomes
+
+
+DSN_ENV = "SCOREBEATER_BENCH_READ_API_DSN"
+"""How the child server gets the throwaway cluster's DSN (not on its command line)."""
+
+
+def _config(backend: str, root: Path, batch_rows: int) -> StorageConfig:
+    if backend == "postgres":
+        postgres = PostgresStorageConfig(dsn=Secret(os.environ[DSN_ENV]), schema="bench_read_api")
+        return StorageConfig(backend="postgres", postgres=postgres, batch_rows=batch_rows)
+    return StorageConfig(backend="local", local=LocalStorageConfig(root=root), batch_rows=batch_rows)
+
+
+async def write(config: StorageConfig, players: int) -> None:
+    features, predictions, outcomes = synthetic(players)
+    async with open_storage(config) as storage:
+        for start in range(0, players, 250_000):
+            await storage.write_features(features.slice(start, 250_000))
+            await storage.write_predictions(predictions.slice(start, 250_000))
+        await storage.write_outcomes(outcomes)
+
+
+async def raw_scan(config: StorageConfig) -> tuple[int, float]:
+    """Rows and seconds of one stream of the season's latest predictions."""
+    async with open_storage(config) as storage:
+        start = time.perf_counter()
+        rows = 0
+        async for table in storage.read_predictions(season=SEASON, latest_only=True):
+            rows += table.num_rows
+        return rows, time.perf_counter() - start
+
+
+# --- the server (child process) -------------------------------------------------------------------
+
+
+async def serve(backend: str, root: Path, batch_rows: int) -> None:
+    """The admin app over the store on a loopback port (written to ``<root>/../port``) until killed."""
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from scorebeater.admin.app import AdminState, create_app
+    from scorebeater.metrics import Metrics
+    from scorebeater.scheduler import SystemClock
+    from scorebeater.stages.base import StageContext
+    from scorebeater.stages.handoff import Handoff
+
+    async with open_storage(_config(backend, root, batch_rows)) as storage:
+        unused = cast("Any", None)
+        ctx = StageContext(
+            cfg=Config(),
+            storage=storage,
+            scores=unused,
+            model=unused,
+            metrics=Metrics(CollectorRegistry()),
+            clock=SystemClock(),
+        )
+        state = AdminState(
+            ctx=ctx, handoff=Handoff(), runners={}, features=unused, token=None, started=asyncio.Event()
+        )
+        runner = web.AppRunner(create_app(state), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server = cast("Any", site._server)  # noqa: SLF001 - the bound port
+        port_file = root.parent / "port"
+        port_file.with_suffix(".tmp").write_text(str(server.sockets[0].getsockname()[1]))
+        port_file.with_suffix(".tmp").rename(port_file)  # whole, never half-written
+        await asyncio.Event().wait()
+
+
+def _proc_kb(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{name} not in /proc/{pid}/status")
+
+
+def _start_server(backend: str, root: Path, batch_rows: int) -> subprocess.Popen[str]:
+    module = "bench.bench_read_api"
+    command = [sys.executable, "-m", module, "--serve", str(root), "--batch-rows", str(batch_rows)]
+    command += ["--backends", backend]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+async def _port(root: Path, child: subprocess.Popen[str]) -> int:
+    port_file = root.parent / "port"
+    while not port_file.exists():
+        if child.poll() is not None:
+            raise RuntimeError(f"the server exited with {child.returncode}")
+        await asyncio.sleep(0.05)
+    return int(port_file.read_text())
+
+
+async def list_pages(
+    port: int, pid: int, order: str, limit: int, max_pages: int
+) -> tuple[int, int, float, list[float], list[int]]:
+    """Rows, pages, seconds, per-page seconds and the child's RSS (KiB) after each page."""
+    rows = pages = 0
+    page_s: list[float] = []
+    rss: list[int] = []
+    cursor: str | None = None
+    start = time.perf_counter()
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            params = {"season": str(SEASON), "order": order, "limit": str(limit)}
+            if cursor:
+                params["cursor"] = cursor
+            t0 = time.perf_counter()
+            async with session.get(f"http://127.0.0.1:{port}/v1/predictions", params=params) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"page {pages + 1}: {resp.status} {body}")
+            page_s.append(time.perf_counter() - t0)
+            rss.append(_proc_kb(pid, "VmRSS"))
+            rows += len(body["items"])
+            pages += 1
+            cursor = body["next_cursor"]
+            print(
+                f"page {pages}: {len(body['items'])} rows in {page_s[-1]:.2f} s", file=sys.stderr, flush=True
+            )
+            if cursor is None or (max_pages and pages >= max_pages):
+                return rows, pages, time.perf_counter() - start, page_s, rss
+
+
+async def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> str:
+    """One backend's table row."""
+    config = _config(backend, root, args.batch_rows)
+    t0 = time.perf_counter()
+    await write(config, args.players)
+    if backend == "postgres":
+        # A live database has statistics (autovacuum); right after a bulk load it has none yet.
+        import asyncpg
+
+        conn = await asyncpg.connect(os.environ[DSN_ENV])
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+    print(f"{backend}: wrote {args.players:,} players in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    scan_rows, scan_s = await raw_scan(config)
+    child = _start_server(backend, root, args.batch_rows)
+    try:
+        port = await _port(root, child)
+        idle_kb = _proc_kb(child.pid, "VmRSS")
+        rows, pages, seconds, page_s, rss = await list_pages(
+            port, child.pid, args.order, args.limit, args.max_pages
+        )
+        peak_kb = _proc_kb(child.pid, "VmHWM")
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+    scan_rate = scan_rows / scan_s
+    rate = rows / seconds
+    listed = "all" if pages * args.limit >= args.players else f"first {pages}"
+    return md_row(
+        backend,
+        f"{scan_rate:,.0f} ({scan_s:.2f} s)",
+        f"{rate:,.0f} ({rows:,} rows, {listed} pages, {seconds:.1f} s)",
+        f"{percent(rate / scan_rate)}: {verdict(rate / scan_rate >= TARGET)}",
+        f"{float(np.median(page_s)) * 1000:,.0f} / {max(page_s) * 1000:,.0f}",
+        f"{idle_kb / 1024:,.0f} / {rss[0] / 1024:,.0f} / {rss[-1] / 1024:,.0f} / {peak_kb / 1024:,.0f}",
+    )
+
+
+async def run(args: argparse.Namespace) -> list[str]:
+    out = [
+        (
+            f"{args.players:,} players, one season; `order={args.order}`, `limit={args.limit}`; "
+            f"storage batch_rows {args.batch_rows:,}."
+        ),
+        "",
+        md_row(
+            "backend",
+            "raw scan (`read_predictions(latest_only=True)`), rows/s",
+            "listing through the API, rows/s",
+            "listing / scan (target >= 50%)",
+            "page ms p50 / max",
+            "server RSS MB: idle / after page 1 / after the last / peak",
+        ),
+        md_row(*["---"] * 6),
+    ]
+    for backend in args.backends.split(","):
+        with tempfile.TemporaryDirectory(prefix="bench-read-api-") as tmp:
+            root = Path(tmp) / "store"
+            if backend == "postgres":
+                from scorebeater.testing.postgres import run_postgres
+
+                with run_postgres() as dsn:
+                    os.environ[DSN_ENV] = dsn
+                    out.append(await bench_backend(backend, args, root))
+            else:
+                out.append(await bench_backend(backend, args, root))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_read_api", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--players", type=int, default=1_000_000, help="synthetic players (1,000,000)")
+    parser.add_argument("--quick", action="store_true", help="20,000 players")
+    parser.add_argument("--limit", type=int, default=1000, help="rows per page (1,000)")
+    parser.add_argument(
+        "--max-pages", type=int, default=20, help="stop after this many pages (20; 0: all, hours at 1M)"
+    )
+    parser.add_argument("--order", default="player", help="order= of the listing (player)")
+    parser.add_argument("--batch-rows", type=int, default=50_000, help="storage.batch_rows (50,000)")
+    parser.add_argument("--backends", default="local,postgres", help="comma-separated: local,postgres")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve is not None:
+        asyncio.run(serve(args.backends, args.serve, args.batch_rows))
+        return 0
+    if args.quick:
+        args.players, args.max_pages = 20_000, 0
+    before = load_average()
+    lines = asyncio.run(run(args))
+    print("\n".join(lines))
+    print()
+    print(load_note(before, load_average()))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
