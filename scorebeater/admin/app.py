@@ -30,6 +30,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from scorebeater.admin.quarantine import QuarantineRoutes
+from scorebeater.admin.read_api import add_read_routes
+from scorebeater.admin.ui import add_ui_routes
 from scorebeater.bounds import PLAYER_ID, SEASON
 from scorebeater.config import Secret
 from scorebeater.errors import (
@@ -382,4 +384,6 @@ def create_app(state: AdminState) -> web.Application:
     app.router.add_get("/v1/models", get_models)
     app.router.add_post("/v1/models/promote", post_promote)
     QuarantineRoutes(STATE).register(app, _requires_token)
+    add_read_routes(app, state)
+    add_ui_routes(app, state)
     return app

@@ -155,7 +155,7 @@ def _code(body: Any) -> str:
     ("method", "path", "status", "code"),
     [
         ("GET", "/nope", 404, "not_found"),
-        ("GET", "/v1/predictions", 404, "not_found"),
+        ("GET", "/v1/predictions/1/history", 404, "not_found"),
         ("PUT", "/v1/status", 405, "method_not_allowed"),
         ("GET", "/v1/refeed", 405, "method_not_allowed"),
         ("DELETE", "/v1/stages/features:run", 405, "method_not_allowed"),
