@@ -133,8 +133,21 @@ def _add_promote(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--label", default=None, help="the label to move, [A-Za-z0-9_]+ (default: promotion.label, 'stable')"
     )
-    p.add_argument("--by", default=None, help="who promotes, for the record (default: the login name)")
-    p.add_argument("--reason", default="", help="why, for the record")
+    p.add_argument(
+        "--by", default=None, type=_record_text, help="who promotes, for the record (default: the login name)"
+    )
+    p.add_argument(
+        "--reason", default="", type=_record_text, help="why, for the record (at most 500 characters)"
+    )
+
+
+def _record_text(value: str) -> str:
+    """A promotion record's free text (``--by``, ``--reason``): bounded, as the admin API's."""
+    from scorebeater.promotion.records import MAX_TEXT_CHARS  # noqa: PLC0415 - keep --help light
+
+    if len(value) > MAX_TEXT_CHARS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TEXT_CHARS} characters, got {len(value)}")
+    return value
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -147,7 +160,9 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "batch, and write it to a file, stdout (-), a directory (FILE named WHAT_SEASON.EXT), an S3 URL "
         "(s3://bucket/prefix, at [storage.s3] endpoint_url) or, with --format delta, a Delta Lake table "
         "partitioned by season whose season partition is replaced (never duplicated). A file is written "
-        "whole or not at all. Fails, writing nothing, when nothing is stored for the season.",
+        "whole or not at all (stdout is streamed: a failure mid-stream leaves partial output). CSV string "
+        "cells starting with = + - @ tab or CR get a leading '. Fails, writing nothing, when nothing is "
+        "stored for the season.",
     )
     _add_config(p)
     p.add_argument("--season", type=int, required=True, help="season (end year)")
@@ -163,12 +178,12 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--role",
         choices=("champion", "challenger", "all"),
         default="champion",
-        help="predictions of this role (default: champion)",
+        help="predictions of this role (default: champion; all: every role, not with --latest)",
     )
     p.add_argument(
         "--latest",
         action="store_true",
-        help="only each player's latest row (features, predictions; default: the whole history)",
+        help="only each player's latest row (features, predictions of one role; default: the whole history)",
     )
     _add_predictions(sub)
 
@@ -188,9 +203,9 @@ def _add_predictions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--player", default=None, metavar="NAME", help="names containing NAME (any case)")
     p.add_argument(
         "--role",
-        choices=("champion", "challenger", "all"),
+        choices=("champion", "challenger"),
         default="champion",
-        help="predictions of this role (default: champion)",
+        help="predictions of this role (default: champion; one role: the table has no role column)",
     )
 
 

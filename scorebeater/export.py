@@ -12,12 +12,19 @@ one ``orjson`` line per row, or one Delta commit fed by a record batch reader), 
 season in memory. ``predictions`` holds one row per player of the season (his latest prediction),
 which it must sort.
 
-Idempotency: a local file is written to a temporary file beside it and renamed over it, so a
-failed export leaves the previous file (or none) and never a half-written one; a Delta export
-replaces the season's partition in one commit (``mode="overwrite"`` with the predicate
-``season = S``), so re-exporting a season never duplicates its rows. Errors are
-:class:`ExportError` (one line, exit status 1): nothing stored for the season, an unwritable
-destination (named), or a format that cannot go where asked (Parquet or Delta to stdout).
+CSV cells: a string cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets
+a leading ``'`` (OWASP's defence against CSV injection: a spreadsheet would run it as a
+formula); only string columns are touched, so numbers (a negative one too) stay numbers.
+
+Idempotency: a local file is written to a temporary file beside it, fsynced and renamed over
+it (the directory fsynced after), so a failed export leaves the previous file (or none) and
+never a half-written one; a Delta export replaces the season's partition in one commit
+(``mode="overwrite"`` with the predicate ``season = S``), so re-exporting a season never
+duplicates its rows. Stdout is streamed, not atomic: a failure mid-stream leaves the rows
+already written there. Errors are :class:`ExportError` (one line, exit status 1): nothing stored
+for the season, an unwritable destination (named), a format that cannot go where asked (Parquet
+or Delta to stdout), or each player's latest prediction across roles (``--latest --role all``:
+it would mix champion and challenger rows).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -76,8 +84,9 @@ def source(
     """The stored rows of ``what`` for ``season``, batch by batch, as the backend answers them.
 
     ``predictions``: the rows of ``role`` (``all``: every role), or each player's latest with
-    ``latest``; ``features``: the whole as-of history, or each player's latest row with
-    ``latest``; ``outcomes``: one row per player (a ``final`` row has replaced an ``early`` one).
+    ``latest`` (not with ``all``: :func:`check_role`); ``features``: the whole as-of history, or
+    each player's latest row with ``latest``; ``outcomes``: one row per player (a ``final`` row
+    has replaced an ``early`` one).
     """
     if what == "predictions":
         return storage.read_predictions(
@@ -88,6 +97,21 @@ def source(
             return storage.read_latest_features(season=season)
         return storage.read_feature_history(seasons=[season])
     return storage.read_outcomes(season=season)
+
+
+def check_role(what: str, role: str, *, latest: bool) -> None:
+    """Refuse each player's latest prediction across roles, before anything is opened.
+
+    Raises:
+        ExportError: ``predictions`` with ``latest`` and role ``all``: one row per player across
+            roles (the highest model version of his latest as-of point), champion for some and
+            challenger for others, which is neither role's latest.
+    """
+    if what == "predictions" and latest and role == "all":
+        raise ExportError(
+            "--latest with --role all is ambiguous (one row per player, champion for some and "
+            "challenger for others): use --role champion or --role challenger"
+        )
 
 
 async def _first_batch(batches: AsyncIterator[pa.Table]) -> pa.Table | None:
@@ -154,12 +178,37 @@ class BatchWriter(Protocol):
     def close(self) -> None: ...
 
 
+_FORMULA_START = r"^[=+\-@\t\r]"
+"""A cell a spreadsheet may take for a formula (OWASP's CSV injection list)."""
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def defuse_formulas(table: pa.Table) -> pa.Table:
+    """``table`` with a ``'`` before every string cell starting with ``=``, ``+``, ``-``, ``@``,
+    a tab or a carriage return (OWASP's defence against CSV injection), column by column with
+    ``pyarrow.compute``. Only string columns: numbers, a negative one too, are left as they are;
+    nulls stay null."""
+    for index, field in enumerate(table.schema):
+        if not _is_text(field.type):
+            continue
+        column = table.column(index)
+        risky = pc.match_substring_regex(column, _FORMULA_START)
+        quoted = pc.binary_join_element_wise(pa.scalar("'", field.type), column, pa.scalar("", field.type))
+        table = table.set_column(index, field, pc.if_else(risky, quoted, column))
+    return table
+
+
 class _CsvWriter:
+    """Arrow's incremental CSV writer, string cells defused (:func:`defuse_formulas`)."""
+
     def __init__(self, sink: Any, schema: pa.Schema) -> None:
         self._writer = pacsv.CSVWriter(sink, schema)
 
     def write(self, batch: pa.Table) -> None:
-        self._writer.write_table(batch)
+        self._writer.write_table(defuse_formulas(batch))
 
     def close(self) -> None:
         self._writer.close()
@@ -290,24 +339,39 @@ def _file_mode(path: Path) -> int:
 def _atomic_local(path: Path) -> Iterator[IO[bytes]]:
     """A temporary file beside ``path``, renamed over it on success and removed on failure.
 
+    Durable as :func:`scorebeater.promotion.labels.write_atomically`: the file is flushed and
+    fsynced before ``os.replace``, and the directory is fsynced after it, so the rename
+    survives a crash.
+
     Raises:
-        ExportError: the directory cannot take the file (naming ``path`` and why).
+        ExportError: the directory cannot take the file, or cannot be synced after the rename
+            (naming ``path`` and why).
     """
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        # mkstemp's file is private (0600); the export gets the mode a new file would get, or
-        # the one of the file it replaces.
-        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "wb") as sink:
+            # mkstemp's file is private (0600); the export gets the mode a new file would get,
+            # or the one of the file it replaces.
+            os.fchmod(sink.fileno(), _file_mode(path))
             yield sink
-        Path(tmp).replace(path)
+            sink.flush()
+            os.fsync(sink.fileno())
+        Path(tmp).replace(path)  # os.replace: atomic on POSIX
     except BaseException:
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
         raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise ExportError(f"{path} written but its directory not synced: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager
@@ -380,9 +444,10 @@ async def export(
 
     Raises:
         ExportError: nothing stored for the season; an unwritable destination; a format the
-            destination cannot take.
+            destination cannot take; ``latest`` predictions of role ``all`` (:func:`check_role`).
     """
     target.check()
+    check_role(target.what, role, latest=latest)
     progress = progress or Progress(f"{target.what} {target.season}")
     async with contextlib.aclosing(
         source(storage, target.what, target.season, role=role, latest=latest)
@@ -529,6 +594,7 @@ async def export_command(args: argparse.Namespace) -> int:
     """``scorebeater export``: one season of one stored table to a file, stdout or Delta table."""
     target = Target(out=args.out, what=args.what, season=args.season, fmt=args.format)
     target.check()
+    check_role(target.what, args.role, latest=args.latest)
     async with open_storage(args.cfg.storage) as storage:
         await export(storage, target, s3=args.cfg.storage.s3, role=args.role, latest=args.latest)
     return 0
@@ -561,10 +627,16 @@ async def prediction_table(
     ``top`` keeps the first rows. Holds one row per player of the season.
 
     Raises:
-        ExportError: no predictions of ``role`` stored for the season.
+        ExportError: no predictions of ``role`` stored for the season; role ``all`` (each
+            player's latest across roles would mix them in a table without a role column).
     """
+    if role not in {"champion", "challenger"}:
+        raise ExportError(
+            f"the predictions table is of one role (champion or challenger), not {role!r}: "
+            "each player's latest across roles would mix them without saying which"
+        )
     preds = await _collect(
-        storage.read_predictions(season=season, latest_only=True, role=None if role == "all" else role),
+        storage.read_predictions(season=season, latest_only=True, role=role),
         ["player_id", "as_of_seq", "probability", "model_version", "progress"],
     )
     if preds is None:
@@ -631,23 +703,36 @@ _HEADERS = ("#", "player", "team", "P(beat)", "FTM/mark", "team games", "model",
 _RIGHT = {0, 3, 4, 5, 6}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters (ESC among them): terminal escape codes start with them."""
+
+
 def _count(value: float | None) -> str:
     return "?" if value is None else f"{int(value)}"
 
 
+def _printable(text: str) -> str:
+    """``text`` with every control character replaced by U+FFFD, so a stored name cannot move
+    the cursor, recolour or retitle the terminal the table is printed on."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 def format_table(table: pa.Table) -> str:
-    """``table`` (:func:`prediction_table`'s) as aligned text, one line per player."""
+    """``table`` (:func:`prediction_table`'s) as aligned text, one line per player.
+
+    Stored text (names, teams, resolutions) has its control characters replaced by U+FFFD.
+    """
     lines = []
     for rank, row in enumerate(table.to_pylist(), start=1):
         if row["beat"] is None:
             outcome = ""
         else:
-            outcome = ("beat" if row["beat"] else "missed") + f" ({row['resolution']})"
+            outcome = ("beat" if row["beat"] else "missed") + f" ({_printable(str(row['resolution']))})"
         lines.append(
             (
                 str(rank),
-                row["player"] or f"#{row['player_id']}",
-                row["team"] or "?",
+                _printable(row["player"] or f"#{row['player_id']}"),
+                _printable(row["team"] or "?"),
                 f"{row['probability']:.3f}",
                 f"{_count(row['ftm'])}/{_count(row['prev_ftm'])}",
                 _count(row["team_games"]),

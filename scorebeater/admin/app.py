@@ -54,7 +54,13 @@ from scorebeater.httpsurface import (
 )
 from scorebeater.modelserver.modelsconfig import VERSION_LABEL
 from scorebeater.promotion.promoter import Promoter, PromotionRefused
-from scorebeater.promotion.records import ADMIN_API, MAX_RECORDS, PromotionLog, comparison_json
+from scorebeater.promotion.records import (
+    ADMIN_API,
+    MAX_RECORDS,
+    MAX_TEXT_CHARS,
+    PromotionLog,
+    comparison_json,
+)
 from scorebeater.scheduler import StageRunner
 from scorebeater.stages.base import StageContext
 from scorebeater.stages.features import FeaturesStage
@@ -335,6 +341,14 @@ async def post_promote(request: web.Request) -> web.Response:
     version = int(body["version"])
     if not 0 <= version <= 2**63 - 1:
         raise ApiError(400, "bad_field", f"version must be >= 0, got {version}", param="version")
+    reason = str(body.get("reason", ""))
+    if len(reason) > MAX_TEXT_CHARS:
+        raise ApiError(
+            400,
+            "bad_field",
+            f"reason is longer than {MAX_TEXT_CHARS} characters ({len(reason)})",
+            param="reason",
+        )
     label = body.get("label") or state.ctx.cfg.promotion.label
     if not VERSION_LABEL.fullmatch(label):
         raise ApiError(400, "bad_field", f"label must be [A-Za-z0-9_]+, got {label!r}", param="label")
@@ -344,7 +358,7 @@ async def post_promote(request: web.Request) -> web.Response:
             by=ADMIN_API,
             trigger="operator",
             label=label,
-            reason=str(body.get("reason", "")),
+            reason=reason,
             comparison=state.handoff.latest_comparison(),
         )
     except PromotionRefused as exc:

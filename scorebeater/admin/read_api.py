@@ -5,7 +5,8 @@ name, team, counts so far and outcome; ``GET /v1/players/{id}`` gives a player's
 teams, seasons and one season's prediction history; ``GET /v1/outcomes?season=S`` lists a
 season's outcomes. ``openapi.yaml`` documents the parameters and fields.
 
-Memory: nothing here holds a season's rows. Two ways to a page:
+Memory: nothing here holds a season's rows (the object stores' scans do hold the key columns of
+the season's segments while they pick each player's latest row). Two ways to a page:
 
 * ``order=player`` without ``team``/``player``/``min_probability``: the storage's ordered page
   read, :meth:`~scorebeater.storage.base.Storage.read_latest_predictions_page` (the rows after
@@ -40,6 +41,7 @@ may be seen twice or not at all (the stored state moved under it).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -48,7 +50,7 @@ import dataclasses
 import hashlib
 import io
 import re
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -191,6 +193,8 @@ def decode_cursor(raw: str, order: str, filters: str) -> Key:
         or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in key)
         or not isinstance(key[2], int)
         or not all(np.isfinite(key[:2]))
+        # A tampered id out of the stored range would overflow the storage's int64 filters.
+        or not PLAYER_ID.lo - 1 <= key[2] <= PLAYER_ID.hi
     ):
         raise _bad("cursor", f"cursor is not a cursor this API returned: {shown(raw)}")
     same = body.get("o") == order and body.get("f") == filters
@@ -375,20 +379,53 @@ async def _aclosed(gen: AsyncGenerator[pa.Table, None]) -> AsyncGenerator[pa.Tab
             yield table
 
 
+MAX_CONCURRENT_READS = 4
+"""Read requests served at once (each may stream a season from storage)."""
+READ_QUEUE_S = 10.0
+"""How long a read request waits for a slot before a 503."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class ReadRoutes:
     """The read endpoints over one daemon's :class:`~scorebeater.admin.app.AdminState`."""
 
     def __init__(self, state: AdminState) -> None:
         self._state = state
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_READS)
 
     @property
     def _storage(self) -> Any:
         return self._state.ctx.storage
 
     def register(self, app: web.Application) -> None:
-        app.router.add_get("/v1/predictions", self.list_predictions)
-        app.router.add_get(r"/v1/players/{player_id}", self.get_player)
-        app.router.add_get("/v1/outcomes", self.list_outcomes)
+        app.router.add_get("/v1/predictions", self._bounded(self.list_predictions))
+        app.router.add_get(r"/v1/players/{player_id}", self._bounded(self.get_player))
+        app.router.add_get("/v1/outcomes", self._bounded(self.list_outcomes))
+
+    def _bounded(self, handler: Handler) -> Handler:
+        """``handler`` run by at most :data:`MAX_CONCURRENT_READS` requests at once.
+
+        These endpoints are open and a page may stream a whole season from storage, on the
+        loop the stages run on: past the bound a request waits :data:`READ_QUEUE_S` for a
+        slot, then gets a 503 with ``Retry-After`` instead of piling up.
+        """
+
+        async def bounded(request: web.Request) -> web.StreamResponse:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), READ_QUEUE_S)
+            except TimeoutError:
+                raise ApiError(
+                    503,
+                    "busy",
+                    f"{MAX_CONCURRENT_READS} read requests are running: try again shortly",
+                    headers={"Retry-After": "1"},
+                ) from None
+            try:
+                return await handler(request)
+            finally:
+                self._slots.release()
+
+        return bounded
 
     # --- GET /v1/predictions ---
 
@@ -710,15 +747,37 @@ def _items(rows: pa.Table, features: pa.Table, outcomes: pa.Table) -> list[dict[
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""Leading characters a spreadsheet may take for a formula (OWASP's CSV injection list)."""
+
+
+def _csv_cell(value: object) -> object:
+    """One CSV field: ``None`` empty, booleans ``true``/``false``, a string that could start a
+    formula behind a ``'`` (OWASP's defence against CSV injection); numbers as they are, so a
+    negative ``change`` stays a number."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv(
     request: web.Request, header: list[str], rows: Iterable[Sequence[object]], cursor: str | None
 ) -> web.Response:
-    """CSV with a header row; ``None`` as an empty field; the next page in ``Link: rel="next"``."""
+    """CSV with a header row; ``None`` as an empty field; the next page in ``Link: rel="next"``.
+
+    String cells starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return get a
+    leading ``'`` (:func:`_csv_cell`), so a stored name cannot run as a spreadsheet formula;
+    numbers are written as numbers.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if v is None else str(v).lower() if isinstance(v, bool) else v for v in row])
+        writer.writerow([_csv_cell(v) for v in row])
     headers = {}
     if cursor is not None:
         headers["Link"] = f'<{request.rel_url.update_query(cursor=cursor)}>; rel="next"'

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 CHECKPOINT = "promotions"
 """The storage checkpoint holding the history."""
 MAX_RECORDS = 1000
+MAX_TEXT_CHARS = 500
+"""Longest ``reason`` (and ``by``) a record keeps: the history is read whole by ``GET /v1/models``."""
 """Records kept: the latest ones (one promotion a season would take a millennium to fill it)."""
 
 Trigger = Literal["operator", "auto"]

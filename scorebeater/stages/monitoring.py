@@ -89,7 +89,8 @@ class MonitoringStage:
         self._ctx = ctx
         self._seasons = seasons
         self._champion_version = champion_version
-        self._references: dict[int, drift.Reference | None] = {}
+        self._references: dict[int, drift.Reference] = {}
+        self._warned: set[int] = set()
         self._previous: _PreviousSeason | None = None
         self._last: dict[str, object] = {}
 
@@ -145,22 +146,30 @@ class MonitoringStage:
         return pa.concat_tables(parts) if parts else _empty(_PREDICTION_COLUMNS)
 
     async def _reference(self, version: int) -> drift.Reference | None:
-        if version not in self._references:
-            path = self._ctx.cfg.model.base_path / str(version)
-            try:
-                reference = await asyncio.to_thread(drift.read_reference, path)
-            except drift.ReferenceFileError as exc:
+        """``version``'s training reference; a missing or unreadable one is looked for again
+        next run (a reference added after export, or a file read mid-export, is picked up) and
+        warned about once per version."""
+        if version in self._references:
+            return self._references[version]
+        path = self._ctx.cfg.model.base_path / str(version)
+        try:
+            reference = await asyncio.to_thread(drift.read_reference, path)
+        except drift.ReferenceFileError as exc:
+            if version not in self._warned:
                 log.warning("monitoring.reference_unreadable", model_version=version, error=str(exc))
-                reference = None
-            if reference is None:
+            reference = None
+        if reference is None:
+            if version not in self._warned:
+                self._warned.add(version)
                 log.warning(
                     "monitoring.reference_missing",
                     model_version=version,
                     path=str(path / "assets.extra" / drift.REFERENCE_FILE),
-                    effect="no drift against the training rows for this version",
+                    effect="no drift against the training rows for this version until it appears",
                 )
-            self._references[version] = reference
-        return self._references[version]
+            return None
+        self._references[version] = reference
+        return reference
 
     async def _previous_season(self, season: int) -> _PreviousSeason | None:
         previous = season - 1

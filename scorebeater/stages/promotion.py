@@ -6,7 +6,9 @@ only refreshes the label gauges; with it on, a run judges the latest comparison
 (:func:`scorebeater.promotion.policy.judge`) and, when every rule holds and the label does not
 already name the challenger, moves ``promotion.label`` to the challenger's version through
 the shared :class:`~scorebeater.promotion.promoter.Promoter` (refused unless AVAILABLE),
-recorded as ``auto-policy``. The daemon always runs this stage: it costs one file read per
+recorded as ``auto-policy``. A comparison whose champion is not the version the label names
+now (the label moved since: an operator's rollback) is not acted on, so the policy never undoes
+an operator's move. The daemon always runs this stage: it costs one file read per
 comparison. A refusal is a result, not a failure: the next comparison is judged again.
 """
 
@@ -63,8 +65,16 @@ class PromotionStage:
         }
         if decision.promote and comparison is not None:
             version = comparison.challenger_version
-            if labels.get(cfg.label) == version:
+            current = labels.get(cfg.label)
+            if current == version:
                 result["reasons"].append(f"label {cfg.label!r} already names v{version}")
+            elif current is not None and current != comparison.champion_version:
+                # The label moved since these rows were scored (an operator's rollback, say):
+                # the comparison judged another champion, and must not undo that decision.
+                result["reasons"].append(
+                    f"label {cfg.label!r} names v{current}, not the compared champion "
+                    f"v{comparison.champion_version}: waiting for a comparison against it"
+                )
             else:
                 result["promoted"] = await self._promote(version, decision, comparison, result)
         self._last = result

@@ -19,11 +19,12 @@ import aiohttp
 import pyarrow as pa
 import pytest
 import yaml
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 from openapi_schema_validator import OAS30Validator
 from prometheus_client import CollectorRegistry
 
 from scorebeater.admin.app import AdminState, create_app
+from scorebeater.admin.read_api import _csv
 from scorebeater.config import Config
 from scorebeater.metrics import Metrics
 from scorebeater.scheduler import SystemClock
@@ -346,6 +347,28 @@ async def test_outcomes_page_in_player_order_and_csv(api: Api) -> None:
     lines = list(csv.reader(io.StringIO(text)))
     assert lines[0][:3] == ["player_id", "player", "season"]
     assert len(lines) == 6
+
+
+def test_csv_cells_that_could_start_a_formula_are_quoted() -> None:
+    """CSV injection: a string cell starting with = + - @ tab or CR gets a leading ', as OWASP
+    recommends; numbers (a negative change too), booleans and empty cells are left as they are."""
+    request = make_mocked_request("GET", f"/v1/predictions?season={SEASON}")
+    header = ["player", "team", "change", "probability", "beat"]
+    rows: list[list[object]] = [
+        ["=HYPERLINK(A1)", "-X", -0.25, 0.5, True],
+        ["@SUM(A1)", "+1", None, 0.1, False],
+        ["\tTab", "\rCR", -1, 0.2, None],
+        ["O'Neal = fine", "", 0.0, 0.3, None],
+    ]
+    response = _csv(request, header, rows, None)
+    assert response.text is not None
+    lines = list(csv.reader(io.StringIO(response.text)))
+    assert lines[0] == header
+    assert lines[1] == ["'=HYPERLINK(A1)", "'-X", "-0.25", "0.5", "true"]
+    assert lines[2] == ["'@SUM(A1)", "'+1", "", "0.1", "false"]
+    assert lines[3] == ["'\tTab", "'\rCR", "-1", "0.2", ""]
+    assert lines[4] == ["O'Neal = fine", "", "0.0", "0.3", ""]
+    assert float(lines[1][2]) == -0.25  # a negative change is still a number
 
 
 # --- bad parameters ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pyarrow as pa
@@ -23,12 +23,14 @@ import pytest
 from deltalake import DeltaTable
 
 import scorebeater.config
+import scorebeater.export
 from scorebeater.cli import main
 from scorebeater.config import Config
 from scorebeater.export import (
     ExportError,
     Progress,
     Target,
+    defuse_formulas,
     delta_storage_options,
     export,
     format_table,
@@ -197,6 +199,60 @@ async def test_roles_and_latest_select_the_rows(storage: Storage, out_dir: Path)
     assert {orjson.loads(line)["as_of_seq"] for line in lines} == {3}
 
 
+FORMULA_NAMES = {
+    PLAYERS[0]: '=HYPERLINK("http://evil.example","click")',
+    PLAYERS[1]: "+1+2",
+    PLAYERS[2]: "-2+3",
+    PLAYERS[3]: "@SUM(A1:A9)",
+    PLAYERS[4]: "\tTabbed",
+    PLAYERS[5]: "O'Neal = fine",  # a formula character later in the cell is harmless
+}
+
+
+async def test_csv_formula_names_are_exported_behind_a_quote(storage: Storage, out_dir: Path) -> None:
+    """CSV injection: a stored name a spreadsheet would run as a formula is written with a
+    leading ``'``; other cells, numbers and the JSON lines export are left as stored."""
+    rows = features(grid(list(FORMULA_NAMES), [OTHER], [2]))
+    names = pa.array([FORMULA_NAMES[p] for p in rows.column("player_id").to_pylist()], pa.string())
+    await storage.write_features(rows.set_column(rows.schema.get_field_index("player"), "player", names))
+    s3 = Config().storage.s3
+    out = out_dir / "features.csv"
+    await export(storage, Target(str(out), "features", OTHER, "csv"), s3=s3, latest=True)
+    table = pacsv.read_csv(out)
+    by_player = dict(zip(*(table.column(c).to_pylist() for c in ("player_id", "player")), strict=True))
+    for player, name in FORMULA_NAMES.items():
+        expected = name if player == PLAYERS[5] else f"'{name}"
+        assert by_player[player] == expected, player
+    assert by_player[PLAYERS[6]] == f"Player Ünïcode {PLAYERS[6]}"
+    assert pa.types.is_floating(table.schema.field("ftm").type)  # numbers stay numbers
+    jsonl = out_dir / "features.jsonl"
+    await export(storage, Target(str(jsonl), "features", OTHER, "jsonl"), s3=s3, latest=True)
+    stored_names = {orjson.loads(line)["player"] for line in jsonl.read_bytes().splitlines()}
+    assert set(FORMULA_NAMES.values()) <= stored_names  # only CSV is defused
+
+
+def test_csv_formula_defusing_is_for_string_columns_only() -> None:
+    table = pa.table(
+        {
+            "name": pa.array(["=1+1", "-x", None, "", "ok", "\rcr", "@a"], pa.string()),
+            "wide": pa.array(["+y", "z", None, "-", "", "=", "a"], pa.large_string()),
+            "change": pa.array([-0.25, -1.0, None, 0.5, 0.0, -3.0, 1.0], pa.float64()),
+            "count": pa.array([-1, 2, 3, -4, 5, 6, 7], pa.int64()),
+        }
+    )
+    out = defuse_formulas(table)
+    assert out.schema == table.schema
+    assert out.column("name").to_pylist() == ["'=1+1", "'-x", None, "", "ok", "'\rcr", "'@a"]
+    assert out.column("wide").to_pylist() == ["'+y", "z", None, "'-", "", "'=", "a"]
+    assert out.column("change").equals(table.column("change"))
+    assert out.column("count").equals(table.column("count"))
+    sink = io.BytesIO()
+    with pacsv.CSVWriter(sink, out.schema) as writer:
+        writer.write_table(out)
+    back = pacsv.read_csv(io.BytesIO(sink.getvalue()))
+    assert back.column("change").to_pylist()[:2] == [-0.25, -1.0]  # a negative number, not text
+
+
 async def test_a_delta_reexport_replaces_the_season_partition(storage: Storage, out_dir: Path) -> None:
     s3 = Config().storage.s3
     table = out_dir / "delta"
@@ -289,9 +345,9 @@ async def test_each_batch_is_written_before_the_next_is_read(storage: Storage, o
         assert len(written_before) >= 300 // BATCH_ROWS, fmt  # several batches
 
 
+# The S3 destination is tested once, on the moto server the S3 backend starts.
+@pytest.mark.parametrize("storage_config", ["s3"], indirect=True)
 async def test_s3_destinations(storage: Storage, storage_config: StorageConfig) -> None:
-    if storage_config.backend != "s3":
-        pytest.skip("the S3 destination is tested once, on the moto server of the S3 backend")
     s3 = storage_config.s3
     prefix = f"s3://{s3.bucket}/{s3.prefix}/exports"
     result = await export(storage, Target(prefix, "predictions", SEASON, "parquet"), s3=s3)
@@ -423,6 +479,53 @@ def test_cli_predictions_table(cli_config: StorageConfig, capsys: pytest.Capture
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert run("predictions", "--season", "1999") == 1
     assert "no predictions" in capsys.readouterr().err
+
+
+def test_latest_with_role_all_is_refused_before_storage_is_opened(
+    out_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_storage(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("storage opened")
+
+    monkeypatch.setattr(scorebeater.config, "load_config", lambda path, **kwargs: Config())
+    monkeypatch.setattr(scorebeater.export, "open_storage", no_storage)
+    out = out_dir / "p.csv"
+    argv = ("export", "--season", "2014", "--what", "predictions", "--format", "csv", "--out", str(out))
+    assert run(*argv, "--latest", "--role", "all") == 1
+    err = capsys.readouterr().err
+    assert "scorebeater: error: --latest with --role all is ambiguous" in err
+    assert "storage opened" not in err
+    assert not out.exists()
+    unopened = cast("Storage", None)
+    target = Target(str(out), "predictions", SEASON, "csv")
+    with pytest.raises(ExportError, match="--latest with --role all"):
+        asyncio.run(export(unopened, target, s3=Config().storage.s3, role="all", latest=True))
+    # The table of each player's latest prediction is of one role.
+    with pytest.raises(SystemExit) as exited:
+        run("predictions", "--season", "2014", "--role", "all")
+    assert exited.value.code == 2
+    assert "invalid choice: 'all'" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="one role"):
+        asyncio.run(prediction_table(unopened, SEASON, role="all"))
+
+
+def test_format_table_does_not_inject_terminal_escapes() -> None:
+    row = {
+        "player_id": 7,
+        "player": "\x1b[2J\x1b]0;owned\x07Evil\x9b31m",
+        "team": "B\x00S",
+        "probability": 0.5,
+        "ftm": 10.0,
+        "prev_ftm": 20.0,
+        "team_games": 5.0,
+        "model_version": 1,
+        "beat": True,
+        "resolution": "final\r",
+    }
+    text = format_table(pa.Table.from_pylist([row]))
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in text)
+    assert "\ufffd[2J\ufffd]0;owned\ufffdEvil\ufffd31m" in text
+    assert "B\ufffdS" in text
 
 
 def test_progress_is_drawn_only_on_a_terminal() -> None:

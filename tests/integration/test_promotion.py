@@ -438,6 +438,20 @@ async def test_the_stage_promotes_a_challenger_that_passes_the_policy_once(serve
     assert await _served_label(served.model, "stable", 2) == 2
 
 
+async def test_the_stage_never_acts_on_a_comparison_of_another_champion(served: Served) -> None:
+    """The label names v1 (say, an operator rolled back), the comparison judged a champion v3
+    against the challenger v2: the policy waits for a comparison against v1."""
+    handoff = Handoff()
+    stage = PromotionStage(served.ctx(), handoff, served.promoter())
+    stale = dataclasses.replace(_comparison(challenger=2), champion_version=3)
+    handoff.shadow_compared(stale)
+    result = await _run(stage, "r")
+    assert result["promote"] is True  # the policy's rules pass ...
+    assert result["promoted"] is None  # ... but the comparison is not about the current champion
+    assert any("not the compared champion v3" in r for r in result["reasons"])
+    assert read_labels(served.config_file, "score_beater") == {"stable": 1}
+
+
 async def test_the_stage_refuses_a_challenger_that_is_not_served(served: Served) -> None:
     handoff = Handoff()
     stage = PromotionStage(served.ctx(), handoff, served.promoter())
