@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from bench.report import load_average, load_note, md_row, percent, verdict
-from scorebeater.config import Config, LocalStorageConfig, PostgresStorageConfig, Secret, StorageConfig
+from scorebeater.config import LocalStorageConfig, PostgresStorageConfig, Secret, StorageConfig
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import (
@@ -49,6 +49,7 @@ from scorebeater.storage.base import (
     PREDICTIONS_SCHEMA,
     feature_hashes,
 )
+from scorebeater.testing.admin import storage_only_state
 
 SEASON = 2014
 TEAMS = ("ATL", "BOS", "BKN", "CHA", "CHI", "CLE", "DAL", "DEN", "DET", "GSW")
@@ -165,27 +166,11 @@ async def raw_scan(config: StorageConfig) -> tuple[int, float]:
 async def serve(backend: str, root: Path, batch_rows: int) -> None:
     """The admin app over the store on a loopback port (written to ``<root>/../port``) until killed."""
     from aiohttp import web
-    from prometheus_client import CollectorRegistry
 
-    from scorebeater.admin.app import AdminState, create_app
-    from scorebeater.metrics import Metrics
-    from scorebeater.scheduler import SystemClock
-    from scorebeater.stages.base import StageContext
-    from scorebeater.stages.handoff import Handoff
+    from scorebeater.admin.app import create_app
 
     async with open_storage(_config(backend, root, batch_rows)) as storage:
-        unused = cast("Any", None)
-        ctx = StageContext(
-            cfg=Config(),
-            storage=storage,
-            scores=unused,
-            model=unused,
-            metrics=Metrics(CollectorRegistry()),
-            clock=SystemClock(),
-        )
-        state = AdminState(
-            ctx=ctx, handoff=Handoff(), runners={}, features=unused, token=None, started=asyncio.Event()
-        )
+        state = storage_only_state(storage)
         runner = web.AppRunner(create_app(state), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -5,7 +5,6 @@ against ``openapi.yaml``. Storage batches are 64 rows, so every read streams sev
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
@@ -13,7 +12,7 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pyarrow as pa
@@ -21,16 +20,11 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer, make_mocked_request
 from openapi_schema_validator import OAS30Validator
-from prometheus_client import CollectorRegistry
 
-from scorebeater.admin.app import AdminState, create_app
+from scorebeater.admin.app import create_app
 from scorebeater.admin.read_api import _csv
-from scorebeater.config import Config
-from scorebeater.metrics import Metrics
-from scorebeater.scheduler import SystemClock
-from scorebeater.stages.base import StageContext
-from scorebeater.stages.handoff import Handoff
 from scorebeater.storage.base import PREDICTIONS_SCHEMA, Storage, conform
+from scorebeater.testing.admin import storage_only_state
 from tests.contract.test_storage import T0, features, grid, outcomes, predictions
 
 SEASON = 2014
@@ -143,18 +137,7 @@ async def _api(storage: Storage) -> AsyncIterator[Api]:
         )
     )
     await storage.write_outcomes(outcomes([(p, SEASON, p % 4 == 0, "final") for p in PLAYERS if p % 2 == 0]))
-    unused = cast("Any", None)
-    ctx = StageContext(
-        cfg=Config(),
-        storage=storage,
-        scores=unused,
-        model=unused,
-        metrics=Metrics(CollectorRegistry()),
-        clock=SystemClock(),
-    )
-    state = AdminState(
-        ctx=ctx, handoff=Handoff(), runners={}, features=unused, token=None, started=asyncio.Event()
-    )
+    state = storage_only_state(storage)
     server = TestServer(create_app(state), host="127.0.0.1", port=0)
     await server.start_server()
     try:

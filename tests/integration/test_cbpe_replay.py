@@ -66,8 +66,8 @@ async def _replay() -> AsyncIterator[RunningReplay]:
 @pytest.fixture(name="model_base")
 def _model_base(tmp_path: Path) -> Path:
     source = REPO_MODEL / str(VERSION)
-    if not (source / "saved_model.pb").is_file():
-        pytest.skip(f"model/score_beater/{VERSION} is not in this checkout")
+    # Committed with the repository: a missing model is a failure, never a skip.
+    assert (source / "saved_model.pb").is_file(), f"model/score_beater/{VERSION} is missing"
     base = tmp_path / "model" / "score_beater"
     base.mkdir(parents=True)
     shutil.copytree(source, base / str(VERSION))

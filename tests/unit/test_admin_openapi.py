@@ -32,6 +32,7 @@ from scorebeater.stages.features import FeaturesStage
 from scorebeater.stages.handoff import Handoff
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import Storage
+from scorebeater.testing.admin import storage_only_state
 from tests.services.rawhttp import raw_request
 
 TOKEN = "admin-t0ken"
@@ -50,18 +51,7 @@ def test_document_is_valid_openapi() -> None:
 
 
 def test_every_route_is_documented_and_every_documented_path_is_served() -> None:
-    unused = cast("Any", None)  # routing never touches these
-    ctx = StageContext(
-        cfg=Config(),
-        storage=unused,
-        scores=unused,
-        model=unused,
-        metrics=Metrics(CollectorRegistry()),
-        clock=SystemClock(),
-    )
-    state = AdminState(
-        ctx=ctx, handoff=Handoff(), runners={}, features=unused, token=None, started=asyncio.Event()
-    )
+    state = storage_only_state(None)  # routing never touches storage
     app = create_app(state)
     served = {
         (re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route.resource.canonical), route.method)
