@@ -18,6 +18,13 @@ Works against the official ``tensorflow/serving`` image and the embedded stand-i
   :class:`BadModelRequest`, 429/503/504 and connection failures :class:`ModelUnavailable`
   (the only ones retried, with backoff, bounded by ``cfg.max_attempts`` and
   ``cfg.retry_budget_s``), anything else :class:`TFServingError`.
+* **Replicas** (``base_url`` as a list, :mod:`scorebeater.clients.tfserving_replicas`): each
+  attempt goes to the healthy replica with the fewest requests outstanding; a retry goes to
+  another one, within the same attempts and budget. A replica that fails to connect, or
+  lacks a version the others serve, is ejected for ``cfg.eject_cooldown_s`` and probed back
+  in. A pin reads every replica's status and pins only a version every healthy replica has
+  ``AVAILABLE`` (a label must name the same version on all), waiting up to
+  ``cfg.pin_wait_s`` for them to agree.
 
 TensorFlow is never imported here.
 """
@@ -29,7 +36,7 @@ import contextlib
 import gzip
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import aiohttp
 import numpy as np
@@ -50,10 +57,11 @@ from scorebeater.clients.tfserving_codec import (
     parse_status,
     prepare_inputs,
 )
+from scorebeater.clients.tfserving_replicas import Replica, ReplicaSet, merge_statuses, most_served
 from scorebeater.errors import BadModelRequest, ModelNotFound, ModelUnavailable, TFServingError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from scorebeater.config import TFServingConfig
     from scorebeater.metrics import Metrics
@@ -62,7 +70,10 @@ log = structlog.get_logger(__name__)
 
 _GZIP_OFF_LOOP_BYTES = 256 * 1024
 """Bodies larger than this are compressed in a worker thread, not on the event loop."""
+_PIN_POLL_S = 0.5
+"""How often a pin reads the replicas again while they disagree on the version."""
 Api = Literal["predict", "status", "metadata"]
+T = TypeVar("T")
 
 
 class TFServingClient:
@@ -83,12 +94,15 @@ class TFServingClient:
         output: str | None = None,
         reports_availability: bool = True,
     ) -> None:
-        """A client over ``session``, which the caller owns and closes; :meth:`open` builds both.
+        """A client over ``session``, which the caller owns and closes; :meth:`open` builds both
+        (and reaps the replicas' probes: a caller of this constructor awaits
+        ``client.replicas.aclose()`` itself).
 
         ``output`` names the output alias to read (default: the only one, else ``probability``).
         ``reports_availability``: this client's pins and predictions set ``model_available``
-        and ``model_info`` (the champion's client); a shadow challenger's client must not, so
-        that its outage never reads as the served model's.
+        and ``model_info``, and its replica set the healthy replicas gauge (the champion's
+        client); a shadow challenger's client must not, so that its outage never reads as the
+        served model's.
         """
         self.cfg = cfg
         self.model_name = model_name
@@ -96,10 +110,19 @@ class TFServingClient:
         self._output = output
         self._metrics = metrics
         self._reports_availability = reports_availability
-        self._base = cfg.base_url.rstrip("/") + "/v1/models/" + urllib.parse.quote(model_name, safe="")
+        self._path = "/v1/models/" + urllib.parse.quote(model_name, safe="")
         self._session = session
         self._checked: dict[int, ModelMetadata] = {}
         self._limit = asyncio.Semaphore(cfg.max_concurrency)
+        self.replicas = ReplicaSet(
+            cfg.base_urls,
+            cooldown_s=cfg.eject_cooldown_s,
+            metrics=metrics,
+            report_health=reports_availability,
+        )
+        self.replicas.health_check = self._health_check
+        self._pins: dict[str | None, int] = {}
+        """The version each label (``None``: latest) last pinned: what a probed replica must serve."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -120,9 +143,10 @@ class TFServingClient:
         async with make_session(
             timeout_s=cfg.timeout_s,
             connect_timeout_s=cfg.connect_timeout_s,
-            max_connections=cfg.max_concurrency,
+            # max_concurrency bounds the predicts in flight; the health probes need a few more.
+            max_connections=cfg.max_concurrency + len(cfg.base_urls),
         ) as session:
-            yield cls(
+            client = cls(
                 cfg,
                 model_name,
                 session=session,
@@ -131,11 +155,16 @@ class TFServingClient:
                 output=output,
                 reports_availability=reports_availability,
             )
+            try:
+                yield client
+            finally:
+                await client.replicas.aclose()
 
     # --- transport ------------------------------------------------------------------------
 
     def _url(self, *, version: int | None = None, label: str | None = None, suffix: str = "") -> str:
-        url = self._base
+        """The path (from ``/v1``) of the model, a version or a label; replicas prefix their URL."""
+        url = self._path
         if version is not None:
             url += f"/versions/{int(version)}"
         elif label:
@@ -177,15 +206,59 @@ class TFServingClient:
         if self._metrics is not None:
             self._metrics.tfserving_retries.inc()
 
+    async def _attempt(
+        self,
+        api: Api,
+        method: str,
+        replica: Replica,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        fail_over: bool,
+    ) -> Any:
+        """One attempt on ``replica``, which is ejected when it does not answer.
+
+        ``fail_over``: another healthy replica is left to try, so a 404 here (this replica
+        may lack a version the others serve) is raised as a transient :class:`ModelUnavailable`
+        caused by the :class:`ModelNotFound`, which the caller retries elsewhere.
+        """
+        with self.replicas.using(replica):
+            try:
+                return await self._once(api, method, replica.url + path, body, headers or {})
+            except ModelUnavailable as exc:
+                self.replicas.failed(replica)
+                if exc.status is None:
+                    self.replicas.eject(replica, f"no response: {exc}")
+                raise
+            except ModelNotFound as exc:
+                if not fail_over:
+                    raise
+                self.replicas.failed(replica)
+                raise ModelUnavailable(
+                    TARGET, f"{replica.name} lacks it: {exc}", status=exc.status, transient=True
+                ) from exc
+            except TFServingError as exc:
+                if exc.status is not None and exc.status >= 500:  # noqa: PLR2004 - HTTP 5xx
+                    self.replicas.failed(replica)
+                raise
+
     async def _call(
         self,
         api: Api,
         method: str,
-        url: str,
+        path: str,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """One logical call with retries on 429/503/504 and connection failures only."""
+        """One logical call with retries on 429/503/504 and connection failures only.
+
+        Each attempt goes to the least loaded healthy replica this call has not tried yet. A
+        replica that answered 404 is ejected once another one has served the call: it lacks
+        what the others serve (when none does, the 404 is the answer and nobody is ejected).
+        """
+        tried: set[int] = set()
+        missing: list[Replica] = []
         async for attempt in retrying(
             target=TARGET,
             attempts=self.cfg.max_attempts,
@@ -193,22 +266,108 @@ class TFServingClient:
             on_retry=self._on_retry,
         ):
             with attempt:
-                return await self._once(api, method, url, body, headers or {})
+                replica = self.replicas.pick(avoid=tried)
+                tried.add(replica.index)
+                fail_over = any(r.index not in tried for r in self.replicas.healthy())
+                try:
+                    reply = await self._attempt(
+                        api, method, replica, path, body=body, headers=headers, fail_over=fail_over
+                    )
+                except ModelUnavailable as exc:
+                    if isinstance(exc.__cause__, ModelNotFound):
+                        missing.append(replica)
+                    raise
+                for lagging in missing:
+                    self.replicas.eject(lagging, f"answered 404 for what {replica.name} served")
+                return reply
+        raise AssertionError("unreachable: retrying() raises the last error")  # pragma: no cover
+
+    async def _survey(
+        self, api: Api, path: str, read: Callable[[Any], T]
+    ) -> list[tuple[Replica, T | TFServingError]]:
+        """Ask every replica to survey (:meth:`ReplicaSet.survey_targets`) the same GET, one
+        attempt each, and retry the whole round (the usual policy) while none answers.
+
+        Returns each answering replica's ``read(reply)``, or its 404/400 error. A replica that
+        does not answer is ejected and left out.
+
+        Raises:
+            ModelUnavailable: no replica answered, after retries.
+            TFServingError: a replica answered with another error (never retried).
+        """
+
+        async def one(replica: Replica) -> T | TFServingError:
+            try:
+                return read(await self._attempt(api, "GET", replica, path, fail_over=False))
+            except (ModelNotFound, BadModelRequest) as exc:
+                return exc
+
+        async for attempt in retrying(
+            target=TARGET,
+            attempts=self.cfg.max_attempts,
+            budget_s=self.cfg.retry_budget_s,
+            on_retry=self._on_retry,
+        ):
+            with attempt:
+                targets = self.replicas.survey_targets()
+                results = await asyncio.gather(*(one(r) for r in targets), return_exceptions=True)
+                answers: list[tuple[Replica, T | TFServingError]] = []
+                unavailable: list[ModelUnavailable] = []
+                for replica, result in zip(targets, results, strict=True):
+                    if isinstance(result, ModelUnavailable):
+                        unavailable.append(result)
+                    elif isinstance(result, BaseException):
+                        raise result
+                    else:
+                        answers.append((replica, result))
+                if not answers:
+                    raise unavailable[0]
+                return answers
         raise AssertionError("unreachable: retrying() raises the last error")  # pragma: no cover
 
     # --- status and metadata --------------------------------------------------------------
 
+    async def _statuses(self, version: int | None) -> list[tuple[Replica, list[VersionStatus]]]:
+        """The version states of each replica worth asking (a 404 reads as no versions).
+
+        Without ``version`` this is also a health check: while some replica has a version
+        ``AVAILABLE``, one that has none is ejected, and an ejected one that has some is restored.
+
+        Raises:
+            ModelNotFound: every replica answered 404 (the first one's error).
+            ModelUnavailable, TFServingError: as for :meth:`status`.
+        """
+        answers = await self._survey("status", self._url(version=version), parse_status)
+        found = [(r, a) for r, a in answers if not isinstance(a, TFServingError)]
+        if not found:
+            raise next(a for _, a in answers if isinstance(a, TFServingError))
+        if version is not None:
+            # A replica without that version answered 404: it lists none of it.
+            return [(r, [] if isinstance(a, TFServingError) else a) for r, a in answers]
+        serving = [(r, a) for r, a in found if any(s.available for s in a)]
+        if not serving:
+            return found  # no replica is better than another: report them all
+        for replica, states in found:
+            if any(s.available for s in states):
+                self.replicas.restore(replica)
+            else:
+                self.replicas.eject(replica, "no AVAILABLE version")
+        return serving
+
     async def status(self, version: int | None = None) -> list[VersionStatus]:
         """The model's version states, highest version first (one entry when ``version`` is given).
 
-        A 200 does not mean ready: look for ``AVAILABLE``.
+        A 200 does not mean ready: look for ``AVAILABLE``. With several replicas, the states
+        are merged over the healthy ones (:func:`merge_statuses`): a version is ``AVAILABLE``
+        only when it is on every one of them.
 
         Raises:
             ModelNotFound: the server knows no version of the model (or not ``version``).
             ModelUnavailable: the server is unreachable or overloaded after retries.
             TFServingError: any other failure.
         """
-        return parse_status(await self._call("status", "GET", self._url(version=version)))
+        per_replica = await self._statuses(version)
+        return merge_statuses([(r.name, states) for r, states in per_replica])
 
     async def metadata(self, version: int | None = None, *, label: str | None = None) -> ModelMetadata:
         """The serving signature of ``version`` (or of ``label``, or the latest when neither).
@@ -224,6 +383,11 @@ class TFServingClient:
     async def pin_version(self, label: str | None) -> int:
         """The version to score a whole job with: ``label``'s, or the highest AVAILABLE one.
 
+        With several replicas, only a version every healthy replica serves (a label must name
+        the same version on each). While they disagree (a version loading, a label moving on
+        some only) it reads them again for up to ``cfg.pin_wait_s`` seconds; then it pins the
+        version most of them serve (ties: the higher) and ejects the others.
+
         Sets ``model_available`` (1 when found, 0 when not) if this client reports availability.
 
         Raises:
@@ -231,8 +395,9 @@ class TFServingClient:
                 know yet, e.g. a model directory with no version, and an unassigned label).
             TFServingError: any other failure.
         """
+        label = label or None
         try:
-            version = (await self.metadata(label=label)).version if label else await self._latest_available()
+            version = await self._pin(label)
         except (ModelNotFound, BadModelRequest) as exc:
             self._set_available(0)
             what = f"label {label!r}" if label else "any version"
@@ -242,20 +407,98 @@ class TFServingClient:
         except ModelUnavailable:
             self._set_available(0)
             raise
+        self._pins[label] = version
         self._set_available(1)
         if self._metrics is not None and self._reports_availability:
             self._metrics.model_info.clear()
             self._metrics.model_info.labels(self.model_name, str(version)).set(1)
-        log.debug("tfserving.version_pinned", model=self.model_name, version=version, label=label or None)
+        log.debug("tfserving.version_pinned", model=self.model_name, version=version, label=label)
         return version
 
-    async def _latest_available(self) -> int:
-        states = await self.status()
-        available = [s.version for s in states if s.available]
-        if not available:
-            summary = ", ".join(f"{s.version}:{s.state}" for s in states) or "none"
+    async def _pin(self, label: str | None) -> int:
+        deadline = time.monotonic() + self.cfg.pin_wait_s
+        waited = False
+        while True:
+            served = await (self._label_versions(label) if label else self._available_versions())
+            common = frozenset.intersection(*(versions for _, versions in served))
+            if common:
+                if waited:
+                    log.info(
+                        "tfserving.replicas_agree", model=self.model_name, label=label, version=max(common)
+                    )
+                return max(common)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not waited:
+                waited = True
+                log.warning(
+                    "tfserving.replicas_disagree",
+                    model=self.model_name,
+                    label=label,
+                    versions={r.name: sorted(v) for r, v in served},
+                    wait_s=self.cfg.pin_wait_s,
+                )
+            await asyncio.sleep(min(_PIN_POLL_S, left))  # replicas load and poll on their own clocks
+        version = most_served([versions for _, versions in served])
+        if version is None:  # pragma: no cover - the readers raise when no replica serves any
+            raise ModelUnavailable(TARGET, f"{self.model_name}: no replica serves a version")
+        lagging = [r for r, versions in served if version not in versions]
+        log.warning(
+            "tfserving.replicas_lagging",
+            model=self.model_name,
+            label=label,
+            version=version,
+            lagging=[r.name for r in lagging],
+            waited_s=self.cfg.pin_wait_s,
+        )
+        for replica in lagging:
+            self.replicas.eject(replica, f"does not serve version {version}")
+        return version
+
+    async def _available_versions(self) -> list[tuple[Replica, frozenset[int]]]:
+        """Each healthy replica's AVAILABLE versions (at least one has some).
+
+        Raises:
+            ModelUnavailable: no replica has a version AVAILABLE.
+            ModelNotFound, TFServingError: as for :meth:`_statuses`.
+        """
+        per_replica = await self._statuses(None)
+        served = [(r, frozenset(s.version for s in states if s.available)) for r, states in per_replica]
+        if not any(versions for _, versions in served):
+            merged = merge_statuses([(r.name, states) for r, states in per_replica])
+            summary = ", ".join(f"{s.version}:{s.state}" for s in merged) or "none"
             raise ModelUnavailable(TARGET, f"no AVAILABLE version of {self.model_name} ({summary})")
-        return max(available)
+        return served
+
+    async def _label_versions(self, label: str) -> list[tuple[Replica, frozenset[int]]]:
+        """The version ``label`` names on each replica that answers (empty: unknown there).
+
+        Raises:
+            BadModelRequest, ModelNotFound: no replica resolves the label (the first one's error).
+            ModelUnavailable, TFServingError: as for :meth:`status`.
+        """
+        answers = await self._survey(
+            "metadata",
+            self._url(label=label, suffix="/metadata"),
+            lambda doc: parse_metadata(doc, self.signature_name).version,
+        )
+        served = [(r, frozenset() if isinstance(a, TFServingError) else frozenset((a,))) for r, a in answers]
+        if not any(versions for _, versions in served):
+            raise next(a for _, a in answers if isinstance(a, TFServingError))
+        return served
+
+    async def _health_check(self, replica: Replica) -> bool:
+        """An ejected replica's probe: it answers the model status with a version AVAILABLE,
+        and with every version this client pinned last (it can take this client's requests)."""
+        try:
+            doc = await self._attempt("status", "GET", replica, self._url(), fail_over=False)
+            states = parse_status(doc)
+        except TFServingError as exc:
+            log.info("tfserving.replica_probe_failed", replica=replica.name, error=str(exc))
+            return False
+        available = {s.version for s in states if s.available}
+        return bool(available) and set(self._pins.values()) <= available
 
     def _set_available(self, value: int) -> None:
         if self._metrics is not None and self._reports_availability:

@@ -1,14 +1,15 @@
 """TOML tables to frozen dataclasses, by field type, collecting every problem with its key path.
 
 Generic: it knows the types a config field may have (``bool``, ``int``, ``float``, ``str``,
-``Path``, ``Literal``, ``X | None``, ``tuple[X, ...]`` and nested dataclasses), not the
-sections themselves. A value that does not fit is recorded as ``key.path: must be ...`` and
-conversion goes on, so one pass reports every problem in a file. A value is converted
-whole or not at all: an array with one bad item (``hidden_units = ["a", 16]``) reports
-``training.hidden_units[0]`` and the field keeps its default, so the rules that run next only
-ever see well-typed values. Values echoed in a message are shortened, and a URL's
-``user:password@`` is masked. Fields typed :class:`~scorebeater.config.secret.Secret` are never
-taken from a table: a key naming one is unknown (secrets come from the environment).
+``Path``, ``Literal``, ``X | None``, ``tuple[X, ...]``, ``X | tuple[X, ...]`` (one value or an
+array of them) and nested dataclasses), not the sections themselves. A value that does not
+fit is recorded as ``key.path: must be ...`` and conversion goes on, so one pass reports every
+problem in a file. A value is converted whole or not at all: an array with one bad item
+(``hidden_units = ["a", 16]``) reports ``training.hidden_units[0]`` and the field keeps its
+default, so the rules that run next only ever see well-typed values. Values echoed in a
+message are shortened, and a URL's ``user:password@`` is masked. Fields typed
+:class:`~scorebeater.config.secret.Secret` are never taken from a table: a key naming one is
+unknown (secrets come from the environment).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _convert(tp: Any, value: Any, path: str, problems: Problems) -> Any:  # noqa
         inner = [a for a in get_args(tp) if a is not type(None)]
         if value == "" and Path in inner:
             return None
+        if isinstance(value, list):  # `str | tuple[str, ...]`: one value, or an array of them
+            inner = [a for a in inner if get_origin(a) is tuple] or inner
         return _convert(inner[0], value, path, problems)
     if origin is Literal:
         if value not in get_args(tp):
