@@ -171,6 +171,10 @@ async def _reference(w: World) -> Snapshot:
     return await uninterrupted_run(w.replay.client_config(), w.model_url, storage, SEASON)
 
 
+MAX_RESTARTS = 5
+"""Restarts after a lost leadership a run allows before it counts as failed."""
+
+
 @dataclass
 class Run:
     """One run's handles, for the fault that drives it."""
@@ -184,6 +188,8 @@ class Run:
     proc: subprocess.Popen[bytes] | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     """Undone after the run's store was read (e.g. unmounting a file system under it)."""
+    restarts: int = 0
+    """Times the daemon was restarted after it lost leadership (see :meth:`_supervise`)."""
 
     def start(self) -> None:
         self.proc = start_daemon(self.config, self.env)
@@ -206,9 +212,23 @@ class Run:
             if await predicate():
                 return
             if self.proc is not None and self.proc.poll() is not None:
-                raise RunFailed(f"daemon exited with {self.proc.returncode}:\n{log_tail(self.config)}")
+                self._supervise()
             await asyncio.sleep(0.2)
         raise RunFailed(f"not done after {timeout_s:.0f} s:\n{log_tail(self.config)}")
+
+    def _supervise(self) -> None:
+        """Restart a daemon that exited because it lost leadership, as its supervisor would
+        (compose's ``restart: unless-stopped``, a Kubernetes Deployment): a store outage longer
+        than the lease (a Postgres restart, an S3 503 burst) ends the leader's term, and a
+        fresh process resumes from the checkpoints. Any other exit fails the run."""
+        assert self.proc is not None  # noqa: S101 - called only for an exited process
+        code = self.proc.returncode
+        # The daemon's last words (its one-line error) say why it exited.
+        lost = "leadership of term" in log_tail(self.config, chars=600)
+        if code != 1 or not lost or self.restarts >= MAX_RESTARTS:
+            raise RunFailed(f"daemon exited with {code}:\n{log_tail(self.config)}")
+        self.restarts += 1
+        self.start()
 
     async def _processed(self, minimum: int) -> bool:
         value = await _quiet_checkpoint(self.storage, f"features.{SEASON}")

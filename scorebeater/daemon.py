@@ -9,6 +9,16 @@ concurrently until ``stop`` is set: no new run starts, the in-flight runs get
 :mod:`scorebeater.lifecycle`'s (a second one cancels at once). Every stage commits its
 checkpoint with its data, so a restart resumes where the last commit left off.
 
+Replicas (``scorebeater run`` only; :mod:`scorebeater.leadership`): any number of processes
+may share a Postgres or S3 store. Each opens everything above and serves the admin API at once
+(``/readyz`` names its role), but runs the stages only while it leads: a standby waits for the
+leadership, fences the store with its term's token before the first stage starts, and renews
+the leadership beside the stages. When it is lost, the stages are cancelled and the process
+ends with :class:`~scorebeater.errors.LeadershipLost` (its supervisor restarts it as a
+standby); a commit that still slips out is refused by storage
+(:class:`~scorebeater.errors.Fenced`). On local storage a second process refuses to start.
+``once`` leads the store for its one iteration, and refuses while a daemon leads.
+
 The stages and when each runs (the hand-off rules are in ``stages/handoff.py``):
 
 ==============  ==========================================================================
@@ -33,10 +43,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -46,7 +56,8 @@ from scorebeater.admin.app import AdminState, create_app
 from scorebeater.clients.score_api import ScoreApiClient
 from scorebeater.clients.tfserving import TFServingClient
 from scorebeater.config import Config
-from scorebeater.errors import FatalError
+from scorebeater.errors import FatalError, LeadershipHeld
+from scorebeater.leadership import Elector, LeadershipState, open_elector
 from scorebeater.lifecycle import run_until_signal
 from scorebeater.metrics import Metrics
 from scorebeater.promotion.promoter import Promoter
@@ -63,9 +74,12 @@ from scorebeater.stages.retrain import RetrainStage
 from scorebeater.stages.scoring import Scorer
 from scorebeater.stages.shadow import ShadowStage
 from scorebeater.stages.validation import ValidationStage
-from scorebeater.storage import open_storage
+from scorebeater.storage import choose_backend, open_storage
+from scorebeater.storage.sizing import sized_config
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -83,6 +97,10 @@ class Daemon:
     admin_url: str | None = None
     promoter: Promoter | None = None
     """Moves labels for the promotion stage and the admin API (one lock, one history)."""
+    elector: Elector | None = None
+    """The replicas' election on the store (``open_daemon(elect=True)``); ``None``: this
+    process runs the stages unconditionally and its writes are not fenced (tests, embedding)."""
+    leadership: LeadershipState | None = None
 
 
 def _has_model_version(base_path: Path) -> bool:
@@ -153,6 +171,7 @@ async def _start_admin(daemon: Daemon, stack: contextlib.AsyncExitStack) -> str 
             token=cfg.token,
             started=daemon.started,
             promoter=daemon.promoter,
+            leadership=daemon.leadership,
         )
     )
     runner = web.AppRunner(app, access_log=None)
@@ -178,19 +197,35 @@ async def open_daemon(
     metrics: Metrics | None = None,
     data_dir: Path | None = None,
     config_path: Path | None = None,
+    elect: bool = False,
 ) -> AsyncIterator[Daemon]:
     """Open every resource of a daemon and yield it wired but not yet serving.
 
-    ``config_path`` is handed to the retrain child process (``train --config``).
+    ``config_path`` is handed to the retrain child process (``train --config``). ``elect``:
+    take part in the election among replicas of the store (``run`` and ``once`` do); on local
+    storage the root is locked here, so a second process stops before opening anything else.
 
     Raises:
+        LeadershipHeld: (``elect``, local storage) another process holds the root.
         FatalError: a resource cannot start (no model to serve, storage unavailable, ...).
     """
     clock = clock or SystemClock()
     metrics = metrics or Metrics(CollectorRegistry())
     async with contextlib.AsyncExitStack() as stack:
         cfg = await _embedded_services(cfg, stack, data_dir, metrics)
+        cfg = await sized_config(cfg)  # backend = "auto" measured once: storage and election agree
         storage = await stack.enter_async_context(open_storage(cfg.storage))
+        elector: Elector | None = None
+        leadership: LeadershipState | None = None
+        if elect:
+            # Entered after storage, so leadership is given up before storage closes.
+            elector = await stack.enter_async_context(open_elector(cfg.storage, cfg.leadership))
+            backend = choose_backend(cfg.storage)
+            leadership = LeadershipState(backend)
+            metrics.leader.labels(backend).set(0)
+            metrics.leadership_term.labels(backend).set(0)
+            if backend == "local":
+                await elector.try_acquire()  # one process per root: refuse now, naming the holder
         scores = await stack.enter_async_context(ScoreApiClient.open(cfg.score_api, metrics=metrics))
         model = await stack.enter_async_context(
             TFServingClient.open(cfg.tfserving, cfg.model.name, metrics=metrics)
@@ -258,32 +293,142 @@ async def open_daemon(
             runners=runners,
             started=asyncio.Event(),
             promoter=promoter,
+            elector=elector,
+            leadership=leadership,
         )
         daemon.admin_url = await _start_admin(daemon, stack)
         yield daemon
 
 
-async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
-    """Run every stage until ``stop`` is set, then drain within the grace period."""
-    grace = daemon.cfg.scheduler.shutdown_grace_s
-    async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(runner.serve(), name=f"stage:{name}") for name, runner in daemon.runners.items()
-        ]
-        daemon.started.set()
-        log.info("daemon.started", stages=sorted(daemon.runners), admin=daemon.admin_url)
-        await stop.wait()
-        log.info("daemon.stopping", grace_s=grace)
+def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
+    for exc in group.exceptions:
+        found = _first_fatal(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, FatalError):
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def _unwrap_fatal() -> Iterator[None]:
+    """Re-raise a task group's ``FatalError`` (lost leadership, fenced) as itself, so the
+    command line reports it as an error rather than an internal failure."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        fatal = _first_fatal(group)
+        if fatal is None:
+            raise
+        raise fatal from None
+
+
+async def _wait_for_leadership(daemon: Daemon, elector: Elector, stop: asyncio.Event) -> int | None:
+    """Stand by until this replica leads (its fencing token) or ``stop`` is set (``None``)."""
+    leadership = daemon.leadership
+    if leadership is not None:
+        leadership.role, leadership.term = "standby", None
+    daemon.started.set()  # a standby serves reads and /metrics at once
+    log.info("daemon.standby", admin=daemon.admin_url)
+    acquire = asyncio.ensure_future(elector.acquire())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (acquire, stopping):
+            task.cancel()
+        await asyncio.gather(acquire, stopping, return_exceptions=True)
+    if acquire.cancelled():
+        return None
+    return acquire.result()  # raises what acquire raised
+
+
+async def _become_leader(daemon: Daemon, elector: Elector, token: int) -> None:
+    """Fence the store with ``token`` (before any stage runs) and report the new role."""
+    await daemon.ctx.storage.set_fencing_token(token, nonce=elector.nonce)
+    if daemon.leadership is not None:
+        daemon.leadership.role, daemon.leadership.term = "leader", token
+        backend = daemon.leadership.backend
+        daemon.ctx.metrics.leader.labels(backend).set(1)
+        daemon.ctx.metrics.leadership_term.labels(backend).set(token)
+    log.info("daemon.leading", term=token)
+
+
+async def _hold(daemon: Daemon, elector: Elector) -> None:
+    """Renew leadership; once it is lost, no stage starts another run.
+
+    The task group then cancels the stages, but a cancellation that arrives inside a driver
+    call can come out as that driver's error, which a stage loop counts as a failed run and
+    goes on: stopping the runners too makes every loop end after its current run.
+    """
+    try:
+        await elector.hold()
+    finally:
         for runner in daemon.runners.values():
             runner.stop()
-        pending = [t for t in tasks if not t.done()]
-        if pending:
-            _done, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            if still:
-                log.warning("daemon.cancelled_in_flight", tasks=sorted(t.get_name() for t in still))
+
+
+async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
+    """Run every stage until ``stop`` is set, then drain within the grace period.
+
+    With an elector, stand by first (serving reads) until this replica leads, and run the
+    stages only while it does: the leadership is renewed beside them, and when it is lost
+    the stages are cancelled at once and :class:`~scorebeater.errors.LeadershipLost` ends
+    the daemon (a supervisor restarts it as a standby).
+
+    Raises:
+        LeadershipLost: leadership was lost. Fenced: a commit was rejected (a newer term).
+        FatalError: a stage met an unrecoverable error.
+    """
+    elector = daemon.elector
+    if elector is not None:
+        token = await _wait_for_leadership(daemon, elector, stop)
+        if token is None:
+            log.info("daemon.stopped", role="standby")
+            return
+        await _become_leader(daemon, elector, token)
+    grace = daemon.cfg.scheduler.shutdown_grace_s
+    try:
+        with _unwrap_fatal():
+            async with asyncio.TaskGroup() as tg:
+                holding = (
+                    None if elector is None else tg.create_task(_hold(daemon, elector), name="leadership")
+                )
+                tasks = [
+                    tg.create_task(runner.serve(), name=f"stage:{name}")
+                    for name, runner in daemon.runners.items()
+                ]
+                daemon.started.set()
+                log.info("daemon.started", stages=sorted(daemon.runners), admin=daemon.admin_url)
+                await stop.wait()
+                log.info("daemon.stopping", grace_s=grace)
+                for runner in daemon.runners.values():
+                    runner.stop()
+                pending = [t for t in tasks if not t.done()]
+                if pending:
+                    _done, still = await asyncio.wait(pending, timeout=grace)
+                    for task in still:
+                        task.cancel()
+                    if still:
+                        log.warning("daemon.cancelled_in_flight", tasks=sorted(t.get_name() for t in still))
+                if holding is not None:
+                    holding.cancel()  # stages drained: stop renewing, release below
+    finally:
+        if elector is not None:
+            await elector.release()  # stages drained or cancelled: a standby may take over now
+        if daemon.leadership is not None:
+            daemon.leadership.role, daemon.leadership.term = "standby", None
+            daemon.ctx.metrics.leader.labels(daemon.leadership.backend).set(0)
+            daemon.ctx.metrics.leadership_term.labels(daemon.leadership.backend).set(0)
     log.info("daemon.stopped")
+
+
+async def _while_leading(elector: Elector, work: Awaitable[T]) -> T:
+    """Await ``work`` while renewing leadership; a loss cancels it (``LeadershipLost``)."""
+    with _unwrap_fatal():
+        async with asyncio.TaskGroup() as tg:
+            holding = tg.create_task(elector.hold(), name="leadership")
+            result = await work
+            holding.cancel()
+    return result
 
 
 async def run(
@@ -295,7 +440,9 @@ async def run(
     config_path: Path | None = None,
 ) -> None:
     """Open a daemon and serve it until ``stop`` is set."""
-    async with open_daemon(cfg, clock=clock, data_dir=data_dir, config_path=config_path) as daemon:
+    async with open_daemon(
+        cfg, clock=clock, data_dir=data_dir, config_path=config_path, elect=True
+    ) as daemon:
         await serve(daemon, stop)
 
 
@@ -314,12 +461,32 @@ async def once_command(args: argparse.Namespace) -> int:
     """``scorebeater once --stage S``: one iteration of one stage, then exit."""
     # One iteration serves no one: no admin port (a running daemon may hold it).
     cfg: Config = dataclasses.replace(args.cfg, admin=dataclasses.replace(args.cfg.admin, enabled=False))
-    async with open_daemon(cfg, data_dir=args.data, config_path=args.config) as daemon:
+    async with open_daemon(cfg, data_dir=args.data, config_path=args.config, elect=True) as daemon:
         runner = daemon.runners.get(args.stage)
         if runner is None:
             # A stage the config leaves out (monitoring disabled, retrain off).
             enabled = ", ".join(sorted(daemon.runners))
             raise FatalError(f"stage {args.stage!r} is not enabled by this config (enabled: {enabled})")
-        result = await runner.run_once()
+        # One iteration leads the store briefly, fenced like a daemon: beside a leading
+        # daemon it would race that daemon's writes, so it refuses instead.
+        elector = daemon.elector
+        assert elector is not None  # noqa: S101 - elect=True
+        # Waiting one lease lets a dead daemon's lease expire (S3); a live leader keeps it.
+        lease = cfg.leadership
+        try:
+            async with asyncio.timeout(lease.lease_ttl_s + 2 * lease.poll_s):
+                token: int | None = await elector.acquire()
+        except TimeoutError:
+            token = None
+        if token is None:
+            holder = await elector.holder()
+            who = holder.describe() if holder is not None else "another replica"
+            raise LeadershipHeld(
+                f"a daemon leads this store ({who}): `once` does not run beside it; "
+                f"ask it with POST /v1/stages/{args.stage}:run instead",
+                holder=who,
+            )
+        await _become_leader(daemon, elector, token)
+        result = await _while_leading(elector, runner.run_once())
     print(json.dumps(result, default=str, indent=2))  # noqa: T201 - this command's output
     return 0

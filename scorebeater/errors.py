@@ -63,6 +63,35 @@ class StorageUnavailable(StorageError, ConnectionError):
     """The backend cannot be reached (network, auth, server down)."""
 
 
+class Fenced(FatalError):
+    """A commit carried a fencing token older than the store's current leadership term.
+
+    Another replica has become leader since this process was: the commit is rejected whole and
+    the daemon must stop (never retried). ``token`` is the writer's, ``current`` the store's.
+    """
+
+    def __init__(self, token: int, current: int, *, holder: str | None = None) -> None:
+        self.token = token
+        self.current = current
+        self.holder = holder
+        by = f" (held by {holder})" if holder else ""
+        super().__init__(
+            f"commit rejected by fencing: this process leads term {token}, the store is at term {current}{by}"
+        )
+
+
+class LeadershipLost(FatalError):
+    """This process was leader and no longer is (lease expired, lock connection lost)."""
+
+
+class LeadershipHeld(FatalError):
+    """Another live process leads this store; ``holder`` describes it (``pid 123 on host h, term 7``)."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        self.holder = holder
+        super().__init__(message)
+
+
 class UpstreamError(ScorebeaterError):
     """An HTTP service we call answered with an error or could not be reached.
 

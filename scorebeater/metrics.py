@@ -7,7 +7,8 @@ dashboards compute ``time() - metric``). Labels are bounded: ``stage``, ``outcom
 season-progress buckets), ``bin`` (ten calibration bins), ``kind``, ``reason``, ``state``,
 ``role`` (champion, challenger), ``rows`` (labelled, latest), ``input`` (the model's raw inputs
 and ``probability``), ``reference`` (training, last_season), ``trigger``, ``label`` (a
-models.config version label); never a player or game id.
+models.config version label), ``replica`` (a TF Serving URL from the config); never a player
+or game id.
 Known label values are pre-initialised so series exist (as 0) before the first event.
 
 Tests pass a fresh ``CollectorRegistry`` so nothing leaks between them.
@@ -48,7 +49,7 @@ _SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
 class Metrics:
     """The daemon's metrics. One instance per registry; attributes are the Prometheus objects."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:  # noqa: PLR0915 - one statement per metric
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
 
@@ -166,12 +167,26 @@ class Metrics:
             "1 when the pinned model version is AVAILABLE on the model server, else 0.",
             registry=r,
         )
+        # ``backend``: the storage backend the replicas elect on (bounded: local, s3, postgres).
+        self.leader = Gauge(
+            "scorebeater_leader",
+            "1 while this replica leads its store and runs the stages, 0 while it is a standby.",
+            ["backend"],
+            registry=r,
+        )
+        self.leadership_term = Gauge(
+            "scorebeater_leadership_term",
+            "The leadership term (fencing token) this replica leads; 0 while a standby.",
+            ["backend"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "scorebeater_model_info",
             "1 for the model version the prediction stage last pinned.",
             ["model_name", "model_version"],
             registry=r,
         )
+        self._replica_metrics(r)
 
         # --- predictions --------------------------------------------------------------------
         self.predictions = Counter(
@@ -277,6 +292,32 @@ class Metrics:
         self._monitoring_metrics(r)
 
         self._initialise()
+
+    def _replica_metrics(self, r: CollectorRegistry) -> None:
+        # ``replica``: a URL from [tfserving] base_url (bounded by the config).
+        self.tfserving_replica_requests = Counter(
+            "scorebeater_tfserving_replica_requests_total",
+            "TF Serving request attempts by replica.",
+            ["replica"],
+            registry=r,
+        )
+        self.tfserving_replica_errors = Counter(
+            "scorebeater_tfserving_replica_errors_total",
+            "TF Serving attempts a replica failed (no response, 429/5xx, version missing).",
+            ["replica"],
+            registry=r,
+        )
+        self.tfserving_replica_ejections = Counter(
+            "scorebeater_tfserving_replica_ejections_total",
+            "Replicas taken out of the balance for a cool-down, by replica.",
+            ["replica"],
+            registry=r,
+        )
+        self.tfserving_healthy_replicas = Gauge(
+            "scorebeater_tfserving_healthy_replicas",
+            "TF Serving replicas receiving requests (not ejected), as the champion's client sees them.",
+            registry=r,
+        )
 
     def _initialise(self) -> None:
         for stage in STAGES:

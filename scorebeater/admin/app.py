@@ -52,6 +52,7 @@ from scorebeater.httpsurface import (
     shown,
     surface_app,
 )
+from scorebeater.leadership.base import LeadershipState
 from scorebeater.modelserver.modelsconfig import VERSION_LABEL
 from scorebeater.promotion.promoter import Promoter, PromotionRefused
 from scorebeater.promotion.records import (
@@ -88,6 +89,8 @@ class AdminState:
     promoter: Promoter | None = None
     """Moves labels (``POST /v1/models/promote``) and keeps their history; ``None``: the app
     builds one over ``ctx`` (the daemon passes the promotion stage's, so both share one lock)."""
+    leadership: LeadershipState | None = None
+    """This replica's role and term (``/readyz``); ``None``: no election (tests, embedding)."""
 
 
 STATE = web.AppKey("state", AdminState)
@@ -123,6 +126,17 @@ def _requires_token(handler: Handler) -> Handler:
                 "missing or invalid bearer token",
                 headers={"WWW-Authenticate": 'Bearer realm="scorebeater-admin"'},
             )
+        leadership = request.app[STATE].leadership
+        if leadership is not None and leadership.role != "leader":
+            # A standby runs no stage and must not write: a refeed or stage run would be lost,
+            # a promotion record or quarantine decision would be written outside the leader's
+            # fenced term. The client retries on the leader (readyz says which replica it is).
+            raise ApiError(
+                409,
+                "not_leader",
+                f"this replica is a {leadership.role} ({leadership.backend} store): "
+                "send state-changing requests to the leader (GET /readyz shows each replica's role)",
+            )
         return await handler(request)
 
     return wrapped
@@ -147,8 +161,10 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: storage reachable, the model AVAILABLE, the Score API accepting our token (cached)."""
     state = request.app[STATE]
     ctx = state.ctx
+    # A standby serves reads (and is ready) while the leader runs the stages.
+    role = {} if state.leadership is None else {"leadership": state.leadership.as_dict()}
     if not state.started.is_set():
-        return _json({"ready": False, "checks": {"daemon": "starting"}}, 503)
+        return _json({"ready": False, "checks": {"daemon": "starting"}, **role}, 503)
     results = await asyncio.gather(
         _check("storage", ctx.storage.ping()),
         _check("model", ctx.model.pin_version(ctx.cfg.tfserving.version_label or None)),
@@ -157,7 +173,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {name: (error or "ok") for name, error in results}
     ready = all(error is None for _, error in results)
     ctx.metrics.model_available.set(1 if checks["model"] == "ok" else 0)
-    return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+    return _json({"ready": ready, "checks": checks, **role}, 200 if ready else 503)
 
 
 def _iso(value: object) -> object:

@@ -21,6 +21,7 @@ from scorebeater.config.conversion import Problems, shown
 from scorebeater.config.ranges import check_ranges
 from scorebeater.config.sections import (
     Config,
+    LeadershipConfig,
     ModelConfig,
     PromotionConfig,
     SchedulerConfig,
@@ -48,6 +49,7 @@ def validate(cfg: Config, problems: Problems) -> None:
     _scheduler(cfg.scheduler, problems)
     _training(cfg.training, problems)
     _promotion(cfg.promotion, problems)
+    _leadership(cfg.leadership, problems)
 
 
 def _unused_backends(st: StorageConfig) -> set[str]:
@@ -114,10 +116,31 @@ def _model(model: ModelConfig, problems: Problems) -> None:
 
 
 def _tfserving(tf: TFServingConfig, problems: Problems) -> None:
-    _check_url(problems, "tfserving.base_url", tf.base_url)
+    _check_replicas(problems, tf)
     for key, label in (("version_label", tf.version_label), ("challenger_label", tf.challenger_label)):
         if label and not _is_label(label):
             problems.add(f"tfserving.{key}", f"must be empty or a name of [A-Za-z0-9._-], got {shown(label)}")
+
+
+def _check_replicas(problems: Problems, tf: TFServingConfig) -> None:
+    """``base_url``: one URL, or a list of at least one, each checked as one and none repeated."""
+    urls = tf.base_urls
+    if not urls:
+        problems.add("tfserving.base_url", "must name at least one URL")
+    seen: set[tuple[str, str | None, int, str]] = set()
+    for i, url in enumerate(urls):
+        path = "tfserving.base_url" if isinstance(tf.base_url, str) else f"tfserving.base_url[{i}]"
+        before = len(problems.items)
+        _check_url(problems, path, url)
+        if len(problems.items) > before:
+            continue
+        parts = urlsplit(url)
+        # The same server written twice (case, default port, trailing slash) is one replica.
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        server = (parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+        if server in seen:
+            problems.add(path, f"repeats an earlier replica: {shown(url)}")
+        seen.add(server)
 
 
 def _promotion(pr: PromotionConfig, problems: Problems) -> None:
@@ -158,6 +181,15 @@ def _scheduler(sc: SchedulerConfig, problems: Problems) -> None:
         problems.add("scheduler.backoff_max_s", "must be >= backoff_initial_s")
     _check_cron(problems, "scheduler.validation_cron", sc.validation_cron)
     _check_cron(problems, "scheduler.refeed_cron", sc.refeed_cron)
+
+
+def _leadership(le: LeadershipConfig, problems: Problems) -> None:
+    # A standby polls on a session the server ends after lease_ttl_s idle (the Postgres lease),
+    # and a takeover is bounded by lease_ttl_s + poll_s: a poll as long as the lease defeats both.
+    if le.poll_s >= le.lease_ttl_s:
+        # Named on both keys: either may be the one to change.
+        problems.add("leadership.poll_s", f"must be < leadership.lease_ttl_s ({shown(le.lease_ttl_s)})")
+        problems.add("leadership.lease_ttl_s", f"must be > leadership.poll_s ({shown(le.poll_s)})")
 
 
 def _training(tr: TrainingConfig, problems: Problems) -> None:

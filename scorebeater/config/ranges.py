@@ -87,6 +87,8 @@ RANGES: dict[str, Range] = {
     "tfserving.connect_timeout_s": TIMEOUT_S,
     "tfserving.max_attempts": ATTEMPTS,
     "tfserving.retry_budget_s": BUDGET_S,
+    "tfserving.eject_cooldown_s": Range(0, 3600, lo_open=True),
+    "tfserving.pin_wait_s": Range(0, 3600),
     "storage.auto_threshold_rows": ROWS,
     "storage.expected_rows": Range(0, ROWS.hi),
     "storage.batch_rows": Range(1, 10_000_000),
@@ -124,6 +126,8 @@ RANGES: dict[str, Range] = {
     "promotion.min_auc_gain": Range(-1, 1),
     "promotion.max_ece_increase": Range(-1, 1),
     "monitoring.interval_s": BUDGET_S,
+    "leadership.lease_ttl_s": Range(0.5, 3600),
+    "leadership.poll_s": Range(0, 600, lo_open=True),
 }
 """Key path -> range. For an integer array the range applies to each item."""
 

@@ -86,7 +86,8 @@ class ModelServerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TFServingConfig:
-    base_url: str = "http://127.0.0.1:8501"
+    base_url: str | tuple[str, ...] = "http://127.0.0.1:8501"
+    """One TF Serving URL, or a list of replicas serving the same models (read :attr:`base_urls`)."""
     version_label: str = ""
     """Label to resolve the pinned version from (``stable``); empty: the latest AVAILABLE."""
     challenger_label: str = ""
@@ -102,9 +103,21 @@ class TFServingConfig:
     max_attempts: int = 5
     retry_budget_s: float = 60.0
     gzip: bool = False
+    eject_cooldown_s: float = 10.0
+    """With several replicas: how long one that failed to connect, or failed a health check, gets
+    no requests before it is probed back in."""
+    pin_wait_s: float = 30.0
+    """With several replicas: how long a pin waits for the healthy replicas to agree on a
+    version (a label moved, or a version loaded, on some only) before it settles on the version
+    most of them serve and ejects the others."""
     models_config: Path | None = None
     """The ``models.config`` file TF Serving polls, which ``scorebeater promote`` and the promotion
     stage rewrite to move a label; ``None``/empty: ``model_server.models_config``."""
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The replicas' URLs, in configured order (one for a single ``base_url`` string)."""
+        return (self.base_url,) if isinstance(self.base_url, str) else self.base_url
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +153,10 @@ class StorageConfig:
     auto_threshold_rows: int = 5_000_000
     """With ``backend = "auto"``: expected feature rows at or above this choose S3."""
     expected_rows: int = 0
-    """With ``backend = "auto"``: the size estimate the choice is made on."""
+    """With ``backend = "auto"``: the size estimate (feature rows) the choice is made on. 0: the
+    daemon measures it at start-up (players x game days x followed seasons from the Score API,
+    plus the rows already stored; a store already holding rows is kept:
+    :mod:`scorebeater.storage.sizing`); non-zero: this number, nothing is measured."""
     batch_rows: int = 50_000
     """Rows per streamed batch in reads and writes."""
     local: LocalStorageConfig = LocalStorageConfig()
@@ -244,6 +260,21 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LeadershipConfig:
+    """Active/standby replicas of ``scorebeater run`` over one store: one leader runs the stages.
+
+    A standby takes over at most ``lease_ttl_s + poll_s`` seconds after the leader stops renewing.
+    """
+
+    lease_ttl_s: float = 10.0
+    """How long a leader that stops renewing (paused, partitioned, killed) keeps leadership."""
+    poll_s: float = 2.0
+    """How often a standby tries to take over; a leader renews every ``min(poll_s, lease_ttl_s / 3)``."""
+    holder_id: str = ""
+    """This replica's name in the lease and logs; empty: ``<host>:<pid>``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration: one field per top-level TOML table. Build it with ``load_config``."""
 
@@ -259,3 +290,4 @@ class Config:
     training: TrainingConfig = TrainingConfig()
     promotion: PromotionConfig = PromotionConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    leadership: LeadershipConfig = LeadershipConfig()

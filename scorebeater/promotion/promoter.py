@@ -140,6 +140,7 @@ class Promoter:
             ModelUnavailable, TFServingError: the model server cannot be asked.
             OSError: the file cannot be rewritten (the old one is left as it was).
             StorageError: the label moved but the record could not be stored.
+            Fenced: another replica leads now (checked before the file is touched).
         """
         label = check_version_label(label or self.cfg.promotion.label)
         if self.path is None:
@@ -152,6 +153,9 @@ class Promoter:
             )
         async with self._lock:
             await self._check_available(version, trigger)
+            # models.config is outside the store's fencing: prove this replica still leads
+            # (a fenced write) just before rewriting it, not only when the record is written.
+            await self.history.check_writable()
             try:
                 previous = await asyncio.to_thread(
                     move_label, self.path, model=self.cfg.model.name, label=label, version=version

@@ -143,6 +143,18 @@ class PromotionLog:
             docs = docs[-self._max :]
             await self._storage.put_checkpoint(CHECKPOINT, orjson.dumps(docs))
 
+    async def check_writable(self) -> None:
+        """Write the history back unchanged: a fenced write, so a replica that no longer leads
+        learns it (``Fenced``) before it touches anything outside the store (the label).
+
+        Raises:
+            Fenced: another replica leads now. StorageError: the history cannot be read or
+                written.
+        """
+        async with self._lock:
+            raw = await self._storage.get_checkpoint(CHECKPOINT)
+            await self._storage.put_checkpoint(CHECKPOINT, raw if raw is not None else b"[]")
+
     async def records(self, *, limit: int | None = None) -> list[PromotionRecord]:
         """The history, newest first (at most ``limit`` records).
 

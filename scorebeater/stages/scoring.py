@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
-from scorebeater.errors import StageError
+from scorebeater.errors import FatalError, StageError
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.metrics import Metrics, observe_many
 from scorebeater.stages.base import StageContext
@@ -62,6 +62,12 @@ SKIPPED_HINT = (
     "([tfserving] version_label)"
 )
 """What the log line of skipped rows tells an operator."""
+
+
+STORED_COLUMNS = ("stored_probability", "stored_progress")
+"""Columns a backend may append to feature rows it reads for a refeed: the probability and
+progress already stored for the row's key, feature hash and as-of time by the pinned version
+(null: none stored). Postgres does (``read_latest_features_with_stored``)."""
 
 
 @dataclass(slots=True)
@@ -123,6 +129,10 @@ class Scored:
     new_cache_entries: dict[str, float]
     skipped: Skipped = field(default_factory=Skipped)
     """Rows of the table that are not among ``predictions``: they lack inputs the model takes."""
+    unchanged: np.ndarray | None = None
+    """Per row of ``predictions``, whether the very same prediction is stored already (known
+    when the feature rows came with their stored predictions: :data:`STORED_COLUMNS`); such
+    rows are not written again."""
 
     @property
     def rows(self) -> int:
@@ -142,6 +152,7 @@ class Scorer:
         self.role = role
         self.pinned_version: int | None = None
         """The version the latest run pinned (``None`` before the first)."""
+        self._cache_writes = asyncio.Lock()
 
     @property
     def label(self) -> str | None:
@@ -232,7 +243,8 @@ class Scorer:
             }
             from_model = await ctx.model.predict(columns, version=version)
             probs[miss_idx] = from_model
-            new_entries = dict(zip((hashes[i] for i in miss_idx), from_model.tolist(), strict=True))
+            missed = hashes if miss_idx.size == n else [hashes[i] for i in miss_idx.tolist()]
+            new_entries = dict(zip(missed, from_model.tolist(), strict=True))
         progress = pc.divide(
             pc.cast(table.column("team_games"), pa.float32()),
             pc.max_element_wise(
@@ -249,14 +261,26 @@ class Scorer:
                 "probability": pa.array(probs),
                 "feature_hash": table.column("feature_hash"),
                 "progress": progress,
-                "predicted_at": pa.array([ctx.clock.now()] * n, UTC_TS),
-                "role": pa.array([self.role] * n, pa.string()),
+                "predicted_at": pa.repeat(pa.scalar(ctx.clock.now(), UTC_TS), n),
+                "role": pa.repeat(pa.scalar(self.role, pa.string()), n),
             },
             schema=PREDICTIONS_SCHEMA,
         )
         return Scored(
-            predictions=predictions, probabilities=probs, new_cache_entries=new_entries, skipped=skipped
+            predictions=predictions,
+            probabilities=probs,
+            new_cache_entries=new_entries,
+            skipped=skipped,
+            unchanged=_unchanged(table, probs, progress),
         )
+
+    async def _put_cache(self, version: int, entries: dict[str, float]) -> None:
+        """Add cache entries, one batch at a time: batches stored concurrently (the refeed's)
+        may share hashes (two players, the same inputs), and two transactions inserting the
+        same keys in different orders could deadlock. Predictions of concurrent batches have
+        disjoint keys and need no such order."""
+        async with self._cache_writes:
+            await self._ctx.storage.cache.put(version, entries)
 
     def report_skipped(self, skipped: Skipped, version: int, *, stage: str) -> None:
         """Count and log the rows a run of ``stage`` skipped (:class:`Skipped`), if any."""
@@ -267,29 +291,48 @@ class Scorer:
     async def store(self, scored: Scored, version: int, *, mode: str) -> None:
         """Upsert the predictions and the new cache entries (concurrently: independent writes).
 
-        Idempotent. ``mode`` (``diff``/``refeed``) labels the champion's predictions counter;
-        the challenger's rows count in ``shadow_predictions_total`` only (the served model's
-        metrics stay the champion's).
+        Safe to run for several batches at once (the refeed does): their cache entries are
+        written one batch at a time. Idempotent. ``mode`` (``diff``/``refeed``) labels the
+        champion's predictions counter; the challenger's rows count in
+        ``shadow_predictions_total`` only (the served model's metrics stay the champion's).
         """
         ctx = self._ctx
         if scored.rows == 0:
             return
-        writes = [ctx.storage.write_predictions(scored.predictions)]
+        predictions = scored.predictions
+        if scored.unchanged is not None and scored.unchanged.any():
+            predictions = predictions.filter(pa.array(~scored.unchanged))
+        writes = [ctx.storage.write_predictions(predictions)] if predictions.num_rows else []
         if scored.new_cache_entries:
-            writes.append(ctx.storage.cache.put(version, scored.new_cache_entries))
+            writes.append(self._put_cache(version, scored.new_cache_entries))
         try:
             async with asyncio.TaskGroup() as tg:
                 for write in writes:
                     tg.create_task(write)
         except ExceptionGroup as group:
-            # The first failure as itself (StorageUnavailable, ...), not as a group.
-            raise group.exceptions[0] from None
+            # The first failure as itself (StorageUnavailable, ...), not as a group; a fatal
+            # one (Fenced: another replica leads now) first, so it stops the daemon instead of
+            # being retried as a sibling's transient failure.
+            fatal = [e for e in group.exceptions if isinstance(e, FatalError)]
+            raise (fatal or group.exceptions)[0] from None
         if self.role != "champion":
             ctx.metrics.shadow_predictions.inc(scored.rows)
             return
         ctx.metrics.predictions.labels(mode).inc(scored.rows)
         observe_many(ctx.metrics.prediction_score, scored.probabilities)
         ctx.metrics.predictions_last_written.set(time.time())
+
+
+def _unchanged(rows: pa.Table, probabilities: np.ndarray, progress: pa.ChunkedArray) -> np.ndarray | None:
+    """Whether each row's prediction is stored already with the same probability and progress
+    (``None``: ``rows`` do not say what is stored). A stored probability equals a new one
+    exactly when the model gave the same value (float64 both ways, stored as read)."""
+    if STORED_COLUMNS[0] not in rows.column_names:
+        return None
+    stored_probability, stored_progress = (rows.column(name) for name in STORED_COLUMNS)
+    same = pc.and_(pc.equal(stored_probability, pa.array(probabilities)), pc.equal(stored_progress, progress))
+    known: np.ndarray = pc.fill_null(same, pa.scalar(value=False)).to_numpy(zero_copy_only=False)
+    return known
 
 
 def split_unscorable(rows: pa.Table, names: tuple[str, ...]) -> tuple[pa.Table, Skipped]:

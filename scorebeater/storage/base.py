@@ -202,6 +202,9 @@ Every model input has one (a test checks), and a float one must also be finite."
 ORDERED_COLUMNS = (("ftm", "fta"), ("prev_ftm", "prev_fta"))
 """``(made, attempted)`` column pairs: no row makes more than it attempted."""
 CheckpointWrite = tuple[str, bytes]
+STORED_TABLES = ("features", "features_latest", "predictions", "outcomes", "cache", "quarantine")
+"""The tables :meth:`Storage.stored_rows` counts (``features_latest``: each player-season's
+latest feature row, kept by every backend beside the history)."""
 
 _CHECKPOINT_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -368,10 +371,22 @@ def check_role(role: str | None) -> str | None:
     return role
 
 
-PAGE_SCHEMA = pa.schema([*PREDICTIONS_SCHEMA, pa.field("previous_probability", pa.float64(), nullable=True)])
+PAGE_PLAYER_COLUMNS = ("player", "team", "ftm", "prev_ftm", "team_games", "season_games")
+"""The columns of a player's latest feature row of the season a page row carries."""
+PAGE_SCHEMA = pa.schema(
+    [
+        *PREDICTIONS_SCHEMA,
+        pa.field("previous_probability", pa.float64(), nullable=True),
+        *(FEATURES_SCHEMA.field(name).with_nullable(nullable=True) for name in PAGE_PLAYER_COLUMNS),
+        pa.field("outcome_beat", pa.bool_(), nullable=True),
+        pa.field("outcome_resolution", pa.string(), nullable=True),
+    ]
+)
 """A page of latest predictions (:meth:`Storage.read_latest_predictions_page`): each row's
 ``previous_probability`` is that of the player's latest prediction of the same role and season
-before the row's ``as_of_seq`` (null if none)."""
+before the row's ``as_of_seq`` (null if none); :data:`PAGE_PLAYER_COLUMNS` are those of his
+latest feature row of the season (null if none), ``outcome_beat``/``outcome_resolution`` his
+outcome of the season (null if none)."""
 MAX_PAGE_ROWS = 10_000
 """The most rows one :meth:`Storage.read_latest_predictions_page` call returns."""
 
@@ -469,17 +484,18 @@ def feature_hashes(table: pa.Table) -> list[str]:
     ]
 
 
-def conform_features(rows: pa.Table) -> pa.Table:
+def conform_features(rows: pa.Table, *, allow_missing_inputs: bool = False) -> pa.Table:
     """:func:`conform` to ``FEATURES_SCHEMA``, with every model input present in every row.
 
     The :data:`LATE_INPUTS` columns are nullable only so that rows stored before them read
-    back; a row written now has them all.
+    back; a row written now has them all. ``allow_missing_inputs`` lets rows that lack them
+    (null) through as they are: only for copying stored rows (``storage migrate``).
 
     Raises:
         StorageError: a schema mismatch, or a null input (naming the column).
     """
     rows = conform(rows, FEATURES_SCHEMA, "features")
-    for name in INPUT_NAMES:
+    for name in () if allow_missing_inputs else INPUT_NAMES:
         nulls = rows.column(name).null_count
         if nulls:
             raise StorageError(
@@ -611,6 +627,16 @@ class PredictionCache(Protocol):
         """Drop the whole prediction cache; returns how many entries were dropped."""
         ...
 
+    def read_entries(self, *, model_version: int | None = None) -> AsyncGenerator[pa.Table, None]:
+        """Every cache entry (``CACHE_SCHEMA``), or only ``model_version``'s, streamed in
+        tables of at most ``batch_rows`` rows in no fixed order (``scorebeater storage
+        migrate`` copies them). Read-only; an empty cache yields nothing.
+
+        Raises:
+            StorageError: a bad model version (:func:`check_model_version`).
+        """
+        ...
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -634,13 +660,16 @@ class Storage(Protocol):
         """Check the backend is reachable and writable; raise ``StorageUnavailable`` if not."""
         ...
 
-    async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+    async def write_features(
+        self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None, allow_missing_inputs: bool = False
+    ) -> None:
         """Upsert feature rows (``FEATURES_SCHEMA``) by ``(player_id, season, as_of_seq)``.
 
         Every row must have every model input (:func:`conform_features`); rows stored before
         feature schema :data:`FEATURES_SCHEMA_VERSION` read back with the inputs added since
         null. Idempotent: writing the same batch twice leaves one copy. ``checkpoint`` commits
-        with the rows.
+        with the rows. ``allow_missing_inputs``: store rows lacking those inputs as they are
+        (``storage migrate`` copies a store's rows as stored; the stages never set it).
         """
         ...
 
@@ -694,12 +723,15 @@ class Storage(Protocol):
         """One page of a season's latest predictions of ``role``, in ascending ``player_id``:
         the latest rows (as ``read_predictions(latest_only=True)``) of the first ``limit``
         players whose id is above ``after_player_id`` (from the first when ``None``), with
-        each one's ``previous_probability`` (:data:`PAGE_SCHEMA`). Fewer rows: the last page.
+        each one's ``previous_probability``, his latest feature row's name, team and counts and
+        his outcome (:data:`PAGE_SCHEMA`). Fewer rows: the last page.
 
-        Cost: Postgres walks the primary key index from ``after_player_id`` (O(limit) rows
-        read, plus each player's index lookup of his previous point); the object stores stream
-        the season's partition once, keeping the ``limit`` first players (O(season) time,
-        O(limit + batch) memory), then read those players' history for the previous points.
+        Cost O(limit), whatever the season's size: Postgres runs one statement (a walk of the
+        primary key index from ``after_player_id``, and per row index lookups of his previous
+        point, feature row and outcome); the object stores read only the Parquet row groups
+        whose ``player_id`` statistics reach into the page's id range (segments pruned by
+        their key bounds), so time and memory grow with the page and the row group size
+        (:data:`~scorebeater.storage.objects.tables.ROW_GROUP_ROWS`), not with the season.
 
         Raises:
             StorageError: a bad ``limit``, ``role`` or ``after_player_id`` (:func:`check_page`).
@@ -743,6 +775,40 @@ class Storage(Protocol):
 
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         """Atomically replace a checkpoint's value."""
+        ...
+
+    async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:
+        """Make every later write of this object carry the leadership term ``token``.
+
+        From then on a write (rows, checkpoints, cache, compaction) commits only while the
+        store's current term is at most ``token``; otherwise it raises
+        :class:`~scorebeater.errors.Fenced` and leaves the store unchanged. Postgres checks in
+        each write's own transaction; the object stores record the token in the manifest and
+        commit one marker generation here, so that the previous leader's next commit fails.
+        ``None`` (the default): no check (tests, single-process tools). Idempotent.
+        ``nonce`` (the elector's :attr:`~scorebeater.leadership.base.Elector.nonce`): Postgres
+        also requires the term's stored nonce to match, and runs fenced transactions under it as
+        their ``application_name``; the object stores ignore it.
+
+        Raises:
+            Fenced: the store already records a newer term. StorageUnavailable: the backend
+                cannot be reached (object stores only: their marker commit).
+        """
+        ...
+
+    async def checkpoint_names(self) -> list[str]:
+        """The name of every stored checkpoint, sorted (``[]`` on an empty store): what
+        ``scorebeater storage migrate`` copies. Read-only."""
+        ...
+
+    async def stored_rows(self) -> dict[str, dict[int, int]]:
+        """Rows stored per table of :data:`STORED_TABLES` and per partition (a season; a model
+        version for ``cache``), e.g. ``{"features": {2014: 41_000}, ...}``; a table with no rows
+        is absent. Read-only, and cheap where the backend allows: the object stores sum their
+        manifest's segment row counts without opening a segment (an upper bound: a row replaced
+        by a later commit counts twice until compaction merges it); Postgres counts exactly
+        (``count(*) ... GROUP BY``: one scan of each table). What ``storage migrate`` plans its
+        copy with and ``backend = "auto"`` sizes an existing store with."""
         ...
 
     def export_training_set(

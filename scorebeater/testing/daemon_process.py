@@ -56,6 +56,10 @@ def storage_toml(cfg: StorageConfig) -> tuple[str, dict[str, str]]:
     return section, {DSN_ENV: cfg.postgres.dsn.get()}
 
 
+TEST_LEADERSHIP = "lease_ttl_s = 2.0\npoll_s = 0.25\n"
+"""A lease short enough for tests that kill and restart daemons (``[leadership]`` lines)."""
+
+
 def write_config(
     path: Path,
     *,
@@ -65,10 +69,13 @@ def write_config(
     season: int,
     score_api: str = "retry_budget_s = 10.0\n",
     scheduler: str = "",
+    leadership: str = TEST_LEADERSHIP,
 ) -> dict[str, str]:
     """Write the daemon's config to ``path``; returns the extra environment it needs.
 
-    ``score_api`` and ``scheduler`` are extra TOML lines for those sections.
+    ``score_api``, ``scheduler`` and ``leadership`` are extra TOML lines for those sections
+    (``leadership`` defaults to a short lease, so a restart after a kill on S3 waits about 2 s,
+    not the default 10; pass ``""`` for the defaults).
     """
     section, env = storage_toml(storage)
     path.write_text(
@@ -92,6 +99,8 @@ seasons = [{season}]
 poll_interval_s = 0.2
 validation_cron = "0 0 1 1 *"
 {scheduler}
+[leadership]
+{leadership}
 [admin]
 enabled = false
 """

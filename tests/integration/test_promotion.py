@@ -36,6 +36,7 @@ from scorebeater.admin.app import AdminState, create_app
 from scorebeater.clients.tfserving import TFServingClient
 from scorebeater.clients.tfserving_codec import VersionStatus
 from scorebeater.config import Config, LocalStorageConfig, Secret, StorageConfig, TFServingConfig
+from scorebeater.errors import Fenced
 from scorebeater.metrics import Metrics
 from scorebeater.modelserver.app import serve_models
 from scorebeater.promotion.labels import read_labels
@@ -167,6 +168,19 @@ async def test_a_version_the_server_does_not_serve_is_refused_and_the_file_untou
     assert served.sample("scorebeater_promotions_total", trigger="operator", outcome="refused") == 1
 
 
+async def test_a_replica_that_no_longer_leads_leaves_the_label_alone(served: Served) -> None:
+    """models.config is outside the store: a fenced promoter learns it lost leadership (a
+    fenced write) before it rewrites the file."""
+    before = served.config_file.read_bytes()
+    async with open_storage(served.cfg.storage) as successor:
+        await served.storage.set_fencing_token(1)
+        await successor.set_fencing_token(2)  # a newer leader has claimed the store
+        with pytest.raises(Fenced):
+            await served.promoter().promote(2, by="ops", trigger="operator")
+        assert served.config_file.read_bytes() == before
+        assert await PromotionLog(successor).records() == []
+
+
 class LoadingModel:
     """A model server that reports version 2 still LOADING (a real one is AVAILABLE too fast)."""
 
@@ -218,7 +232,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
 async def test_the_promote_command_end_to_end(served: Served, tmp_path: Path) -> None:
     config = tmp_path / "scorebeater.toml"
     config.write_text(
-        f'[model_server]\nenabled = false\n[tfserving]\nbase_url = "{served.cfg.tfserving.base_url}"\n'
+        f'[model_server]\nenabled = false\n[tfserving]\nbase_url = "{served.cfg.tfserving.base_urls[0]}"\n'
         f'models_config = "{served.config_file}"\n[storage]\nbackend = "local"\n'
         f'[storage.local]\nroot = "{tmp_path / "store"}"\n'
     )

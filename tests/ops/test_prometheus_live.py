@@ -266,7 +266,8 @@ def _prometheus_config(live_targets: dict[str, str], rules: Path) -> dict[str, A
     doc["rule_files"] = [str(rules)]
     for job in doc["scrape_configs"]:
         for static in job["static_configs"]:
-            static["targets"] = [live_targets[t] for t in static["targets"]]
+            # One daemon and one model server here: the compose replicas map onto them.
+            static["targets"] = list(dict.fromkeys(live_targets[t] for t in static["targets"]))
     return doc
 
 
@@ -380,8 +381,10 @@ report_dir = "{work / "reports"}"
         )
 
         targets = {
-            "scorebeater:8080": f"127.0.0.1:{admin_port}",
-            "tfserving:8501": f"127.0.0.1:{model_port}",
+            "scorebeater-1:8080": f"127.0.0.1:{admin_port}",
+            "scorebeater-2:8080": f"127.0.0.1:{admin_port}",
+            "tfserving-1:8501": f"127.0.0.1:{model_port}",
+            "tfserving-2:8501": f"127.0.0.1:{model_port}",
             "localhost:9090": f"127.0.0.1:{prom_port}",
         }
         prom_config = work / "prometheus.yml"
@@ -409,7 +412,7 @@ report_dir = "{work / "reports"}"
                 return bool(response.status == 200)
 
         _wait("prometheus /-/ready", ready, 30, prometheus, prom_log)
-        jobs = {"scorebeater": targets["scorebeater:8080"], "tfserving": targets["tfserving:8501"]}
+        jobs = {"scorebeater": targets["scorebeater-1:8080"], "tfserving": targets["tfserving-1:8501"]}
         live = Live(prom, admin, admin_token, jobs)
         _settle(live, daemon, daemon_log)
         yield live

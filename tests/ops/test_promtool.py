@@ -114,10 +114,11 @@ def test_scrape_config_matches_the_alerts_and_tf_serving() -> None:
     doc = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {job["job_name"]: job for job in doc["scrape_configs"]}
     assert jobs["scorebeater"].get("metrics_path", "/metrics") == "/metrics"
-    assert jobs["scorebeater"]["static_configs"][0]["targets"] == ["scorebeater:8080"]
+    # Every replica of docker-compose.yml is scraped (the standby too: it serves /metrics).
+    assert jobs["scorebeater"]["static_configs"][0]["targets"] == ["scorebeater-1:8080", "scorebeater-2:8080"]
     # TF Serving serves Prometheus on its REST port at the path of tfserving/monitoring.config.
     assert jobs["tfserving"]["metrics_path"] == "/monitoring/prometheus/metrics"
-    assert jobs["tfserving"]["static_configs"][0]["targets"] == ["tfserving:8501"]
+    assert jobs["tfserving"]["static_configs"][0]["targets"] == ["tfserving-1:8501", "tfserving-2:8501"]
     for rule in alert_rules():
         for job in re.findall(r'up\{job="([^"]+)"\}', rule.expr):
             assert job in jobs, f"{rule.name} watches job {job!r}, which nothing scrapes"

@@ -314,12 +314,19 @@ def test_each_range_accepts_its_ends_and_refuses_beyond(path: str) -> None:
         "scheduler.backoff_max_s": "backoff_initial_s",
     }.get(path)
 
+    # Fields a strict cross-field rule orders against this one take a value that satisfies it.
+    fixed = {"leadership.poll_s": ("lease_ttl_s", 3600.0), "leadership.lease_ttl_s": ("poll_s", 1e-3)}.get(
+        path
+    )
+
     def table(value: float) -> dict[str, Any]:
         number = int(value) if is_int else float(value)
         merged = _table(path, [number] if is_array else number)
         if partner:
             section = merged[path.split(".", maxsplit=1)[0]]
             (section.get("postgres") or section)[partner] = number
+        if fixed:
+            merged["leadership"][fixed[0]] = fixed[1]
         merged.setdefault("storage", {})["backend"] = backend
         if backend == "s3":
             merged["storage"].setdefault("s3", {})["bucket"] = "bkt"

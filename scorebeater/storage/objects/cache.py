@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,7 +14,7 @@ import structlog
 from scorebeater.storage.base import cache_rows, check_model_version
 from scorebeater.storage.objects.commit import Committer
 from scorebeater.storage.objects.manifest import Manifest
-from scorebeater.storage.objects.scan import read_columns, scan_partition
+from scorebeater.storage.objects.scan import read_columns, scan, scan_partition
 from scorebeater.storage.objects.tables import CACHE
 
 log = structlog.get_logger(__name__)
@@ -66,6 +66,20 @@ class ObjectPredictionCache:
             StorageError: a bad model version or entries. StorageUnavailable: as for writes.
         """
         await self._committer.write([(CACHE, cache_rows(model_version, entries))], None)
+
+    async def read_entries(self, *, model_version: int | None = None) -> AsyncGenerator[pa.Table, None]:
+        """Every live entry (``CACHE_SCHEMA``), or ``model_version``'s, partition by partition,
+        in tables of at most ``batch_rows`` rows.
+
+        Raises:
+            StorageError: a bad model version. StorageUnavailable: the store is unreachable.
+        """
+        versions = None if model_version is None else [check_model_version(model_version)]
+        partitions = (await self._committer.snapshot()).partitions(CACHE.name)
+        async for table in scan(
+            self._committer.objects, CACHE, partitions, versions, batch_rows=self._batch_rows
+        ):
+            yield table
 
     async def clear(self) -> int:
         """Drop every cache entry (all model versions) in one commit; return how many there were."""

@@ -12,6 +12,7 @@ for the protocol as a whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import re
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
-from scorebeater.errors import StorageError, StorageNotFound
+from scorebeater.errors import Fenced, StorageError, StorageNotFound
 from scorebeater.storage.base import CheckpointWrite, check_checkpoint
 from scorebeater.storage.objects.manifest import (
     KEEP_MANIFESTS,
@@ -89,6 +90,8 @@ class Committer:
         self._batch_rows = batch_rows
         self._gc_grace_s = gc_grace_s
         self._commit_lock = asyncio.Lock()
+        self.fencing_token: int | None = None
+        """The leadership term this process commits under (``None``: not fenced)."""
 
     # --- the manifest -----------------------------------------------------------------------
 
@@ -122,7 +125,14 @@ class Committer:
         Idempotent per ``commit_id``: if the newest manifest is already that commit (an
         earlier attempt landed although its reply was lost), nothing is written again.
 
+        Fencing: with a :attr:`fencing_token`, the new manifest records it, and a base manifest
+        with a newer token (a later leader has committed) rejects the commit. Generations are
+        created exclusively, so a commit of an older term either lands before the newer
+        leader's first generation (which then builds on it) or loses the race, rereads and is
+        fenced: it can never land after.
+
         Raises:
+            Fenced: the newest manifest carries a newer leadership term than ours.
             StorageError: lost ``_COMMIT_ATTEMPTS`` races in a row to another writer.
         """
         async with self._commit_lock:
@@ -130,7 +140,14 @@ class Committer:
                 base = self.manifest
                 if base.commit == commit_id:
                     return base  # an earlier, interrupted attempt did land
-                new = dataclasses.replace(mutate(base), generation=base.generation + 1, commit=commit_id)
+                token = self.fencing_token
+                if token is not None and base.fencing_token > token:
+                    raise Fenced(token, base.fencing_token)
+                new = dataclasses.replace(
+                    mutate(base), generation=base.generation + 1, commit=commit_id, parent=base.commit
+                )
+                if token is not None:
+                    new = dataclasses.replace(new, fencing_token=max(token, base.fencing_token))
                 try:
                     await self.objects.put(manifest_key(new.generation), new.to_json(), exclusive=True)
                 except ObjectExists:
@@ -139,11 +156,70 @@ class Committer:
                     )
                     await self.snapshot()
                     continue
+                if not await self._landed_newest(new):
+                    continue
                 self.manifest = new
                 if new.generation > KEEP_MANIFESTS:
                     await self._prune(new.generation - KEEP_MANIFESTS)
                 return new
         raise StorageError(f"{self.objects.where}: commit lost {_COMMIT_ATTEMPTS} races to another writer")
+
+    async def _landed_newest(self, new: Manifest) -> bool:
+        """Whether the generation just created is the store's state (or a successor's base).
+
+        An exclusive create cannot tell a free name from a pruned one: a writer whose cached
+        base is more than :data:`KEEP_MANIFESTS` generations old (a leader paused while its
+        successor committed) recreates a deleted generation's name, and the create succeeds
+        although newer generations exist. Readers never see it (they take the highest), but
+        the writer would believe it committed. So list once more: a higher generation means
+        our commit is the newest only if the next one was built on it (``parent``); otherwise
+        it is an orphan, removed here, and the commit is redone on the newest manifest (where a
+        newer leader's token fences it).
+        """
+        listed = await self.objects.list_prefix(f"{MANIFEST_DIR}/")
+        higher = sorted(
+            g for g in (generation_of(o.key) for o in listed) if g is not None and g > new.generation
+        )
+        if not higher:
+            return True
+        if higher[0] == new.generation + 1:
+            try:
+                data = await self.objects.get(manifest_key(higher[0]))
+            except StorageNotFound:
+                data = None
+            if data is not None:
+                successor = Manifest.from_json(data, f"{self.objects.where}/{manifest_key(higher[0])}")
+                if successor.parent == new.commit:
+                    return True
+        log.warning(
+            "storage.commit_orphaned",
+            where=self.objects.where,
+            generation=new.generation,
+            newest=higher[-1],
+            reason="a pruned generation's name was recreated by a writer with a stale base",
+        )
+        with contextlib.suppress(StorageError):
+            await self.objects.delete([manifest_key(new.generation)])
+        await self.snapshot()
+        return False
+
+    async def claim(self, token: int | None) -> None:
+        """Commit under leadership term ``token`` from now on (``None``: unfenced).
+
+        Commits one marker generation carrying ``token`` at once, so the previous leader's
+        next commit is fenced even if this one writes nothing for a while. Idempotent.
+
+        Raises:
+            Fenced: the store already records a newer term. StorageError,
+                StorageUnavailable: the marker commit failed.
+        """
+        self.fencing_token = token
+        if token is None:
+            return
+        await self.snapshot()
+        if self.manifest.fencing_token != token:
+            await self.commit(lambda m: m, f"term-{token}-{uuid.uuid4().hex}")
+        log.info("storage.fencing_claimed", where=self.objects.where, term=token)
 
     async def _prune(self, generation: int) -> None:
         # The commit has landed: failing to delete an old manifest must not fail the write

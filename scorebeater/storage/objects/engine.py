@@ -20,6 +20,7 @@ import structlog
 from scorebeater.storage.base import (
     EARLY_COLUMNS,
     OUTCOME_KEY,
+    PAGE_PLAYER_COLUMNS,
     PAGE_SCHEMA,
     TRAINING_SCHEMA,
     CheckpointWrite,
@@ -32,16 +33,26 @@ from scorebeater.storage.base import (
 )
 from scorebeater.storage.objects.cache import ObjectPredictionCache
 from scorebeater.storage.objects.commit import Committer
-from scorebeater.storage.objects.manifest import Manifest
+from scorebeater.storage.objects.manifest import Manifest, Segment
 from scorebeater.storage.objects.quarantine import ObjectQuarantine
-from scorebeater.storage.objects.scan import Latest, RowFilter, Select, player_filter, scan
+from scorebeater.storage.objects.scan import (
+    Latest,
+    RowFilter,
+    Select,
+    player_filter,
+    read_first_players,
+    read_range,
+    scan,
+)
 from scorebeater.storage.objects.store import ObjectStore
 from scorebeater.storage.objects.tables import (
     FEATURES,
     FEATURES_LATEST,
     OUTCOMES,
     PREDICTIONS,
+    TABLES,
     TableSpec,
+    winner_indices,
 )
 
 log = structlog.get_logger(__name__)
@@ -92,6 +103,11 @@ class ObjectTableStorage:
         await self._committer.collect_garbage()
         log.info("storage.opened", where=self.objects.where, generation=self._committer.manifest.generation)
 
+    async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:  # noqa: ARG002
+        """Commit under leadership term ``token`` from now on; see the Storage protocol
+        (``nonce`` is not needed: the manifest chain orders the terms)."""
+        await self._committer.claim(token)
+
     async def snapshot(self) -> Manifest:
         """The newest committed manifest (``StorageError`` if it is corrupt)."""
         return await self._committer.snapshot()
@@ -133,9 +149,11 @@ class ObjectTableStorage:
         """Write a tiny probe object; ``StorageUnavailable`` if the store is unreachable."""
         await self.objects.put(PING_KEY, b"ok")
 
-    async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+    async def write_features(
+        self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None, allow_missing_inputs: bool = False
+    ) -> None:
         """Upsert feature rows, and each player-season's latest row, in one commit."""
-        rows = conform_features(rows)
+        rows = conform_features(rows, allow_missing_inputs=allow_missing_inputs)
         await self._committer.write([(FEATURES, rows), (FEATURES_LATEST, rows)], checkpoint)
 
     async def read_latest_features(
@@ -223,28 +241,48 @@ class ObjectTableStorage:
         self, *, season: int, after_player_id: int | None = None, limit: int, role: str = "champion"
     ) -> pa.Table:
         """The first ``limit`` players' latest predictions after ``after_player_id`` (see the
-        protocol): one streamed pass over the season's partition keeping at most ``limit``
-        rows, then the page players' history for their previous points."""
+        protocol), from one manifest snapshot: the row groups of the season's prediction
+        segments from ``after_player_id`` on until ``limit`` players of ``role`` are complete
+        (:func:`read_first_players`; their history is in the same rows, for the previous
+        points), then the page's id range of ``features_latest`` and ``outcomes``
+        (:func:`read_range`). O(limit + row groups) whatever the season's size."""
         limit, role, after = check_page(limit=limit, role=role, after_player_id=after_player_id)
-        row_filter = None
-        if after is not None:
-            bound = after
+        manifest = await self._committer.snapshot()
 
-            def row_filter(table: pa.Table) -> pa.Table:
-                return table.filter(pc.greater(table.column("player_id"), bound))
+        def segments(spec: TableSpec) -> tuple[Segment, ...]:
+            return manifest.partitions(spec.name).get(spec.partition_name(season), ())
 
-        held: pa.Table | None = None
-        async for table in self._scan(PREDICTIONS, [season], row_filter, _LATEST_PREDICTION, ("role", role)):
-            held = _first_players(table if held is None else pa.concat_tables([held, table]), limit)
-        if held is None or not held.num_rows:
+        def players(rows: pa.Table) -> int:
+            mine = rows.column("player_id").filter(pc.equal(rows.column("role"), role))
+            return len(pc.unique(mine))
+
+        rows = await read_first_players(
+            self.objects, PREDICTIONS, segments(PREDICTIONS), after=after, players=players, enough=limit
+        )
+        latest, previous = await asyncio.to_thread(_latest_of_role, rows, role, limit)
+        if not latest.num_rows:
             return PAGE_SCHEMA.empty_table()
-        mine = player_filter(held.column("player_id").combine_chunks())
-        history = [
-            t.select(["player_id", "as_of_seq", "model_version", "probability"])
-            async for t in self._scan(PREDICTIONS, [season], mine, select=("role", role))
-        ]
-        previous = await asyncio.to_thread(previous_probabilities, held, history)
-        return pa.Table.from_arrays([*held.columns, previous], schema=PAGE_SCHEMA)
+        ids = latest.column("player_id")
+        bounds = {"lo": ids[0].as_py(), "hi": ids[-1].as_py()}
+        features = await read_range(
+            self.objects,
+            FEATURES_LATEST,
+            segments(FEATURES_LATEST),
+            columns=["player_id", "as_of_seq", *PAGE_PLAYER_COLUMNS],
+            **bounds,
+        )
+        outcomes = await read_range(
+            self.objects, OUTCOMES, segments(OUTCOMES), columns=["player_id", "beat", "resolution"], **bounds
+        )
+
+        def page() -> pa.Table:
+            found = [
+                *(_attach(ids, features, c) for c in PAGE_PLAYER_COLUMNS),
+                *(_attach(ids, outcomes, c) for c in ("beat", "resolution")),
+            ]
+            return pa.Table.from_arrays([*latest.columns, previous, *found], schema=PAGE_SCHEMA)
+
+        return await asyncio.to_thread(page)
 
     async def read_outcomes(
         self, *, season: int | None = None, player_ids: Collection[int] | None = None
@@ -287,11 +325,49 @@ class ObjectTableStorage:
         """Atomically replace checkpoint ``name`` (one commit)."""
         await self._committer.write([], (name, value))
 
+    async def checkpoint_names(self) -> list[str]:
+        """Every committed checkpoint's name, sorted (from the newest manifest)."""
+        return sorted((await self._committer.snapshot()).checkpoints)
 
-def _first_players(table: pa.Table, limit: int) -> pa.Table:
-    """The ``limit`` rows of lowest ``player_id`` (one row per player), ascending."""
-    order = pc.sort_indices(table.column("player_id"))
-    return table.take(order[:limit]).combine_chunks()
+    async def stored_rows(self) -> dict[str, dict[int, int]]:
+        """Rows per table and partition from the newest manifest's segment row counts (no
+        segment is opened): an upper bound until compaction merges replaced rows."""
+        manifest = await self._committer.snapshot()
+        counts: dict[str, dict[int, int]] = {}
+        for spec in TABLES:
+            partitions = {
+                spec.partition_value(name): sum(s.rows for s in segments)
+                for name, segments in manifest.partitions(spec.name).items()
+            }
+            if partitions:
+                counts[spec.name] = partitions
+        return counts
+
+
+def _latest_of_role(rows: pa.Table, role: str, limit: int) -> tuple[pa.Table, pa.Array]:
+    """The latest row of ``role`` per player (highest ``as_of_seq``, then ``model_version``)
+    of the ``limit`` lowest player ids of ``rows`` (ascending), and each one's previous
+    probability among ``rows`` (:func:`previous_probabilities`). CPU: worker thread."""
+    mine = rows.filter(pc.equal(rows.column("role"), role))
+    rank = [mine.column("as_of_seq"), mine.column("model_version")]
+    best = winner_indices(mine, ("player_id",), rank, key_order=True)[:limit]
+    latest = mine.take(pa.array(best)).combine_chunks()
+    return latest, previous_probabilities(latest, [mine])
+
+
+def _attach(ids: pa.ChunkedArray, other: pa.Table, column: str) -> pa.Array:
+    """``other``'s ``column`` for each of ``ids`` (``other`` holds one row per player; null
+    where it has none)."""
+    kind = other.schema.field(column).type
+    if not other.num_rows:
+        return pa.nulls(len(ids), kind)
+    known = other.column("player_id").to_numpy()
+    order = np.argsort(known, kind="stable")
+    wanted = ids.to_numpy()
+    at = np.clip(np.searchsorted(known[order], wanted), 0, len(known) - 1)
+    found = known[order][at] == wanted
+    taken = other.column(column).take(pa.array(order[at]))
+    return pc.if_else(pa.array(found), taken, pa.scalar(None, kind)).combine_chunks()
 
 
 def previous_probabilities(page: pa.Table, history: list[pa.Table]) -> pa.Array:

@@ -64,6 +64,13 @@ class Manifest:
     commit: str = ""
     tables: Mapping[str, Partitions] = dataclasses.field(default_factory=dict)
     checkpoints: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+    fencing_token: int = 0
+    """The highest leadership term that has committed (0: none); a writer with an older
+    token is fenced off (:meth:`Committer.commit`). Absent in older manifests: 0."""
+    parent: str = ""
+    """The ``commit`` of the generation this one was built on: tells a successor that built
+    on a commit from a writer that recreated a pruned generation's name
+    (:meth:`Committer.commit`). Absent in older manifests: ``""``."""
 
     def partitions(self, table: str) -> Partitions:
         """The live segments of ``table`` by partition name (empty if it has none)."""
@@ -96,6 +103,8 @@ class Manifest:
                     for t, parts in self.tables.items()
                 },
                 "checkpoints": {n: base64.b64encode(v).decode() for n, v in self.checkpoints.items()},
+                "fencing_token": self.fencing_token,
+                "parent": self.parent,
             }
         )
 
@@ -114,7 +123,9 @@ class Manifest:
                 check_checkpoint_name(n): base64.b64decode(v, validate=True)
                 for n, v in doc["checkpoints"].items()
             }
-            return cls(int(doc["generation"]), str(doc["commit"]), tables, checkpoints)
+            token = operator.index(doc.get("fencing_token", 0))
+            parent = str(doc.get("parent", ""))
+            return cls(int(doc["generation"]), str(doc["commit"]), tables, checkpoints, token, parent)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StorageError(f"{where}: corrupt manifest: {exc!r}") from exc
 

@@ -29,12 +29,14 @@ from scorebeater.storage.base import (
     EARLY_COLUMNS,
     FEATURES_SCHEMA,
     OUTCOMES_SCHEMA,
+    PAGE_PLAYER_COLUMNS,
     PAGE_SCHEMA,
     PREDICTIONS_SCHEMA,
     TRAINING_SCHEMA,
     CheckpointWrite,
     check_checkpoint,
     check_checkpoint_name,
+    check_model_version,
     check_page,
     check_role,
     check_schema_name,
@@ -43,7 +45,7 @@ from scorebeater.storage.base import (
     conform_predictions,
 )
 from scorebeater.storage.postgres.cache import PostgresPredictionCache
-from scorebeater.storage.postgres.codec import init_connection
+from scorebeater.storage.postgres.codec import copy_select, init_connection, to_arrow
 from scorebeater.storage.postgres.connection import (
     CONNECT_ERRORS,
     DRIVER_ERRORS,
@@ -52,6 +54,7 @@ from scorebeater.storage.postgres.connection import (
     Redactor,
     dsn_summary,
 )
+from scorebeater.storage.postgres.copyout import stream_copy
 from scorebeater.storage.postgres.migration import migrate
 from scorebeater.storage.postgres.quarantine import PostgresQuarantine
 from scorebeater.storage.postgres.writer import FEATURES, OUTCOMES, PREDICTIONS, TableWriter
@@ -84,7 +87,7 @@ class PostgresStorage:
         )
         self._writer = TableWriter(self._db)
         self._cache = PostgresPredictionCache(self._db, self._writer)
-        self._quarantine = PostgresQuarantine(self._db)
+        self._quarantine = PostgresQuarantine(self._db, self._writer)
 
     @property
     def cache(self) -> PostgresPredictionCache:
@@ -129,7 +132,9 @@ class PostgresStorage:
         if read_only != "off":
             raise StorageUnavailable("postgres ping failed: the server is read-only (a standby?)")
 
-    async def write_features(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
+    async def write_features(
+        self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None, allow_missing_inputs: bool = False
+    ) -> None:
         """Upsert feature rows by ``(player_id, season, as_of_seq)``; see the Storage protocol.
 
         One transaction: the rows, the latest-row pointers and the checkpoint commit together.
@@ -140,7 +145,7 @@ class PostgresStorage:
                 :func:`~scorebeater.storage.base.conform_features`), a bad checkpoint, or a
                 database error. StorageUnavailable: the server cannot be reached.
         """
-        rows = conform_features(rows)
+        rows = conform_features(rows, allow_missing_inputs=allow_missing_inputs)
 
         async def after(conn: Connection) -> None:
             await self._update_latest(conn, rows)
@@ -152,12 +157,45 @@ class PostgresStorage:
     ) -> AsyncGenerator[pa.Table, None]:
         """Each player's latest feature row per season, streamed in ``batch_rows`` tables."""
         where, args = _filters(("l.season = ", season), ("l.player_id = ANY", _int_list(player_ids)))
-        cols = ", ".join(f"f.{c}" for c in FEATURES_SCHEMA.names)
-        query = (
-            f"SELECT {cols} FROM {self._t('latest_features')} l JOIN {self._t('features')} f"  # noqa: S608
+        op = "read latest features"
+        joined = (
+            f" FROM {self._t('latest_features')} l JOIN {self._t('features')} f"
             f" USING (player_id, season, as_of_seq){where}"
         )
-        async for batch in self._db.stream("read latest features", query, *args, schema=FEATURES_SCHEMA):
+        if player_ids is None:
+            # Scans (a season, every season): binary COPY decoded column by column (copyout).
+            query = f"SELECT {copy_select(FEATURES_SCHEMA, 'f')}{joined}"
+            async for batch in stream_copy(self._db, op, query, *args, schema=FEATURES_SCHEMA):
+                yield batch
+            return
+        # Lookups of a few players (the read API's pages): one statement, no COPY set-up.
+        query = f"SELECT {', '.join(f'f.{c}' for c in FEATURES_SCHEMA.names)}{joined}"
+        async for batch in self._db.stream(op, query, *args, schema=FEATURES_SCHEMA):
+            yield batch
+
+    async def read_latest_features_with_stored(
+        self, *, model_version: int, role: str = "champion"
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Every season's latest feature rows (as :meth:`read_latest_features`), each with its
+        stored prediction by ``model_version`` for ``role``: ``STORED_PREDICTION_SCHEMA``'s
+        columns appended, null where none is stored for the row's key, feature hash and as-of
+        time. The refeed reads this, so it need not rewrite predictions that would not change
+        (a write would cost an index probe and a row lock each, even for an equal row).
+
+        Raises:
+            StorageError: a bad role. StorageUnavailable: the server cannot be reached.
+        """
+        schema = pa.schema([*FEATURES_SCHEMA, *STORED_PREDICTION_SCHEMA])
+        stored = {f.name: f"p.{f.name.removeprefix('stored_')}" for f in STORED_PREDICTION_SCHEMA}
+        query = (
+            f"SELECT {copy_select(schema, 'f', stored)} FROM {self._t('latest_features')} l"  # noqa: S608
+            f" JOIN {self._t('features')} f USING (player_id, season, as_of_seq)"
+            f" LEFT JOIN {self._t('predictions')} p ON p.player_id = f.player_id AND p.season = f.season"
+            " AND p.as_of_seq = f.as_of_seq AND p.model_version = $1 AND p.role = $2"
+            " AND p.feature_hash = f.feature_hash AND p.as_of_time = f.as_of_time"
+        )
+        args = (check_model_version(model_version), check_role(role))
+        async for batch in stream_copy(self._db, "read latest features", query, *args, schema=schema):
             yield batch
 
     async def read_feature_history(
@@ -214,31 +252,52 @@ class PostgresStorage:
         self, *, season: int, after_player_id: int | None = None, limit: int, role: str = "champion"
     ) -> pa.Table:
         """The first ``limit`` players' latest predictions after ``after_player_id`` (see the
-        protocol): a walk of the primary key index from ``after_player_id`` (``DISTINCT ON``
-        per player, latest first), and per row an index lookup of his previous point."""
+        protocol), in one statement that stays on the primary key indexes: the page's player
+        ids are a walk of the predictions index from ``after_player_id``, then per player an
+        index probe each for his latest row, his previous point, his latest feature row and
+        his outcome (O(limit) rows read whatever the season's size)."""
         limit, role, after = check_page(limit=limit, role=role, after_player_id=after_player_id)
         cols = ", ".join(f"p.{c}" for c in PREDICTIONS_SCHEMA.names)
+        player = ", ".join(f"f.{c}" for c in PAGE_PLAYER_COLUMNS)
         t = self._t("predictions")
         args: list[object] = [season, role, limit]
         after_clause = ""
         if after is not None:  # a separate statement: "$n IS NULL OR ..." would hide the range
             args.append(after)
             after_clause = " AND player_id > $4"
-        # The LATERAL lookup walks (player_id, season, as_of_seq) backwards from the row's point.
+        # Each LATERAL ... LIMIT 1 is a probe of a primary key index, walked backwards from the
+        # highest key of the player-season (his latest row) or from the row's point (his
+        # previous one); his latest feature row is the one ``latest_features`` points to, one
+        # probe instead of two. As plain joins the planner may hash a season's outcomes for one
+        # page, and DISTINCT ON with a descending sort key sorts everything after the cursor.
+        # The ids walk reads each of a page player's rows of the season (O(limit x his rows)).
         query = (
-            f"SELECT {cols}, prev.probability FROM ("  # noqa: S608
-            f" SELECT DISTINCT ON (player_id) * FROM {t} WHERE season = $1 AND role = $2{after_clause}"
-            " ORDER BY player_id, as_of_seq DESC, model_version DESC LIMIT $3) p"
+            f"SELECT {cols}, prev.probability, {player}, o.beat, o.resolution FROM ("  # noqa: S608
+            f" SELECT DISTINCT player_id FROM {t} WHERE season = $1 AND role = $2{after_clause}"
+            " ORDER BY player_id LIMIT $3) ids"
+            f" CROSS JOIN LATERAL (SELECT * FROM {t} p"
+            " WHERE p.player_id = ids.player_id AND p.season = $1 AND p.role = $2"
+            " ORDER BY p.as_of_seq DESC, p.model_version DESC LIMIT 1) p"
             f" LEFT JOIN LATERAL (SELECT q.probability FROM {t} q"
             " WHERE q.player_id = p.player_id AND q.season = p.season AND q.role = p.role"
             " AND q.as_of_seq < p.as_of_seq ORDER BY q.as_of_seq DESC, q.model_version DESC LIMIT 1)"
-            " prev ON true ORDER BY p.player_id"
+            " prev ON true"
+            f" LEFT JOIN LATERAL (SELECT {player} FROM {self._t('features')} f"
+            " WHERE f.player_id = p.player_id AND f.season = p.season"
+            " ORDER BY f.as_of_seq DESC LIMIT 1) f ON true"
+            f" LEFT JOIN LATERAL (SELECT o.beat, o.resolution FROM {self._t('outcomes')} o"
+            " WHERE o.player_id = p.player_id AND o.season = p.season LIMIT 1) o ON true"
+            " ORDER BY ids.player_id"
         )
-        tables = [
-            table
-            async for table in self._db.stream("read predictions page", query, *args, schema=PAGE_SCHEMA)
-        ]
-        return pa.concat_tables(tables) if tables else PAGE_SCHEMA.empty_table()
+        async with self._db.transaction("read predictions page") as conn:
+            # A page is a short index walk: parallel workers would only add their start-up
+            # (about 5 ms a page, more than the walk), and a memo of lookups of distinct keys
+            # never hits.
+            await conn.execute(
+                "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL enable_memoize = off"
+            )
+            records = await conn.fetch(query, *args)
+        return await asyncio.to_thread(to_arrow, records, PAGE_SCHEMA)
 
     async def read_outcomes(
         self, *, season: int | None = None, player_ids: Collection[int] | None = None
@@ -263,7 +322,37 @@ class PostgresStorage:
         """Atomically replace a checkpoint's value; idempotent."""
         check_checkpoint(name, value)
         async with self._db.transaction("put checkpoint") as conn:
+            await self._writer.begin_fenced(conn)
             await self._writer.put_checkpoint(conn, name, value)
+            await self._writer.fence(conn)
+
+    async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:
+        """Check every later write's transaction against the ``leadership`` term and nonce
+        (see the protocol); the elector has already bumped the term, so nothing is written here."""
+        self._writer.fencing_token = token
+        self._writer.fencing_nonce = nonce if token is not None else ""
+
+    async def checkpoint_names(self) -> list[str]:
+        """Every stored checkpoint's name, sorted."""
+        async with self._db.connection("checkpoint names") as conn:
+            rows = await conn.fetch(f"SELECT name FROM {self._t('checkpoints')} ORDER BY name")  # noqa: S608
+        return [str(row[0]) for row in rows]
+
+    async def stored_rows(self) -> dict[str, dict[int, int]]:
+        """Exact rows per table and partition: one ``count(*) ... GROUP BY`` scan of each
+        table, all in one read-only snapshot."""
+        counts: dict[str, dict[int, int]] = {}
+        async with (
+            self._db.connection("stored rows") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            for name, table, column in _STORED_TABLES:
+                rows = await conn.fetch(
+                    f"SELECT {column}, count(*) FROM {self._t(table)} GROUP BY {column}"  # noqa: S608
+                )
+                if rows:
+                    counts[name] = {int(row[0]): int(row[1]) for row in rows}
+        return counts
 
     async def export_training_set(
         self, *, seasons: Collection[int] | None = None
@@ -278,6 +367,22 @@ class PostgresStorage:
         )
         async for batch in self._db.stream("export training set", query, *args, schema=TRAINING_SCHEMA):
             yield batch
+
+
+STORED_PREDICTION_SCHEMA = pa.schema(
+    [pa.field("stored_probability", pa.float64()), pa.field("stored_progress", pa.float32())]
+)
+"""What :meth:`PostgresStorage.read_latest_features_with_stored` appends to each feature row."""
+
+_STORED_TABLES = (
+    ("features", "features", "season"),
+    ("features_latest", "latest_features", "season"),
+    ("predictions", "predictions", "season"),
+    ("outcomes", "outcomes", "season"),
+    ("cache", "prediction_cache", "model_version"),
+    ("quarantine", "quarantine", "season"),
+)
+"""``stored_rows``: (the name it reports, the SQL table, the partition column): constants."""
 
 
 def _int_list(values: Collection[int] | None) -> list[int] | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
+import pyarrow as pa
 import structlog
 
-from scorebeater.storage.base import cache_rows, check_model_version
+from scorebeater.storage.base import CACHE_SCHEMA, cache_rows, check_model_version
 from scorebeater.storage.postgres.connection import Database
 from scorebeater.storage.postgres.writer import CACHE, TableWriter
 
@@ -49,20 +51,46 @@ class PostgresPredictionCache:
     async def put(self, model_version: int, entries: Mapping[str, float]) -> None:
         """Add or replace cache entries (hash -> probability) for ``model_version``; idempotent.
 
+        Written in hash order (byte order; for hex hashes also the index's order under the
+        usual collations).
+
         Raises:
             StorageError: a bad model version or entries, or a database error.
         """
-        await self._writer.write(CACHE, cache_rows(model_version, entries), None)
+        rows = cache_rows(model_version, entries)
+        # In key order, each leaf page of the primary key index is visited once, not once per
+        # entry: about twice as fast for a large batch (a refeed's), whatever the table's size.
+        await self._writer.write(CACHE, await asyncio.to_thread(rows.sort_by, "feature_hash"), None)
+
+    async def read_entries(self, *, model_version: int | None = None) -> AsyncGenerator[pa.Table, None]:
+        """Every entry (``CACHE_SCHEMA``), or ``model_version``'s, streamed from one snapshot.
+
+        Raises:
+            StorageError: a bad model version. StorageUnavailable: the server is unreachable.
+        """
+        version = None if model_version is None else check_model_version(model_version)
+        query = (
+            f"SELECT {', '.join(CACHE_SCHEMA.names)} FROM {self._db.table(CACHE.name)}"  # noqa: S608
+            " WHERE ($1::int8 IS NULL OR model_version = $1)"
+        )
+        async for table in self._db.stream("cache entries", query, version, schema=CACHE_SCHEMA):
+            yield table
 
     async def clear(self) -> int:
         """Drop every cache entry; return how many there were.
 
-        Locks the table first so the count is exactly what ``TRUNCATE`` drops.
+        Locks the table first so the count is exactly what ``TRUNCATE`` drops. Fenced like
+        every write (:meth:`TableWriter.fence`).
+
+        Raises:
+            Fenced: a newer leadership term began (nothing was dropped).
         """
         async with self._db.transaction("cache clear") as conn:
+            await self._writer.begin_fenced(conn)
             table = self._db.table(CACHE.name)
             await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             count: int = await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
             await conn.execute(f"TRUNCATE {table}")
+            await self._writer.fence(conn)
         log.info("storage.postgres.cache_cleared", entries=count)
         return count

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scorebeater.storage.postgres.connection import Database
+from scorebeater.storage.postgres.writer import TableWriter
 from scorebeater.storage.quarantine import (
     QUARANTINE_SCHEMA,
     QuarantineEntry,
@@ -26,8 +27,10 @@ _UPDATED = ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS if c != "id")
 class PostgresQuarantine:
     """``Quarantine`` over the ``quarantine`` table (get it as ``PostgresStorage.quarantine``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writer: TableWriter) -> None:
         self._db = db
+        self._writer = writer
+        """Carries the leadership term: puts and decisions are fenced like every write."""
         self._table = db.table("quarantine")
 
     async def put(self, entries: Sequence[QuarantineEntry]) -> None:
@@ -35,7 +38,7 @@ class PostgresQuarantine:
 
         Raises:
             StorageError: an invalid entry, or a database error. StorageUnavailable: the
-                server cannot be reached.
+                server cannot be reached. Fenced: a newer leadership term began (nothing written).
         """
         rows = entries_table(entries)
         if not rows.num_rows:
@@ -43,11 +46,13 @@ class PostgresQuarantine:
         values = [tuple(row.values()) for row in rows.to_pylist()]
         placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
         async with self._db.transaction("quarantine put") as conn:
+            await self._writer.begin_fenced(conn)
             await conn.executemany(
                 f"INSERT INTO {self._table} ({', '.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
                 f" ON CONFLICT (id) DO UPDATE SET {_UPDATED}",
                 values,
             )
+            await self._writer.fence(conn)
 
     async def entries(
         self, *, season: int | None = None, state: str | None = None, kind: str | None = None
@@ -79,11 +84,13 @@ class PostgresQuarantine:
         """Set the entry's state in one statement; ``None`` if there is no such entry."""
         check_state(state)
         async with self._db.transaction("quarantine set state") as conn:
+            await self._writer.begin_fenced(conn)
             updated = await conn.fetchval(
                 f"UPDATE {self._table} SET state = $2 WHERE id = $1 RETURNING id",  # noqa: S608
                 entry_id,
                 state,
             )
+            await self._writer.fence(conn)
         if updated is None:
             return None
         return await self.get(entry_id)

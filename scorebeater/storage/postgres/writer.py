@@ -26,6 +26,7 @@ import asyncpg
 import pyarrow as pa
 import structlog
 
+from scorebeater.errors import Fenced
 from scorebeater.storage.base import (
     CACHE_SCHEMA,
     EARLY_COLUMNS,
@@ -43,6 +44,12 @@ from scorebeater.storage.postgres.connection import Connection, Database, discar
 
 log = structlog.get_logger(__name__)
 
+WRITER_APPLICATION = "scorebeater-writer"
+"""Prefix of a fenced write transaction's ``application_name`` (then the store's lock key and
+the leader's nonce: :class:`~scorebeater.leadership.postgres.PostgresElector`)."""
+FENCED_IDLE_TIMEOUT_MS = 10_000
+"""A fenced write transaction idle this long (its process paused) is ended by the server, so
+the row locks it holds cannot hold up the next leader's writes for longer."""
 DIRECT_RETRY_EVERY = 16
 """After a unique violation, writes of that table skip the direct COPY this many times."""
 
@@ -94,6 +101,49 @@ class TableWriter:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._skip_direct: dict[str, int] = {}
+        self.fencing_token: int | None = None
+        """The leadership term every write carries (``None``: writes are not fenced)."""
+        self.fencing_nonce = ""
+        """The leader's own id stored with its term (``leadership.nonce``): a write must match
+        both, so a term number reused after a failover that lost the bump fences too. Also the
+        fenced transactions' ``application_name`` (:data:`WRITER_APPLICATION` prefix), by which
+        a new leader ends an old leader's stuck transaction."""
+
+    async def begin_fenced(self, conn: Connection) -> None:
+        """First statement of a fenced write transaction: a writer paused inside it (SIGSTOP,
+        a partition) would keep its row locks, and hold up the next leader's writes, forever;
+        the server ends it after ``FENCED_IDLE_TIMEOUT_MS`` idle instead."""
+        if self.fencing_token is not None:
+            await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {FENCED_IDLE_TIMEOUT_MS}")
+            if self.fencing_nonce:
+                await conn.execute("SELECT set_config('application_name', $1, true)", self.fencing_nonce)
+
+    async def fence(self, conn: Connection) -> None:
+        """Reject this transaction when the store's leadership term is newer than our token.
+
+        The last statement of each write transaction, just before ``COMMIT``. ``FOR SHARE``
+        keeps the term row locked until the transaction ends, so a new leader's term bump (an
+        ``UPDATE`` of that row) waits for a commit that passed this check, and a commit that
+        comes after the bump fails it: none of the old term can commit after the new one
+        began. Last, not first, so the lock is held for a moment, not for the whole write: a
+        writer paused mid-write does not hold up the next leader's election.
+
+        Raises:
+            Fenced: the stored term is newer than :attr:`fencing_token` (the transaction is
+                rolled back: nothing was written).
+        """
+        token = self.fencing_token
+        if token is None:
+            return
+        row = await conn.fetchrow(
+            f"SELECT term, holder, nonce FROM {self._db.table('leadership')} WHERE id = 1 FOR SHARE"  # noqa: S608
+        )
+        current = 0 if row is None else int(row["term"])
+        # Equality, not "at most": a term that moved backwards (a failover lost the bump) or
+        # the same number won by another leader (another nonce) is not ours either.
+        other = self.fencing_nonce and row is not None and row["nonce"] != self.fencing_nonce
+        if current != token or other:
+            raise Fenced(token, current, holder=None if row is None else str(row["holder"]))
 
     async def write(
         self,
@@ -116,11 +166,13 @@ class TableWriter:
         if rows.num_rows == 0 and checkpoint is None:
             return
         async with self._db.transaction(f"write {spec.name}") as conn:
+            await self.begin_fenced(conn)
             await self._copy_chunks(conn, spec, rows)
             if after is not None and rows.num_rows:
                 await after(conn)
             if checkpoint is not None:
                 await self.put_checkpoint(conn, *checkpoint)
+            await self.fence(conn)
 
     async def put_checkpoint(self, conn: Connection, name: str, value: bytes) -> None:
         """Upsert a checkpoint inside the caller's transaction (checked by the caller)."""
