@@ -42,6 +42,7 @@ HANDLERS: dict[str, str] = {
     "promote": "scorebeater.promotion.promoter:promote_command",
     "export": "scorebeater.export:export_command",
     "predictions": "scorebeater.export:predictions_command",
+    "storage": "scorebeater.storage.migrate:command",
 }
 
 
@@ -138,6 +139,30 @@ def _add_promote(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument(
         "--reason", default="", type=_record_text, help="why, for the record (at most 500 characters)"
+    )
+
+
+def _add_storage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``storage migrate`` (its handler is :mod:`scorebeater.storage.migrate`'s)."""
+    p = sub.add_parser("storage", help="copy a store to another backend (storage migrate)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = actions.add_parser(
+        "migrate",
+        help="copy every table and checkpoint from one store to another, then verify",
+        description="Copy every table (features, predictions of every role, outcomes, the prediction "
+        "cache, the quarantine) and every checkpoint (watermarks, promotion records) from the store of "
+        "--from's [storage] to that of --to's (local, s3 or postgres; not auto), streaming in batches. "
+        "Resumes where a cut-off run stopped; a rerun of a finished migration copies nothing. Ends by "
+        "comparing row counts and a content hash per table (exit 1 if any differs). Refused while a "
+        "daemon leads either store, or when the destination holds other data.",
+    )
+    m.add_argument("--from", dest="source", type=Path, required=True, metavar="A.toml", help="source config")
+    m.add_argument("--to", dest="dest", type=Path, required=True, metavar="B.toml", help="destination config")
+    m.add_argument(
+        "--batch-rows",
+        type=_positive_int,
+        default=None,
+        help="rows per batch on both sides (default: each config's storage.batch_rows)",
     )
 
 
@@ -248,7 +273,7 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a flat list of subcommands
     parser = argparse.ArgumentParser(
         prog="scorebeater",
         description="Keep, for every NBA player, a live probability that he beats his previous "
@@ -418,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quarantine(sub)
     _add_promote(sub)
     _add_export(sub)
+    _add_storage(sub)
     return parser
 
 

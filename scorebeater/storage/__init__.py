@@ -1,8 +1,12 @@
 """Pluggable storage: ``open_storage(cfg)`` yields a ready backend chosen by the config.
 
 Backends are imported lazily (asyncpg and aiobotocore load only when chosen). ``auto`` picks
-S3 when the configured size estimate reaches ``auto_threshold_rows``, Postgres when a DSN is
-configured and the data is smaller, and local files otherwise; the choice is logged.
+S3 when the size estimate (``expected_rows``) reaches ``auto_threshold_rows``, Postgres when a
+DSN is configured and the data is smaller, and local files otherwise; the choice is logged.
+The daemon measures that estimate at start-up (:func:`scorebeater.storage.sizing.sized_config`:
+players x game days x seasons from the Score API, plus the rows already stored, and a store
+already holding rows is kept) and passes the resolved backend on, so :func:`choose_backend`
+sees ``auto`` only where nothing was measured (``expected_rows`` as configured).
 """
 
 from __future__ import annotations

@@ -140,9 +140,11 @@ async def load_daemon_rows(
 ) -> DaemonRows:
     """:func:`read_daemon_rows` from the configured storage; warns when ``model_version``
     predicted fewer rows than are scored (its ``/metrics`` series then covers only those)."""
-    from scorebeater.storage import choose_backend, open_storage  # noqa: PLC0415 - backends load lazily
+    from scorebeater.storage import open_storage  # noqa: PLC0415 - backends load lazily
+    from scorebeater.storage.sizing import stored_config  # noqa: PLC0415
 
-    source = f"storage:{choose_backend(cfg)}"
+    cfg = await stored_config(cfg)
+    source = f"storage:{cfg.backend}"
     async with open_storage(cfg) as storage:
         found = await read_daemon_rows(storage, seasons, source=source)
     if model_version is not None:
