@@ -12,21 +12,24 @@ prediction each, an outcome for every other one. Then:
   ``storage.read_predictions(season=S, latest_only=True)``: rows/s of a raw storage scan;
 * **listing**: the admin app (``create_app``, the read routes of ``scorebeater/admin/read_api.py``)
   serves the store from a **child process** (so its RSS is its own); this process fetches
-  ``GET /v1/predictions?season=S&order=...&limit=...`` page after page, following
-  ``next_cursor``, up to ``--max-pages`` pages (20; 0: to the end; ``--quick``: every page).
-  Rows/s = rows received / wall time; the child's RSS (``VmRSS``) is sampled after each page
-  and its peak (``VmHWM``) read at the end.
+  ``GET /v1/predictions?season=S&order=...&limit=...`` page after page, following the cursor,
+  up to ``--max-pages`` pages (0, the default: every page), once as JSON (parsed with
+  ``orjson``, cursor from ``next_cursor``) and once as CSV (``Accept: text/csv``, parsed with
+  the ``csv`` module, cursor from ``Link: rel="next"``). Rows/s = rows received / wall time,
+  the client's parse included; the child's RSS (``VmRSS``) is sampled after each page and its
+  peak (``VmHWM``) read at the end.
 
-In player order a Postgres page is an index range scan (O(page)); on local storage every page
-streams the season (see ``read_api``'s module doc), so there the listing's rate is about
-``limit / players`` of a scan's and is measured over the first ``--max-pages`` pages (each
-costs about the same in player order). Target: >= 50% of the scan's rate, flat memory.
+In player order a page costs O(limit) on every backend (Postgres: one statement of index
+probes; local: the Parquet row groups of the page's id range), see ``read_api``'s module doc.
+Target: >= 50% of the scan's rate, flat memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -37,7 +40,9 @@ from typing import Any, cast
 
 import aiohttp
 import numpy as np
+import orjson
 import pyarrow as pa
+import yarl
 
 from bench.report import load_average, load_note, md_row, percent, verdict
 from scorebeater.config import LocalStorageConfig, PostgresStorageConfig, Secret, StorageConfig
@@ -206,33 +211,47 @@ async def _port(root: Path, child: subprocess.Popen[str]) -> int:
 
 
 async def list_pages(
-    port: int, pid: int, order: str, limit: int, max_pages: int
+    port: int, pid: int, order: str, limit: int, max_pages: int, *, fmt: str
 ) -> tuple[int, int, float, list[float], list[int]]:
-    """Rows, pages, seconds, per-page seconds and the child's RSS (KiB) after each page."""
+    """Rows, pages, seconds, per-page seconds and the child's RSS (KiB) after each page.
+
+    ``fmt`` ``json``: each body parsed with ``orjson`` (the client's parse is part of the
+    time; ``orjson`` so that the client's parser costs less than the server's work), the
+    cursor from ``next_cursor``; ``csv`` (``Accept: text/csv``): each body parsed with the
+    ``csv`` module, the cursor from the ``Link: rel="next"`` header.
+    """
     rows = pages = 0
     page_s: list[float] = []
     rss: list[int] = []
     cursor: str | None = None
     start = time.perf_counter()
     timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    headers = {"Accept": "text/csv" if fmt == "csv" else "application/json"}
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
         while True:
             params = {"season": str(SEASON), "order": order, "limit": str(limit)}
             if cursor:
                 params["cursor"] = cursor
             t0 = time.perf_counter()
             async with session.get(f"http://127.0.0.1:{port}/v1/predictions", params=params) as resp:
-                body = await resp.json()
+                raw = await resp.read()
                 if resp.status != 200:
-                    raise RuntimeError(f"page {pages + 1}: {resp.status} {body}")
+                    raise RuntimeError(f"page {pages + 1}: {resp.status} {raw[:500]!r}")
+                if fmt == "csv":
+                    received = sum(1 for _ in csv.reader(io.StringIO(raw.decode()))) - 1  # the header
+                    link = resp.links.get("next")
+                    cursor = None if link is None else yarl.URL(str(link["url"])).query.get("cursor")
+                else:
+                    body = orjson.loads(raw)
+                    received = len(body["items"])
+                    cursor = body["next_cursor"]
             page_s.append(time.perf_counter() - t0)
             rss.append(_proc_kb(pid, "VmRSS"))
-            rows += len(body["items"])
+            rows += received
             pages += 1
-            cursor = body["next_cursor"]
-            print(
-                f"page {pages}: {len(body['items'])} rows in {page_s[-1]:.2f} s", file=sys.stderr, flush=True
-            )
+            if pages % 100 == 0 or cursor is None:
+                note = f"{received} rows, {page_s[-1]:.3f} s, server RSS {rss[-1] / 1024:.0f} MB"
+                print(f"{fmt} page {pages}: {note}", file=sys.stderr, flush=True)
             if cursor is None or (max_pages and pages >= max_pages):
                 return rows, pages, time.perf_counter() - start, page_s, rss
 
@@ -257,22 +276,32 @@ async def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> s
     try:
         port = await _port(root, child)
         idle_kb = _proc_kb(child.pid, "VmRSS")
-        rows, pages, seconds, page_s, rss = await list_pages(
-            port, child.pid, args.order, args.limit, args.max_pages
-        )
+        listed = {
+            fmt: await list_pages(port, child.pid, args.order, args.limit, args.max_pages, fmt=fmt)
+            for fmt in ("json", "csv")
+        }
         peak_kb = _proc_kb(child.pid, "VmHWM")
     finally:
         child.terminate()
         child.wait(timeout=30)
     scan_rate = scan_rows / scan_s
-    rate = rows / seconds
-    listed = "all" if pages * args.limit >= args.players else f"first {pages}"
+
+    def listing(fmt: str) -> list[str]:
+        rows, pages, seconds, _, _ = listed[fmt]
+        rate = rows / seconds
+        which = "all" if pages * args.limit >= args.players else f"first {pages}"
+        return [
+            f"{rate:,.0f} ({rows:,} rows, {which} pages, {seconds:.1f} s)",
+            f"{percent(rate / scan_rate)}: {verdict(rate / scan_rate >= TARGET)}",
+        ]
+
+    _, _, _, page_s, rss = listed["json"]
     return md_row(
         backend,
         f"{scan_rate:,.0f} ({scan_s:.2f} s)",
-        f"{rate:,.0f} ({rows:,} rows, {listed} pages, {seconds:.1f} s)",
-        f"{percent(rate / scan_rate)}: {verdict(rate / scan_rate >= TARGET)}",
-        f"{float(np.median(page_s)) * 1000:,.0f} / {max(page_s) * 1000:,.0f}",
+        *listing("json"),
+        *listing("csv"),
+        f"{float(np.median(page_s)) * 1000:,.1f} / {max(page_s) * 1000:,.0f}",
         f"{idle_kb / 1024:,.0f} / {rss[0] / 1024:,.0f} / {rss[-1] / 1024:,.0f} / {peak_kb / 1024:,.0f}",
     )
 
@@ -287,12 +316,14 @@ async def run(args: argparse.Namespace) -> list[str]:
         md_row(
             "backend",
             "raw scan (`read_predictions(latest_only=True)`), rows/s",
-            "listing through the API, rows/s",
-            "listing / scan (target >= 50%)",
-            "page ms p50 / max",
-            "server RSS MB: idle / after page 1 / after the last / peak",
+            "JSON listing through the API, rows/s",
+            "JSON listing / scan (target >= 50%)",
+            "CSV listing, rows/s",
+            "CSV listing / scan",
+            "JSON page ms p50 / max",
+            "server RSS MB: idle / after JSON page 1 / after the last JSON page / peak (JSON + CSV)",
         ),
-        md_row(*["---"] * 6),
+        md_row(*["---"] * 8),
     ]
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-read-api-") as tmp:
@@ -315,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--players", type=int, default=1_000_000, help="synthetic players (1,000,000)")
     parser.add_argument("--quick", action="store_true", help="20,000 players")
     parser.add_argument("--limit", type=int, default=1000, help="rows per page (1,000)")
-    parser.add_argument(
-        "--max-pages", type=int, default=20, help="stop after this many pages (20; 0: all, hours at 1M)"
-    )
+    parser.add_argument("--max-pages", type=int, default=0, help="stop after this many pages (0: every page)")
     parser.add_argument("--order", default="player", help="order= of the listing (player)")
     parser.add_argument("--batch-rows", type=int, default=50_000, help="storage.batch_rows (50,000)")
     parser.add_argument("--backends", default="local,postgres", help="comma-separated: local,postgres")
@@ -327,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(args.backends, args.serve, args.batch_rows))
         return 0
     if args.quick:
-        args.players, args.max_pages = 20_000, 0
+        args.players = 20_000
     before = load_average()
     lines = asyncio.run(run(args))
     print("\n".join(lines))

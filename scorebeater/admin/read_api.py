@@ -5,26 +5,28 @@ name, team, counts so far and outcome; ``GET /v1/players/{id}`` gives a player's
 teams, seasons and one season's prediction history; ``GET /v1/outcomes?season=S`` lists a
 season's outcomes. ``openapi.yaml`` documents the parameters and fields.
 
-Memory: nothing here holds a season's rows (the object stores' scans do hold the key columns of
-the season's segments while they pick each player's latest row). Two ways to a page:
+Memory: nothing here holds a season's rows (the object stores' full scans do hold the key
+columns of the season's segments while they pick each player's latest row). Two ways to a page:
 
 * ``order=player`` without ``team``/``player``/``min_probability``: the storage's ordered page
-  read, :meth:`~scorebeater.storage.base.Storage.read_latest_predictions_page` (the rows after
-  the cursor's player id, each with his previous probability for ``change``). On Postgres
-  that is an index range scan: a page costs O(limit) whatever the season's size. The object
-  stores stream the season's partition once per page (O(season) time).
+  read, :meth:`~scorebeater.storage.base.Storage.read_latest_predictions_page`, which returns
+  the rows after the cursor's player id with each one's previous probability (for
+  ``change``), latest feature row (name, team, counts) and outcome. O(limit) on every
+  backend: on Postgres one statement of index probes; on the object stores the Parquet row
+  groups whose ``player_id`` statistics reach the page's id range (see
+  ``bench/README.md``'s ``bench_read_api`` for the rates against a raw scan).
 * Any other order or filter: the season's latest predictions are streamed in batches of
   ``storage.batch_rows`` and only the ``limit + 1`` first rows after the cursor in the
   requested order are kept (a merge of the held rows with each batch's), so a page holds
   O(limit + batch) rows; the page players' previous predictions come from one streamed pass
   over the season's prediction history, filtered to them. O(season) time per page, on every
-  backend: listing a whole season page by page this way is quadratic in its size
-  (``bench/bench_read_api.py`` measures the listing against a raw scan).
+  backend: listing a whole season page by page this way is quadratic in its size. The page's
+  players are then joined with their latest feature rows (``read_latest_features(player_ids=
+  ...)``) and outcomes (``read_outcomes(player_ids=...)``): index lookups on Postgres, a
+  filtered pass over the season's latest rows on the object stores.
 
-Either way the page's players are then joined with their latest feature rows (name, team,
-counts: ``read_latest_features(player_ids=...)``) and outcomes (``read_outcomes(player_ids=...)``):
-index lookups on Postgres, a filtered pass over the season's latest rows on the object stores.
-What adds memory beyond the page:
+A page's JSON or CSV is built column by column (Arrow kernels, then one Python list per
+field), not field by field. What adds memory beyond the page:
 
 * ``team=``/``player=`` filters first collect the matching player ids (8 bytes per matching
   player) from the season's latest feature rows;
@@ -64,7 +66,7 @@ from aiohttp import web
 from scorebeater.bounds import PLAYER_ID, SEASON
 from scorebeater.errors import StorageError, StorageUnavailable
 from scorebeater.httpsurface import ApiError, int_param, json_response, shown
-from scorebeater.storage.base import PREDICTION_ROLES
+from scorebeater.storage.base import PAGE_PLAYER_COLUMNS, PAGE_SCHEMA, PREDICTION_ROLES
 
 if TYPE_CHECKING:
     from scorebeater.admin.app import AdminState
@@ -341,6 +343,16 @@ class ListQuery:
     after: Key | None
 
     @property
+    def by_player_id(self) -> bool:
+        """Player order without filters: the storage's ordered page read serves it."""
+        return (
+            self.order == "player"
+            and self.team is None
+            and self.player is None
+            and self.min_probability is None
+        )
+
+    @property
     def filters(self) -> str:
         return _filter_hash(self.season, self.order, self.team, self.player, self.min_probability, self.role)
 
@@ -456,8 +468,9 @@ class ReadRoutes:
         return last_two.changes()
 
     async def _player_page(self, q: ListQuery) -> tuple[pa.Table | None, bool]:
-        """``order=player`` without filters: the storage's ordered page read (Postgres: an
-        index range scan, O(limit))."""
+        """``order=player`` without filters: the storage's ordered page read, which carries
+        each row's previous probability, feature columns and outcome (O(limit) on every
+        backend)."""
         page = await self._storage.read_latest_predictions_page(
             season=q.season,
             after_player_id=None if q.after is None else q.after[2],
@@ -470,12 +483,13 @@ class ReadRoutes:
         page = page.slice(0, q.limit)
         change = pc.subtract(page.column("probability"), page.column("previous_probability"))
         zeros = pa.array(np.zeros(page.num_rows))
-        rows = page.select(list(_PAGE_COLUMNS)).append_column("change", change)
+        rows = page.select([*_PAGE_COLUMNS, *PAGE_PLAYER_COLUMNS, *_OUTCOME_COLUMNS])
+        rows = rows.append_column("change", change)
         return rows.append_column("_a", zeros).append_column("_b", zeros), more
 
     async def _page(self, q: ListQuery) -> tuple[pa.Table | None, bool]:
         """The page's rows in order (with ``change``), and whether more follow."""
-        if q.order == "player" and q.team is None and q.player is None and q.min_probability is None:
+        if q.by_player_id:
             return await self._player_page(q)
         candidates = await self._candidates(q)
         if candidates is not None and not len(candidates):
@@ -533,53 +547,57 @@ class ReadRoutes:
                 found[row["player_id"]] = row
         return found
 
-    async def _feature_table(self, season: int, ids: pa.Array) -> pa.Table:
-        tables = [
-            t.select(["player_id", "player", "team", *COUNTS])
-            async for t in _aclosed(
-                self._storage.read_latest_features(season=season, player_ids=ids.to_pylist())
-            )
+    async def _with_players(self, season: int, rows: pa.Table) -> pa.Table:
+        """``rows`` with their players' feature columns and outcome (as the storage's page has
+        them): index lookups on Postgres, a filtered pass over the season's latest rows on the
+        object stores."""
+        ids = rows.column("player_id").to_pylist()
+        features = [
+            t.select(["player_id", *PAGE_PLAYER_COLUMNS])
+            async for t in _aclosed(self._storage.read_latest_features(season=season, player_ids=ids))
         ]
-        if not tables:
-            return pa.table({"player_id": pa.array([], pa.int64())})
-        return pa.concat_tables(tables)
-
-    async def _outcome_table(self, season: int, ids: pa.Array) -> pa.Table:
-        tables = [
-            t.select(["player_id", "beat", "resolution"])
-            async for t in _aclosed(self._storage.read_outcomes(season=season, player_ids=ids.to_pylist()))
+        outcomes = [
+            t.select(["player_id", "beat", "resolution"]).rename_columns(["player_id", *_OUTCOME_COLUMNS])
+            async for t in _aclosed(self._storage.read_outcomes(season=season, player_ids=ids))
         ]
-        if not tables:
-            return pa.table({"player_id": pa.array([], pa.int64())})
-        return pa.concat_tables(tables)
+        for found, names in ((features, PAGE_PLAYER_COLUMNS), (outcomes, _OUTCOME_COLUMNS)):
+            if found:
+                joined = _joined(rows, pa.concat_tables(found))
+                for name in names:
+                    rows = rows.append_column(name, joined.column(name))
+            else:
+                for name, kind in zip(names, _NULL_TYPES[names], strict=True):
+                    rows = rows.append_column(name, pa.nulls(rows.num_rows, kind))
+        return rows
 
     async def list_predictions(self, request: web.Request) -> web.Response:
         """A page of the season's latest predictions (see the module doc for cost and memory)."""
         q = _list_query(request)
         try:
             rows, more = await self._page(q)
-            items: list[dict[str, Any]] = []
-            last: Key | None = None
-            if rows is not None:
-                ids = rows.column("player_id").combine_chunks()
-                features = await self._feature_table(q.season, ids)
-                outcomes = await self._outcome_table(q.season, ids)
-                items = _items(rows, features, outcomes)
-                last = (rows.column("_a")[-1].as_py(), rows.column("_b")[-1].as_py(), items[-1]["player_id"])
+            if rows is not None and not q.by_player_id:
+                rows = await self._with_players(q.season, rows)
         except StorageError as exc:
             raise _storage_failed(exc) from exc
-        cursor = None if not more or last is None else encode_cursor(q.order, last, q.filters)
-        if _wants_csv(request):
-            header = [*PREDICTION_FIELDS, "outcome_beat", "outcome_resolution"]
-            lines = (
-                [
-                    *(item[f] for f in PREDICTION_FIELDS),
-                    None if item["outcome"] is None else item["outcome"]["beat"],
-                    None if item["outcome"] is None else item["outcome"]["resolution"],
-                ]
-                for item in items
+        cursor = None
+        if more and rows is not None:
+            last = (
+                rows.column("_a")[-1].as_py(),
+                rows.column("_b")[-1].as_py(),
+                rows.column("player_id")[-1].as_py(),
             )
-            return _csv(request, header, lines, cursor)
+            cursor = encode_cursor(q.order, last, q.filters)
+        fields = _item_arrays(rows)
+        if _wants_csv(request):
+            header = [*PREDICTION_FIELDS, *_OUTCOME_COLUMNS]
+            lines = zip(*(_csv_column(fields[name]) for name in header), strict=True)
+            return _csv(request, header, lines, cursor, cells=True)
+        columns = [fields[name].to_pylist() for name in (*PREDICTION_FIELDS, *_OUTCOME_COLUMNS)]
+        resolution, beat = columns.pop(), columns.pop()
+        outcome = [
+            None if b is None else {"beat": b, "resolution": r} for b, r in zip(beat, resolution, strict=True)
+        ]
+        items = [dict(zip(_ITEM_KEYS, values, strict=True)) for values in zip(*columns, outcome, strict=True)]
         return json_response({"season": q.season, "order": q.order, "items": items, "next_cursor": cursor})
 
     # --- GET /v1/outcomes ---
@@ -693,11 +711,14 @@ class ReadRoutes:
         return json_response(body)
 
 
-def _isoformat(times: pa.ChunkedArray) -> list[str]:
-    """UTC timestamps as ``datetime.isoformat`` writes them (``...T03:00:00+00:00``), vectorised."""
-    text = pc.strftime(times, format="%Y-%m-%dT%H:%M:%S")
+def _isoformat(times: pa.ChunkedArray) -> pa.Array:
+    """UTC timestamps as ``datetime.isoformat`` writes them (``...T03:00:00+00:00``), vectorised:
+    each distinct time is formatted once (a page's rows mostly share a few as-of times)."""
+    encoded = pc.dictionary_encode(_one_chunk(times))
+    text = pc.strftime(encoded.dictionary, format="%Y-%m-%dT%H:%M:%S")
     text = pc.replace_substring_regex(text, pattern=r"\.000000$", replacement="")
-    return [f"{t}+00:00" for t in text.to_pylist()]
+    text = pc.binary_join_element_wise(text, "+00:00", "")
+    return text.take(encoded.indices)
 
 
 def _joined(rows: pa.Table, other: pa.Table) -> pa.Table:
@@ -707,44 +728,55 @@ def _joined(rows: pa.Table, other: pa.Table) -> pa.Table:
     return table.join(other, "player_id", join_type="left outer").sort_by("_i")
 
 
-def _items(rows: pa.Table, features: pa.Table, outcomes: pa.Table) -> list[dict[str, Any]]:
-    """A page's items: ``rows`` (in order) with their players' names, counts and outcome.
+_OUTCOME_COLUMNS = ("outcome_beat", "outcome_resolution")
+_NULL_TYPES = {
+    PAGE_PLAYER_COLUMNS: [PAGE_SCHEMA.field(name).type for name in PAGE_PLAYER_COLUMNS],
+    _OUTCOME_COLUMNS: [PAGE_SCHEMA.field(name).type for name in _OUTCOME_COLUMNS],
+}
 
-    Built column by column (a page is up to 1,000 rows; a Python loop per field would
-    dominate the page's time). A player without a feature row gets ``""`` and zero counts.
+
+def _item_arrays(rows: pa.Table | None) -> dict[str, pa.Array]:
+    """A page's item fields (:data:`PREDICTION_FIELDS`, then ``outcome_beat`` and
+    ``outcome_resolution``) as Arrow arrays in row order, from ``rows`` (a page's
+    :data:`_PAGE_COLUMNS` with ``change``, :data:`PAGE_PLAYER_COLUMNS` and
+    :data:`_OUTCOME_COLUMNS`).
+
+    Vectorised (a page is up to 1,000 rows; a Python step per field and row would dominate
+    the page's time). A player without a feature row gets ``""`` and zero counts; a missing
+    ``change`` is null; counts are whole numbers (stored as float32 model inputs), ``progress``
+    is rounded to 4 places, ``as_of_time`` is ISO 8601 as ``datetime.isoformat`` writes it.
     """
-    f = _joined(rows, features)
-    o = _joined(rows, outcomes)
-    n = rows.num_rows
-
-    def column(table: pa.Table, name: str, default: Any, kind: pa.DataType) -> list[Any]:
-        if name not in table.column_names:
-            return [default] * n
-        return pc.fill_null(table.column(name).cast(kind), default).to_pylist()  # type: ignore[no-any-return]
-
-    change = rows.column("change")
-    change = pc.if_else(pc.is_nan(change), pa.scalar(None, pa.float64()), change)
-    columns: dict[str, list[Any]] = {
-        "player_id": rows.column("player_id").to_pylist(),
-        "player": column(f, "player", "", pa.string()),
-        "team": column(f, "team", "", pa.string()),
-        "probability": rows.column("probability").to_pylist(),
-        "change": change.to_pylist(),
-        **{c: column(f, c, 0, pa.float64()) for c in COUNTS},
-        "progress": pc.round(rows.column("progress").cast(pa.float64()), 4).to_pylist(),
-        "as_of_seq": rows.column("as_of_seq").to_pylist(),
+    if rows is None:
+        rows = pa.table(
+            {name: pa.array([], _ITEM_TYPES.get(name, pa.float64())) for name in _ITEM_SOURCE_COLUMNS}
+        )
+    change = rows.column("change").combine_chunks()
+    fields: dict[str, pa.Array] = {
+        "player_id": rows.column("player_id"),
+        "player": pc.fill_null(rows.column("player"), ""),
+        "team": pc.fill_null(rows.column("team"), ""),
+        "probability": rows.column("probability"),
+        "change": pc.if_else(pc.is_nan(change), pa.scalar(None, pa.float64()), change),
+        **{
+            c: pc.fill_null(pc.round(rows.column(c).cast(pa.float64())), 0.0).cast(pa.int64()) for c in COUNTS
+        },
+        "progress": pc.round(rows.column("progress").cast(pa.float64()), 4),
+        "as_of_seq": rows.column("as_of_seq"),
         "as_of_time": _isoformat(rows.column("as_of_time")),
-        "model_version": rows.column("model_version").to_pylist(),
+        "model_version": rows.column("model_version"),
+        "outcome_beat": rows.column("outcome_beat"),
+        "outcome_resolution": rows.column("outcome_resolution"),
     }
-    for c in COUNTS:
-        columns[c] = [round(v) for v in columns[c]]
-    beat = o.column("beat").to_pylist() if "beat" in o.column_names else [None] * n
-    resolution = o.column("resolution").to_pylist() if "resolution" in o.column_names else [None] * n
-    columns["outcome"] = [
-        None if b is None else {"beat": b, "resolution": r} for b, r in zip(beat, resolution, strict=True)
-    ]
-    names = list(columns)
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return {name: _one_chunk(value) for name, value in fields.items()}
+
+
+_ITEM_KEYS = (*PREDICTION_FIELDS, "outcome")
+_ITEM_SOURCE_COLUMNS = (*_PAGE_COLUMNS, "change", *PAGE_PLAYER_COLUMNS, *_OUTCOME_COLUMNS)
+_ITEM_TYPES = {f.name: f.type for f in PAGE_SCHEMA}
+
+
+def _one_chunk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -764,20 +796,45 @@ def _csv_cell(value: object) -> object:
     return value
 
 
+def _csv_column(values: pa.Array) -> list[object]:
+    """A column's CSV cells as :func:`_csv_cell` makes them, vectorised: strings that could
+    start a formula behind a ``'``, booleans ``true``/``false``, null as ``None`` (which the
+    ``csv`` module writes as an empty field), numbers as they are."""
+    if pa.types.is_string(values.type):
+        formula = pc.match_substring_regex(values, _FORMULA_PATTERN)
+        values = pc.if_else(formula, pc.binary_join_element_wise("'", values, ""), values)
+    elif pa.types.is_boolean(values.type):
+        values = pc.if_else(values, "true", "false")
+    return values.to_pylist()  # type: ignore[no-any-return]
+
+
+_FORMULA_PATTERN = "^[=+@\\-\t\r]"
+""":data:`_FORMULA_START` as a regular expression."""
+
+
 def _csv(
-    request: web.Request, header: list[str], rows: Iterable[Sequence[object]], cursor: str | None
+    request: web.Request,
+    header: list[str],
+    rows: Iterable[Sequence[object]],
+    cursor: str | None,
+    *,
+    cells: bool = False,
 ) -> web.Response:
     """CSV with a header row; ``None`` as an empty field; the next page in ``Link: rel="next"``.
 
     String cells starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return get a
     leading ``'`` (:func:`_csv_cell`), so a stored name cannot run as a spreadsheet formula;
-    numbers are written as numbers.
+    numbers are written as numbers. ``cells``: ``rows`` hold cells made so already
+    (:func:`_csv_column`), written as they are.
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
-    for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
+    if cells:
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            writer.writerow([_csv_cell(v) for v in row])
     headers = {}
     if cursor is not None:
         headers["Link"] = f'<{request.rel_url.update_query(cursor=cursor)}>; rel="next"'

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from openapi_schema_validator import OAS30Validator
 
 from scorebeater.admin.app import create_app
-from scorebeater.admin.read_api import _csv
+from scorebeater.admin.read_api import _csv, _csv_cell, _csv_column
 from scorebeater.storage.base import PREDICTIONS_SCHEMA, Storage, conform
 from scorebeater.testing.admin import storage_only_state
 from tests.contract.test_storage import T0, features, grid, outcomes, predictions
@@ -352,6 +352,19 @@ def test_csv_cells_that_could_start_a_formula_are_quoted() -> None:
     assert lines[3] == ["'\tTab", "'\rCR", "-1", "0.2", ""]
     assert lines[4] == ["O'Neal = fine", "", "0.0", "0.3", ""]
     assert float(lines[1][2]) == -0.25  # a negative change is still a number
+
+
+def test_listing_csv_cells_are_made_column_by_column_as_cell_by_cell() -> None:
+    """The listing's vectorised cells (``_csv_column``) are ``_csv_cell``'s, formula guard too."""
+    columns = [
+        pa.array(["=HYPERLINK(A1)", "-X", "@SUM(A1)", "+1", "\tTab", "\rCR", "O'Neal = fine", "", None]),
+        pa.array([True, False, None, True, False, None, True, False, None]),
+        pa.array([-0.25, None, 0.0, 1.0, 0.1, -1.0, 2.5, 0.3, None]),
+        pa.array([1, 2, None, 4, 5, 6, 7, 8, 9], pa.int64()),
+    ]
+    for column in columns:
+        expected = [_csv_cell(v) for v in column.to_pylist()]
+        assert [("" if v is None else v) for v in _csv_column(column)] == expected
 
 
 # --- bad parameters ---------------------------------------------------------------------------------

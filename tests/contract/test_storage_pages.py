@@ -1,5 +1,6 @@
 """The storage contract of ordered prediction pages (``read_latest_predictions_page``) and of
-outcomes by player ids, on every backend."""
+outcomes by player ids, on every backend; on the object stores also pages that cross row
+groups and segments that overlap (the page reads only the row groups of its id range)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,33 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+import scorebeater.storage.objects.commit as objects_commit
+import scorebeater.storage.objects.store as objects_store
+from scorebeater.config import StorageConfig
 from scorebeater.errors import StorageError
-from scorebeater.storage.base import OUTCOMES_SCHEMA, PAGE_SCHEMA, PREDICTIONS_SCHEMA, Storage
-from tests.contract.test_storage import collect, outcomes, predictions
+from scorebeater.storage import open_storage
+from scorebeater.storage.base import (
+    EARLY_COLUMNS,
+    FEATURES_SCHEMA,
+    OUTCOMES_SCHEMA,
+    PAGE_PLAYER_COLUMNS,
+    PAGE_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    Storage,
+)
+from scorebeater.storage.objects import ObjectTableStorage
+from tests.contract.test_storage import (
+    OUTCOMES_SCHEMA_V1,
+    PREDICTIONS_SCHEMA_V1,
+    collect,
+    features,
+    features_v1,
+    grid,
+    outcomes,
+    predictions,
+    store_as_version_1,
+    store_before_version_2,
+)
 
 SEASON = 2014
 PLAYERS = list(range(3, 3 * 90, 3))
@@ -64,6 +89,7 @@ async def test_pages_cover_every_players_latest_row_once_in_order(storage: Stora
     expected = {r["player_id"]: r for r in latest.to_pylist()}
     for row in rows.to_pylist():
         previous = row.pop("previous_probability")
+        assert all(row.pop(c) is None for c in (*PAGE_PLAYER_COLUMNS, "outcome_beat", "outcome_resolution"))
         assert row == expected[row["player_id"]]
         want = _previous(row["player_id"])
         assert previous == (None if want is None else pytest.approx(want))
@@ -116,3 +142,119 @@ async def test_outcomes_by_player_ids(storage: Storage) -> None:
     assert sorted(got.column("player_id").to_pylist()) == [6, 9]
     every = await collect(storage.read_outcomes(player_ids=[6]), OUTCOMES_SCHEMA)
     assert sorted(every.column("season").to_pylist()) == [SEASON, SEASON + 1]
+
+
+# --- the players' columns; pages across row groups and overlapping segments ---------------------------
+
+
+async def _expected(storage: Storage, role: str = "champion") -> list[dict[str, Any]]:
+    """The season's whole listing computed from full reads: each player's latest row of
+    ``role``, his previous point, his latest feature row's columns and his outcome."""
+    history = (
+        await collect(storage.read_predictions(season=SEASON, role=role), PREDICTIONS_SCHEMA)
+    ).to_pylist()
+    latest = await collect(
+        storage.read_predictions(season=SEASON, latest_only=True, role=role), PREDICTIONS_SCHEMA
+    )
+    feature_rows = await collect(storage.read_latest_features(season=SEASON), FEATURES_SCHEMA)
+    outcome_rows = await collect(storage.read_outcomes(season=SEASON), OUTCOMES_SCHEMA)
+    by_player = {r["player_id"]: r for r in feature_rows.to_pylist()}
+    outcome = {r["player_id"]: r for r in outcome_rows.to_pylist()}
+    rows = []
+    for row in sorted(latest.to_pylist(), key=lambda r: r["player_id"]):
+        pid = row["player_id"]
+        before = [h for h in history if h["player_id"] == pid and h["as_of_seq"] < row["as_of_seq"]]
+        previous = max(before, key=lambda h: (h["as_of_seq"], h["model_version"]), default=None)
+        f = by_player.get(pid, {})
+        o = outcome.get(pid, {})
+        rows.append(
+            {
+                **row,
+                "previous_probability": None if previous is None else previous["probability"],
+                **{c: f.get(c) for c in PAGE_PLAYER_COLUMNS},
+                "outcome_beat": o.get("beat"),
+                "outcome_resolution": o.get("resolution"),
+            }
+        )
+    return rows
+
+
+async def _write_players(storage: Storage) -> None:
+    """Feature rows (a later one for some), outcomes (early, then final for some) for most of
+    the players of :func:`_write`; none for the last five."""
+    # Ids whose generated inputs stay within their bounds (test_storage.features).
+    known = [p for p in PLAYERS[:-5] if p % 97 < 60]
+    await storage.write_features(features(grid(known, [SEASON], [1, 2])))
+    await storage.write_features(features(grid(known[::3], [SEASON], [3])))
+    await storage.write_features(features(grid(known[:4], [SEASON + 1], [1])))  # another season
+    await storage.write_outcomes(outcomes([(p, SEASON, p % 2 == 0, "early") for p in known[::2]]))
+    await storage.write_outcomes(outcomes([(p, SEASON, False, "final") for p in known[::4]]))
+
+
+async def _listing(storage: Storage, limit: int, role: str = "champion") -> list[dict[str, Any]]:
+    return [row for page in await _pages(storage, limit, role) for row in page.to_pylist()]
+
+
+@pytest.mark.parametrize("limit", [7, 1000])
+async def test_pages_carry_the_players_latest_feature_row_and_outcome(storage: Storage, limit: int) -> None:
+    await _write(storage)
+    await _write_players(storage)
+    rows = await _listing(storage, limit)
+    assert rows == await _expected(storage)
+    assert rows[0]["player"] == f"Player Ünïcode {PLAYERS[0]}"
+    assert rows[-1]["player"] is None  # no feature row
+    assert sum(r["player"] is not None for r in rows) == 59
+    assert {r["outcome_resolution"] for r in rows} == {"early", "final", None}
+
+
+@pytest.fixture(name="small_row_groups")
+def _small_row_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments written from here on have row groups of 5 rows (writes and compactions)."""
+    monkeypatch.setattr(objects_commit, "ROW_GROUP_ROWS", 5)
+    monkeypatch.setattr(objects_store, "ROW_GROUP_ROWS", 5)
+
+
+@pytest.mark.usefixtures("small_row_groups")
+@pytest.mark.parametrize("limit", [3, 13, 89])
+async def test_object_pages_across_row_groups_and_overlapping_segments(
+    object_storage: ObjectTableStorage, limit: int
+) -> None:
+    storage = object_storage
+    await _write(storage)  # three commits: overlapping player ranges
+    # A rewrite of some keys (the later commit wins, whatever the segments' order of rows),
+    # a new latest point for others, and challenger rows that must not count as champions.
+    await storage.write_predictions(predictions([(p, SEASON, 2, 1) for p in PLAYERS[::4]], probability=0.5))
+    await storage.write_predictions(predictions([(p, SEASON, 5, 1) for p in PLAYERS[5::6]], probability=0.75))
+    await storage.write_predictions(predictions([(p, SEASON, 6, 3) for p in PLAYERS[40:]], role="challenger"))
+    await _write_players(storage)
+    partition = (await storage.snapshot()).partitions("predictions")[f"season={SEASON}"]
+    assert len(partition) > 3  # overlapping segments, not one compacted
+    rows = await _listing(storage, limit)
+    assert rows == await _expected(storage)
+    challenger = await _listing(storage, limit, role="challenger")
+    assert challenger == await _expected(storage, role="challenger")
+    assert [r["player_id"] for r in challenger] == PLAYERS[:10] + PLAYERS[40:]
+
+
+async def test_pages_of_rows_stored_before_schema_version_2(
+    storage: Storage, backend_config: StorageConfig
+) -> None:
+    """Rows of older schema versions (object stores: whole segments read and upgraded instead
+    of the page's columns) page like current ones, next to a current segment."""
+    old = predictions([(p, SEASON, q, 1) for p in (3, 6, 9) for q in (1, 2)])
+    early = outcomes([(3, SEASON, True, "early")])
+    await store_before_version_2(
+        storage,
+        backend_config,
+        pa.Table.from_arrays(old.drop_columns(["role"]).columns, schema=PREDICTIONS_SCHEMA_V1),
+        pa.Table.from_arrays(early.drop_columns(list(EARLY_COLUMNS)).columns, schema=OUTCOMES_SCHEMA_V1),
+    )
+    await store_as_version_1(storage, backend_config, features_v1(grid([3, 6], [SEASON], [1, 2])))
+    async with open_storage(backend_config) as reopened:
+        await reopened.write_predictions(predictions([(12, SEASON, 1, 1)]))
+        rows = await _listing(reopened, 2)
+        assert rows == await _expected(reopened)
+    assert [r["player_id"] for r in rows] == [3, 6, 9, 12]
+    assert [r["player"] for r in rows] == ["Player Ünïcode 3", "Player Ünïcode 6", None, None]
+    assert [r["outcome_resolution"] for r in rows] == ["early", None, None, None]
+    assert rows[0]["previous_probability"] == pytest.approx(0.25 + 1 / 1000)

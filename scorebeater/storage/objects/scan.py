@@ -11,6 +11,9 @@ kept for the second up to ``_SOURCE_REUSE_BYTES``. Everything streams in tables 
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
 import numpy as np
@@ -235,3 +238,218 @@ def _as_table(batch: pa.RecordBatch | pa.Table, spec: TableSpec, version: int) -
     if not table.schema.equals(spec.schema):
         table = table.cast(spec.schema)
     return table
+
+
+# --- key-range reads (a page of players) ------------------------------------------------------------
+
+RANGE_COLUMN = "player_id"
+"""The column range reads bound: the first of each paged table's key, so every segment is
+sorted by it and its row groups' statistics give disjoint, ascending ranges of it."""
+_METADATA_CACHE_ENTRIES = 256
+"""Parsed Parquet footers kept (segments never change once written: a key is never reused).
+A footer of a 262,144-row segment in 8,192-row groups is tens of KB."""
+_metadata_cache: OrderedDict[tuple[str, str], tuple[pq.FileMetaData, list[tuple[float, float]]]] = (
+    OrderedDict()
+)
+_metadata_lock = threading.Lock()
+
+
+def _group_ranges(metadata: pq.FileMetaData) -> list[tuple[float, float]]:
+    """Each row group's smallest and largest ``player_id`` (infinite where not recorded)."""
+    names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+    if RANGE_COLUMN not in names:
+        return [(-math.inf, math.inf)] * metadata.num_row_groups
+    index = names.index(RANGE_COLUMN)
+    ranges = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            ranges.append((-math.inf, math.inf))
+        else:
+            ranges.append((stats.min, stats.max))
+    return ranges
+
+
+class _Groups:
+    """One segment's row groups and their ``player_id`` ranges; the object opened on demand."""
+
+    def __init__(self, objects: ObjectStore, spec: TableSpec, segment: Segment) -> None:
+        self.objects = objects
+        self.spec = spec
+        self.segment = segment
+        self.source: pa.NativeFile | None = None
+        self.file: pq.ParquetFile | None = None
+        self.ranges: list[tuple[float, float]] = []
+
+    async def open(self) -> None:
+        """Open the object and read its footer (or take it from the cache)."""
+        self.source = await self.objects.open_input(self.segment.key)
+        cache_key = (self.objects.where, self.segment.key)
+        with _metadata_lock:
+            cached = _metadata_cache.get(cache_key)
+            if cached is not None:
+                _metadata_cache.move_to_end(cache_key)
+        if cached is None:
+            metadata = await asyncio.to_thread(pq.read_metadata, self.source)
+            cached = (metadata, _group_ranges(metadata))
+            with _metadata_lock:
+                _metadata_cache[cache_key] = cached
+                while len(_metadata_cache) > _METADATA_CACHE_ENTRIES:
+                    _metadata_cache.popitem(last=False)
+        self.file = pq.ParquetFile(self.source, metadata=cached[0])
+        self.ranges = cached[1]
+
+    def read(self, groups: Sequence[int], columns: Sequence[str] | None) -> pa.Table:
+        """Rows of row groups ``groups`` as ``spec.schema`` rows (``columns`` of them when
+        given). Blocking: call it in a worker thread, after :meth:`open`."""
+        assert self.file is not None  # noqa: S101 - opened first
+        current = self.segment.schema_version == self.spec.schema_version
+        wanted = list(columns) if columns is not None and current else None
+        # An older segment is read whole and upgraded (its schema may lack columns).
+        table = self.file.read_row_groups(list(groups), columns=wanted, use_threads=False)
+        if wanted is None:
+            table = _as_table(table, self.spec, self.segment.schema_version)
+        return table if columns is None else table.select(list(columns))
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+
+def _in_range(table: pa.Table, after: float, below: float) -> pa.Table:
+    """The rows with ``after < player_id < below``."""
+    ids = table.column(RANGE_COLUMN)
+    mask = pc.greater(ids, pa.scalar(int(after), ids.type)) if math.isfinite(after) else None
+    if math.isfinite(below):
+        under = pc.less(ids, pa.scalar(int(below), ids.type))
+        mask = under if mask is None else pc.and_(mask, under)
+    return table if mask is None else table.filter(mask)
+
+
+def _winners(spec: TableSpec, segments: Sequence[Segment], tables: Sequence[pa.Table]) -> pa.Table:
+    """The live rows of ``tables`` (the same key range's rows of ``segments``, in order):
+    each key's winning row, as the full scan picks it (rank, then the later commit)."""
+    rows = pa.concat_tables(tables)
+    overlapping = any(not a.disjoint(b) for i, a in enumerate(segments) for b in segments[i + 1 :])
+    if not overlapping:
+        return rows
+    rank = spec.rank(rows) if spec.rank else []
+    return rows.take(pa.array(winner_indices(rows, spec.local_key, rank)))
+
+
+def _segment_lo(segment: Segment) -> float:
+    bound = segment.bounds.get(RANGE_COLUMN)
+    return -math.inf if bound is None else bound[0]
+
+
+def _segment_hi(segment: Segment) -> float:
+    bound = segment.bounds.get(RANGE_COLUMN)
+    return math.inf if bound is None else bound[1]
+
+
+async def read_range(
+    objects: ObjectStore,
+    spec: TableSpec,
+    segments: Sequence[Segment],
+    *,
+    lo: int,
+    hi: int,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """The live rows of one partition's ``segments`` with ``lo <= player_id <= hi``.
+
+    Reads only the segments whose key bounds reach into the range, and of those only the row
+    groups whose ``player_id`` statistics do: time and memory grow with the range's rows and
+    the row group size, not with the partition. ``columns`` (which must include the key and
+    rank columns) narrows the rows read.
+    """
+    chosen = [s for s in segments if _segment_lo(s) <= hi and _segment_hi(s) >= lo]
+    groups = [_Groups(objects, spec, s) for s in chosen]
+
+    def collect() -> pa.Table:
+        tables = []
+        for g in groups:
+            wanted = [i for i, (a, b) in enumerate(g.ranges) if a <= hi and b >= lo]
+            if wanted:
+                tables.append(_in_range(g.read(wanted, columns), lo - 1, hi + 1))
+        return _winners(spec, chosen, tables) if tables else _empty(spec, columns)
+
+    try:
+        for g in groups:
+            await g.open()
+        return await asyncio.to_thread(collect)  # one hop: the reads are small
+    finally:
+        for g in groups:
+            g.close()
+
+
+def _empty(spec: TableSpec, columns: Sequence[str] | None) -> pa.Table:
+    schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+    return schema.empty_table()
+
+
+async def read_first_players(
+    objects: ObjectStore,
+    spec: TableSpec,
+    segments: Sequence[Segment],
+    *,
+    after: int | None,
+    players: Callable[[pa.Table], int],
+    enough: int,
+) -> pa.Table:
+    """The live rows of every player above ``after`` and below some bound, up to where
+    ``players(rows)`` (the number of players those live rows make, e.g. those with a
+    champion row) reaches ``enough``, or of all players above ``after``.
+
+    Every row of each player returned is there (a player's rows may span row groups: a
+    player counts only once no unread row group can hold his id). Row groups are read in
+    ascending ``player_id`` order, one at a time, from whichever segment's next group starts
+    lowest; a segment whose key bounds lie below ``after`` is never opened, one whose bounds
+    start above the bound reached is not either. So a page costs O(its rows + a row group per
+    segment it touches), whatever the partition's size.
+    """
+    start: float = -math.inf if after is None else after
+    live = [s for s in segments if _segment_hi(s) > start]
+    groups = [_Groups(objects, spec, s) for s in live]
+    next_group: list[int | None] = [None] * len(groups)  # None: not opened yet
+    read: list[list[pa.Table]] = [[] for _ in groups]
+
+    def next_lo(i: int) -> float:
+        """A lower bound of the ids of segment ``i``'s rows not read yet (inf: none left)."""
+        at = next_group[i]
+        if at is None:
+            return max(_segment_lo(live[i]), start)
+        ranges = groups[i].ranges
+        return ranges[at][0] if at < len(ranges) else math.inf
+
+    def read_and_count(i: int | None, at: int, bound: float) -> tuple[pa.Table, int]:
+        """Read segment ``i``'s group ``at`` (if any); the live rows of the complete players
+        (below ``bound``) and how many players they make. One worker-thread hop per group."""
+        if i is not None:
+            read[i].append(_in_range(groups[i].read([at], None), start, math.inf))
+        tables = [_in_range(t, start, bound) for ts in read for t in ts]
+        if not tables:
+            return spec.schema.empty_table(), 0
+        rows = _winners(spec, live, tables)
+        return rows, players(rows)
+
+    try:
+        while True:
+            i = min(range(len(groups)), key=next_lo, default=None)
+            if i is None or not math.isfinite(next_lo(i)):  # every segment read to its end
+                return (await asyncio.to_thread(read_and_count, None, 0, math.inf))[0]
+            at = next_group[i]
+            if at is None:
+                await groups[i].open()
+                ranges = groups[i].ranges
+                # Groups are in ascending id order (the segment is sorted by its key).
+                next_group[i] = next((j for j, (_, b) in enumerate(ranges) if b > start), len(ranges))
+                continue
+            next_group[i] = at + 1
+            bound = min(next_lo(j) for j in range(len(groups)))
+            rows, count = await asyncio.to_thread(read_and_count, i, at, bound)
+            if count >= enough or not math.isfinite(bound):
+                return rows
+    finally:
+        for g in groups:
+            g.close()

@@ -39,9 +39,14 @@ from scorebeater.storage.quarantine import QUARANTINE_SCHEMA
 SEGMENT_MAX_ROWS = 262_144
 """A partition larger than this is written as several segments (disjoint by key, one commit),
 so a single large partition still encodes on every core and uploads in parallel."""
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 8_192
 """Rows per Parquet row group: a reader holds one group at a time, and a streamed upload can
-send a part as soon as enough groups are encoded."""
+send a part as soon as enough groups are encoded. Small enough that a page of players (the
+read API's 1,000) reads one or two groups of each table by their ``player_id`` statistics
+(``scan.read_first_players``/``read_range``); measured 2026-11-28 on 262,144-row segments,
+8,192 against 65,536 rows costs nothing on a full scan (1M latest predictions: 2.48M against
+2.12M rows/s) or on writes (features: 2.1M against 1.8M rows/s), and cuts a footer-cached
+one-group read from about 6 ms to 1 ms."""
 _UNIQUE_STRINGS = frozenset({"feature_hash"})
 """String columns with (nearly) one value per row: a dictionary would only cost time."""
 
