@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 STORAGE_VARIANTS = ("local", "s3", "postgres")
-LONG_RUNNING = ("scoreapi", "tfserving", "postgres", "minio", "scorebeater", "prometheus", "grafana")
+DAEMONS = ("scorebeater-1", "scorebeater-2")
+"""Two replicas of the daemon over one store: a leader and a standby."""
+MODEL_SERVERS = ("tfserving-1", "tfserving-2")
+LONG_RUNNING = ("scoreapi", *MODEL_SERVERS, "postgres", "minio", *DAEMONS, "prometheus", "grafana")
+REPLICAS = {"scorebeater": DAEMONS, "tfserving": MODEL_SERVERS}
 ONE_SHOT = ("trainer", "minio-init")
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what a service must listen on inside its container
 _VAR = re.compile(
@@ -78,7 +82,9 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 
 
 def _environment(service: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    svc = load_compose(env)["services"][service]
+    """A service's environment; ``scorebeater`` or ``tfserving`` names the replicas' (one for all:
+    test_replicas_are_the_same_service_on_other_host_ports)."""
+    svc = load_compose(env)["services"][REPLICAS.get(service, (service,))[0]]
     environment = svc.get("environment", {})
     if isinstance(environment, list):
         environment = dict(item.split("=", 1) for item in environment)
@@ -104,17 +110,24 @@ def _mounts(service: str) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def _command_config(storage: str) -> tuple[Path, Config, dict[str, str]]:
-    """The config file the scorebeater service runs with for a storage variant, loaded with its env."""
+def _command_config(storage: str, service: str = DAEMONS[0]) -> tuple[Path, Config, dict[str, str]]:
+    """The config file a daemon replica runs with for a storage variant, loaded with its env."""
     env = {"SCOREBEATER_STORAGE": storage}
-    svc = load_compose(env)["services"]["scorebeater"]
+    svc = load_compose(env)["services"][service]
     command = svc["command"]
     assert command[:2] == ["run", "--config"], command
     container_path = command[2]
-    config_mount = _mounts("scorebeater")["/app/config"][0]
+    config_mount = _mounts(service)["/app/config"][0]
     host_path = (REPO / config_mount / Path(container_path).relative_to("/app/config")).resolve()
-    service_env = _environment("scorebeater", env)
+    service_env = _environment(service, env)
     return host_path, load_config(host_path, env=service_env), service_env
+
+
+def _aliases(service: str) -> set[str]:
+    """Other names a service answers to on the default network."""
+    networks = SERVICES[service].get("networks") or {}
+    default = (networks.get("default") or {}) if isinstance(networks, dict) else {}
+    return set(default.get("aliases", []))
 
 
 def test_services() -> None:
@@ -153,12 +166,34 @@ def test_published_ports_are_loopback_only() -> None:
 
 
 def test_daemon_image_targets() -> None:
-    assert SERVICES["scorebeater"]["build"]["target"] == "runtime"
+    for daemon in DAEMONS:
+        assert SERVICES[daemon]["build"]["target"] == "runtime"
     assert SERVICES["scoreapi"]["build"]["target"] == "runtime"
     assert SERVICES["trainer"]["build"]["target"] == "model"  # tensorflow-cpu only where it trains
     dockerfile_stages = re.findall(r"^FROM \S+ AS (\S+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
-    for name in ("scorebeater", "scoreapi", "trainer"):
+    for name in (*DAEMONS, "scoreapi", "trainer"):
         assert SERVICES[name]["build"]["target"] in dockerfile_stages
+
+
+@pytest.mark.parametrize("storage", STORAGE_VARIANTS)
+def test_replicas_are_the_same_service_on_other_host_ports(storage: str) -> None:
+    """The two daemons run one config over one store (the store elects the leader), and the two
+    model servers serve the same files; each replica publishes its own loopback port."""
+    env = {"SCOREBEATER_STORAGE": storage}
+    services = load_compose(env)["services"]
+    for group in (DAEMONS, MODEL_SERVERS):
+        first, *others = (services[name] for name in group)
+        for other in others:
+            assert {k: v for k, v in other.items() if k != "ports"} == {
+                k: v for k, v in first.items() if k != "ports"
+            }
+        published = [binding for name in group for binding in _published(name).values()]
+        assert len(set(published)) == len(published), f"{group}: two replicas on one host port"
+    paths = {_command_config(storage, daemon)[0] for daemon in DAEMONS}
+    assert len(paths) == 1
+    if storage == "local":
+        # Local storage is single-process: the compose file says how to run one replica.
+        assert "--scale scorebeater-2=0" in COMPOSE_FILE.read_text()
 
 
 @pytest.mark.parametrize("storage", STORAGE_VARIANTS)
@@ -210,13 +245,16 @@ def test_daemon_config_wires_the_services(storage: str) -> None:
     assert cfg.score_api.token_env == "SCOREBEATER_SCORE_API_TOKEN"
     assert _environment("scoreapi")[cfg.score_api.token_env] == env[cfg.score_api.token_env]
 
-    tfserving = urlsplit(cfg.tfserving.base_url)
-    assert tfserving.hostname == "tfserving"
-    assert f"--rest_api_port={tfserving.port}" in SERVICES["tfserving"]["command"]
+    # Every TF Serving replica, each once, on the REST port it listens on.
+    replicas = [urlsplit(url) for url in cfg.tfserving.base_urls]
+    assert sorted(u.hostname or "" for u in replicas) == sorted(MODEL_SERVERS)
+    for url in replicas:
+        assert f"--rest_api_port={url.port}" in SERVICES[url.hostname or ""]["command"]
 
     assert cfg.admin.host == ALL_INTERFACES
     assert cfg.admin.port == 8080
-    assert 8080 in _published("scorebeater")
+    for daemon in DAEMONS:
+        assert 8080 in _published(daemon)
     assert env["SCOREBEATER_HEALTHCHECK_URL"] == f"http://127.0.0.1:{cfg.admin.port}/healthz"
     assert not cfg.training.retrain_on_season_final, "the runtime image has no TensorFlow to retrain with"
     written = [cfg.training.report_dir] + ([cfg.storage.local.root] if storage == "local" else [])
@@ -227,15 +265,17 @@ def test_daemon_config_wires_the_services(storage: str) -> None:
 
 def test_model_volume_is_shared_by_trainer_tfserving_and_daemon() -> None:
     daemon_cfg = _command_config("s3")[1]
-    assert _mounts("scorebeater")["/app/model"][0] == "model"
+    for daemon in DAEMONS:
+        assert _mounts(daemon)["/app/model"][0] == "model"
     assert _mounts("trainer")["/app/model"] == ("model", False)  # the trainer publishes versions
-    source, read_only = _mounts("tfserving")["/models"]
-    assert source == "model"
-    assert read_only
+    for server in MODEL_SERVERS:
+        source, read_only = _mounts(server)["/models"]
+        assert source == "model"
+        assert read_only
+        assert SERVICES[server]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     assert daemon_cfg.model.base_path == Path("/app/model") / daemon_cfg.model.name
     assert "model" in COMPOSE["volumes"]
     assert "state" in COMPOSE["volumes"]
-    assert SERVICES["tfserving"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     trainer_script = SERVICES["trainer"]["command"][0]
     assert "scorebeater train --config /app/config/" in trainer_script
     trainer_config = REPO / "config" / re.search(r"/app/config/(\S+\.toml)", trainer_script).group(1)  # type: ignore[union-attr]
@@ -264,31 +304,37 @@ def _host_path(service: str, container_path: str) -> tuple[Path, bool] | None:
     return None
 
 
-def test_tfserving_flags_name_its_mounted_files() -> None:
-    for flag in SERVICES["tfserving"]["command"]:
+@pytest.mark.parametrize("server", MODEL_SERVERS)
+def test_tfserving_flags_name_its_mounted_files(server: str) -> None:
+    for flag in SERVICES[server]["command"]:
         key, _, value = flag.partition("=")
         if key in {"--model_config_file", "--monitoring_config_file", "--batching_parameters_file"}:
-            mounted = _host_path("tfserving", value)
+            mounted = _host_path(server, value)
             assert mounted is not None, f"{flag}: not mounted"
             assert mounted[0].is_file(), f"{flag}: {mounted[0]} is not in the repository"
             assert mounted[1], f"{value}: mount it read-only"
-    assert "--enable_batching" in SERVICES["tfserving"]["command"]  # required by --batching_parameters_file
+    assert "--enable_batching" in SERVICES[server]["command"]  # required by --batching_parameters_file
 
 
 def test_the_daemon_rewrites_the_models_config_tfserving_polls() -> None:
     """Promotion: the daemon's models_config is the very file TF Serving reads, mounted writable
     for the daemon, and through a directory mount on both sides (an atomic rename replaces the
     file's inode, which a single-file bind mount would never see)."""
-    flag = next(f for f in SERVICES["tfserving"]["command"] if f.startswith("--model_config_file="))
-    served = _host_path("tfserving", flag.partition("=")[2])
-    assert served is not None
+    served = set()
+    for server in MODEL_SERVERS:
+        flag = next(f for f in SERVICES[server]["command"] if f.startswith("--model_config_file="))
+        mounted = _host_path(server, flag.partition("=")[2])
+        assert mounted is not None
+        served.add(mounted[0])
+    assert len(served) == 1, "every TF Serving replica polls the same models.config"
     for storage in STORAGE_VARIANTS:
-        cfg = _command_config(storage)[1]
-        assert cfg.tfserving.models_config is not None, f"{storage}: [tfserving] models_config is not set"
-        written = _host_path("scorebeater", str(cfg.tfserving.models_config))
-        assert written is not None, f"{storage}: {cfg.tfserving.models_config} is not mounted"
-        assert written == (served[0], False), f"{storage}: the daemon must write the file tfserving reads"
-    for service in ("tfserving", "scorebeater"):
+        for daemon in DAEMONS:
+            cfg = _command_config(storage, daemon)[1]
+            assert cfg.tfserving.models_config is not None, f"{storage}: [tfserving] models_config is not set"
+            written = _host_path(daemon, str(cfg.tfserving.models_config))
+            assert written is not None, f"{storage}: {cfg.tfserving.models_config} is not mounted"
+            assert written == (*served, False), f"{storage}: the daemon must write the file tfserving reads"
+    for service in (*MODEL_SERVERS, *DAEMONS):
         for target, (source, _) in _mounts(service).items():
             assert not source.endswith("models.config"), f"{service}: mount the directory, not {target}"
 
@@ -335,10 +381,13 @@ def test_prometheus_and_grafana_mounts() -> None:
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     for target in targets - {"localhost:9090"}:
         host, port = target.split(":")
-        assert host in SERVICES, f"Prometheus scrapes {target}: no such service"
-        assert int(port) in _listening_ports(host), (
-            f"Prometheus scrapes {target}: {host} does not listen there"
-        )
+        # A service's name, or an alias every replica of it answers to.
+        answering = [name for name in SERVICES if host == name or host in _aliases(name)]
+        assert answering, f"Prometheus scrapes {target}: no such service"
+        for name in answering:
+            assert int(port) in _listening_ports(name), (
+                f"Prometheus scrapes {target}: {name} does not listen there"
+            )
     grafana = _mounts("grafana")
     assert grafana["/etc/grafana/provisioning"] == ("./config/grafana/provisioning", True)
     assert grafana["/etc/grafana/dashboards/scorebeater"] == ("./config/grafana/dashboards", True)
@@ -349,21 +398,23 @@ def test_prometheus_and_grafana_mounts() -> None:
 
 def _listening_ports(service: str) -> set[int]:
     """The ports a service's own configuration makes it listen on inside the network."""
-    if service == "scorebeater":
-        return {_command_config("s3")[1].admin.port}
-    if service == "tfserving":
+    if service in DAEMONS:
+        return {_command_config("s3", service)[1].admin.port}
+    if service in MODEL_SERVERS:
         return {
-            int(f.split("=")[1]) for f in SERVICES["tfserving"]["command"] if f.startswith("--rest_api_port=")
+            int(f.split("=")[1]) for f in SERVICES[service]["command"] if f.startswith("--rest_api_port=")
         }
     return set(_published(service))
 
 
 def test_dependencies_wait_for_health() -> None:
-    depends = SERVICES["scorebeater"]["depends_on"]
-    assert depends["scoreapi"]["condition"] == "service_healthy"
-    assert depends["tfserving"]["condition"] == "service_healthy"
-    assert depends["postgres"]["condition"] == "service_healthy"
-    assert depends["minio-init"]["condition"] == "service_completed_successfully"
+    for daemon in DAEMONS:
+        depends = SERVICES[daemon]["depends_on"]
+        assert depends["scoreapi"]["condition"] == "service_healthy"
+        for server in MODEL_SERVERS:
+            assert depends[server]["condition"] == "service_healthy"
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["minio-init"]["condition"] == "service_completed_successfully"
     assert SERVICES["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
     for name, svc in SERVICES.items():
         for dep in svc.get("depends_on", {}):
