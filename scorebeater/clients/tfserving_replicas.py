@@ -100,6 +100,13 @@ class ReplicaSet:
         self._cursor = 0
         self._probes: set[asyncio.Task[None]] = set()
         self._closed = False
+        if metrics is not None:
+            # Every replica's series exists from the start at 0: a rate or an increase over them
+            # then reads 0, not "no data", until the first request, error or ejection.
+            for replica in self.replicas:
+                metrics.tfserving_replica_requests.labels(replica.name)
+                metrics.tfserving_replica_errors.labels(replica.name)
+                metrics.tfserving_replica_ejections.labels(replica.name)
         self._publish_health()
 
     def __len__(self) -> int:
