@@ -14,67 +14,31 @@ process on each storage backend. Scenario, per backend:
 
 from __future__ import annotations
 
-import datetime as dt
-import shutil
 import signal
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from scorebeater.config import (
-    LocalStorageConfig,
-    StorageConfig,
-)
-from scorebeater.modelserver.app import serve_models
-from scorebeater.scoreapi import timeline
+from scorebeater.config import StorageConfig
 from scorebeater.testing.daemon_process import (
-    Snapshot,
     checkpoint,
     log_tail,
     snapshot,
     start_daemon,
     stop,
-    uninterrupted_run,
     wait_for,
 )
 from scorebeater.testing.daemon_process import write_config as write_config_file
-from scorebeater.testing.score_api import RunningReplay, bundled_catalog, running_replay
-from tests.integration.daemon_support import BACKENDS, model_base_path, storage_config
+from tests.integration.daemon_support import (
+    BACKENDS,
+    SEASON,
+    Services,
+    reference,
+    season_services,  # noqa: F401 - the services fixture
+    storage_config,
+)
 
 pytestmark = pytest.mark.slow
-
-SEASON = 2014
-_reference: dict[str, Snapshot] = {}
-
-
-@dataclass
-class Services:
-    replay: RunningReplay
-    model_url: str
-    mid_season: dt.datetime
-    season_end: dt.datetime
-
-
-@pytest.fixture(name="services")
-async def _services(tmp_path: Path) -> AsyncIterator[Services]:
-    catalog = bundled_catalog()
-    season = catalog.seasons[SEASON]
-    assert season.last_regular_date is not None
-    start = catalog.default_start(SEASON)
-    base = tmp_path / "model" / "score_beater"
-    shutil.copytree(model_base_path(), base / "1")
-    async with (
-        running_replay(catalog, start) as replay,
-        serve_models(model_name="score_beater", base_path=base, host="127.0.0.1", port=0) as models,
-    ):
-        yield Services(
-            replay=replay,
-            model_url=models.url,
-            mid_season=start + dt.timedelta(days=45),
-            season_end=timeline.final_at(season.last_regular_date) + dt.timedelta(hours=1),
-        )
 
 
 def write_config(path: Path, services: Services, storage: StorageConfig) -> tuple[Path, dict[str, str]]:
@@ -82,18 +46,6 @@ def write_config(path: Path, services: Services, storage: StorageConfig) -> tupl
         path, score_api_url=services.replay.url, model_url=services.model_url, storage=storage, season=SEASON
     )
     return path, env
-
-
-async def reference(services: Services, root: Path) -> Snapshot:
-    """What an uninterrupted daemon stores for the whole regular season (computed once)."""
-    if "snapshot" not in _reference:
-        storage = StorageConfig(backend="local", local=LocalStorageConfig(root=root / "reference"))
-        # A replay of its own: the test's replay clock must stay free to start mid-season.
-        async with running_replay(services.replay.catalog, services.season_end) as replay:
-            _reference["snapshot"] = await uninterrupted_run(
-                replay.client_config(), services.model_url, storage, SEASON
-            )
-    return _reference["snapshot"]
 
 
 @pytest.mark.timeout(300)

@@ -20,74 +20,43 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
-from scorebeater.config import LocalStorageConfig, StorageConfig
+from scorebeater.config import StorageConfig
 from scorebeater.errors import Fenced
 from scorebeater.leadership import probe_holder
-from scorebeater.modelserver.app import serve_models
-from scorebeater.scoreapi import timeline
 from scorebeater.storage import open_storage
 from scorebeater.testing.daemon_process import (
-    Snapshot,
     checkpoint,
     compare,
     log_tail,
     snapshot,
     start_daemon,
     stop,
-    uninterrupted_run,
     wait_for,
     write_config,
 )
-from scorebeater.testing.score_api import RunningReplay, bundled_catalog, running_replay
-from tests.integration.daemon_support import model_base_path
+from tests.integration.daemon_support import (
+    SEASON,
+    Services,
+    reference,
+    season_services,  # noqa: F401 - the services fixture
+)
 from tests.services.storage import config_for
 
 pytestmark = pytest.mark.slow
 
-SEASON = 2014
 LEASE_TTL_S = 2.0
 POLL_S = 0.25
 TAKEOVER_SLACK_S = 5.0
 """Beyond ``lease_ttl_s + poll_s``: the standby's own commit of its term and a loaded CI box."""
-
-
-@dataclass
-class Services:
-    replay: RunningReplay
-    model_url: str
-    mid_season: dt.datetime
-    season_end: dt.datetime
-
-
-@pytest.fixture(name="services")
-async def _services(tmp_path: Path) -> AsyncIterator[Services]:
-    catalog = bundled_catalog()
-    season = catalog.seasons[SEASON]
-    assert season.last_regular_date is not None
-    start = catalog.default_start(SEASON)
-    base = tmp_path / "model" / "score_beater"
-    shutil.copytree(model_base_path(), base / "1")
-    async with (
-        running_replay(catalog, start) as replay,
-        serve_models(model_name="score_beater", base_path=base, host="127.0.0.1", port=0) as models,
-    ):
-        yield Services(
-            replay=replay,
-            model_url=models.url,
-            mid_season=start + dt.timedelta(days=45),
-            season_end=timeline.final_at(season.last_regular_date) + dt.timedelta(hours=1),
-        )
 
 
 @dataclass
@@ -163,20 +132,6 @@ async def next_leader(standbys: list[Replica]) -> tuple[Replica, float]:
 async def processed(storage: StorageConfig) -> int:
     value = await checkpoint(storage, f"features.{SEASON}")
     return 0 if value is None else len(value["processed"])
-
-
-_reference: dict[str, Snapshot] = {}
-
-
-async def reference(services: Services, root: Path) -> Snapshot:
-    """What an uninterrupted daemon stores for the whole regular season (computed once)."""
-    if "snapshot" not in _reference:
-        storage = StorageConfig(backend="local", local=LocalStorageConfig(root=root / "reference"))
-        async with running_replay(services.replay.catalog, services.season_end) as replay:
-            _reference["snapshot"] = await uninterrupted_run(
-                replay.client_config(), services.model_url, storage, SEASON
-            )
-    return _reference["snapshot"]
 
 
 @pytest.mark.timeout(240)
