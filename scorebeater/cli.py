@@ -481,6 +481,9 @@ def _prepare(args: argparse.Namespace) -> None:
         args.cfg = load_config(config_path)
         fmt, level = args.cfg.logging.format, args.cfg.logging.level
     configure_logging(args.log_format or fmt, args.log_level or level)  # type: ignore[arg-type]
+    from scorebeater import failpoints  # noqa: PLC0415
+
+    failpoints.check()
 
 
 def _run(handler: Handler, args: argparse.Namespace) -> int:

@@ -648,9 +648,12 @@ class Storage(Protocol):
     connection or files at once, not at garbage collection.
     A read on an empty store yields nothing (never raises ``StorageNotFound``).
 
-    Every write is atomic: it commits wholly or, on an exception or cancellation, leaves the
-    store exactly as it was (a cancellation that arrives during the final commit request itself
-    may still commit, wholly, as a database COMMIT whose reply is lost: never partially).
+    Every write is atomic: it commits wholly or, on an exception, leaves the store exactly as
+    it was. A cancelled caller stops waiting at once, but a commit already begun (Postgres:
+    the write's transaction; object stores: the manifest generation, after the segments'
+    upload) runs to its end, landed, fenced or failed, and is logged
+    (``storage.commit_after_cancel``); closing the storage waits for it
+    (:mod:`scorebeater.storage.inflight`). A cancellation before that leaves nothing.
 
     Errors: ``StorageError`` for bad input (schema, names), ``StorageUnavailable`` when the
     backend cannot be reached. The prediction cache (:attr:`cache`) follows the same rules.
@@ -775,6 +778,13 @@ class Storage(Protocol):
 
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         """Atomically replace a checkpoint's value."""
+        ...
+
+    async def drain_commits(self) -> None:
+        """Wait until the commits whose callers were cancelled have ended (landed, fenced or
+        failed: each outcome is logged, never raised here); at most
+        :data:`~scorebeater.storage.inflight.DRAIN_TIMEOUT_S`, then they are cancelled.
+        Closing the storage does this; idempotent."""
         ...
 
     async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:

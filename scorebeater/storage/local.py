@@ -190,4 +190,7 @@ async def open_local(
     await objects.ensure_root()
     storage = LocalStorage(objects, batch_rows=cfg.batch_rows, gc_grace_s=gc_grace_s)
     await storage.open()
-    yield storage
+    try:
+        yield storage
+    finally:
+        await storage.drain_commits()

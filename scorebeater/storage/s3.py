@@ -436,4 +436,7 @@ async def open_s3(cfg: StorageConfig, *, gc_grace_s: float = DEFAULT_GC_GRACE_S)
         await objects.check_bucket()
         storage = S3Storage(objects, batch_rows=cfg.batch_rows, gc_grace_s=gc_grace_s)
         await storage.open()
-        yield storage
+        try:
+            yield storage
+        finally:
+            await storage.drain_commits()

@@ -5,10 +5,12 @@ this test (the test moves the replay clock); each replica is a real ``scorebeate
 process with a short lease (``lease_ttl_s = 2``, ``poll_s = 0.25``). Scenario:
 
 1. mid-season, replica A starts and leads; B and C start as standbys;
-2. A is SIGSTOPped: B takes over within ``lease_ttl_s + poll_s`` (plus process slack) and
-   goes on from A's checkpoints;
-3. A is SIGCONTed: it finds its term ended (its lock session was cut by the server, or its
-   next commit is fenced) and exits with an error, having written nothing more;
+2. A stops (SIGSTOP) right as it begins a commit, through the ``storage.commit`` failpoint
+   (:mod:`scorebeater.failpoints`: a signal sent from outside lands mid-commit only by
+   luck); B takes over within ``lease_ttl_s + poll_s`` (plus process slack) and goes on from
+   A's checkpoints;
+3. A is SIGCONTed: its commit goes on and the store rejects it (fencing); A exits with an
+   error, having written nothing more;
 4. the season moves on; once B has committed some of it, B is SIGKILLed: C takes over within
    the same bound;
 5. the season ends; C catches up and is stopped with SIGTERM (exit 0);
@@ -29,6 +31,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from scorebeater import failpoints
 from scorebeater.config import StorageConfig
 from scorebeater.errors import Fenced
 from scorebeater.leadership import probe_holder
@@ -69,7 +72,11 @@ class Replica:
         return self.config.with_suffix(".log").read_text(errors="replace")
 
 
-def start_replica(name: str, tmp_path: Path, services: Services, storage: StorageConfig) -> Replica:
+def start_replica(
+    name: str, tmp_path: Path, services: Services, storage: StorageConfig, *, pause_file: Path | None = None
+) -> Replica:
+    """A ``scorebeater run`` replica; with ``pause_file``, it stops itself at the first commit
+    it begins once that file exists."""
     config = tmp_path / f"{name}.toml"
     env = write_config(
         config,
@@ -79,7 +86,23 @@ def start_replica(name: str, tmp_path: Path, services: Services, storage: Storag
         season=SEASON,
         leadership=f'lease_ttl_s = {LEASE_TTL_S}\npoll_s = {POLL_S}\nholder_id = "{name}"\n',
     )
+    if pause_file is not None:
+        env[failpoints.ENV] = f"storage.commit=stop:{pause_file}"
     return Replica(name, config, start_daemon(config, env))
+
+
+async def wait_stopped(replica: Replica, *, timeout_s: float) -> float:
+    """Wait until the replica's process is stopped (state ``T``); return when (monotonic)."""
+    stat = Path(f"/proc/{replica.proc.pid}/stat")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # The state is the field after the parenthesised command name.
+        if stat.read_text().rpartition(")")[2].split()[0] == "T":
+            return time.monotonic()
+        if replica.proc.poll() is not None:
+            raise AssertionError(f"{replica.name} exited:\n{log_tail(replica.config)}")
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{replica.name} did not stop within {timeout_s} s:\n{log_tail(replica.config)}")
 
 
 async def commit_as(storage: StorageConfig, term: int) -> None:
@@ -148,7 +171,8 @@ async def test_replicas_fail_over_and_store_what_one_daemon_does(
 
     # 1. A leads mid-season; B and C stand by.
     services.replay.clock.set(services.mid_season)
-    replicas = [start_replica("a", tmp_path, services, storage)]
+    pause_a = tmp_path / "pause-a"
+    replicas = [start_replica("a", tmp_path, services, storage, pause_file=pause_a)]
     a = replicas[0]
     try:
         await wait_log(a, "daemon.leading", timeout_s=60)
@@ -169,22 +193,23 @@ async def test_replicas_fail_over_and_store_what_one_daemon_does(
         assert holder is not None
         assert f"pid {a.proc.pid}" in holder
 
-        # 2. A paused beyond its lease: a standby (call it B) takes over.
-        a.proc.send_signal(signal.SIGSTOP)
-        paused = time.monotonic()
+        # 2. A stops as it begins its next commit (new games give it one) and stays stopped
+        # beyond its lease: a standby (call it B) takes over.
+        pause_a.touch()
+        services.replay.clock.set(services.mid_season + dt.timedelta(days=2))
+        paused = await wait_stopped(a, timeout_s=60)
         b, took_over = await next_leader([b, c])
         c = next(r for r in replicas[1:] if r is not b)
         assert took_over - paused <= LEASE_TTL_S + POLL_S + TAKEOVER_SLACK_S
 
-        # 3. A wakes up: its term is over, it writes nothing and exits with an error.
+        # 3. A wakes up inside that commit: the store rejects it (the commit runs to its end
+        # even when A's stages are cancelled on noticing the loss), and A exits with an error.
         a.proc.send_signal(signal.SIGCONT)
         assert await asyncio.to_thread(a.proc.wait, 30) == 1
-        assert "leadership.lost" in a.log() or "commit rejected by fencing" in a.log(), log_tail(a.config)
-        # It usually notices the loss before its next commit; a commit of its term is rejected
-        # by the store either way (the last one it could have tried, as it would have sent it).
-        a_term = leading_term(a.log())
+        assert "commit rejected by fencing" in a.log(), log_tail(a.config)
+        # Any later commit of A's term is rejected too.
         with pytest.raises(Fenced):
-            await commit_as(storage, a_term)
+            await commit_as(storage, leading_term(a.log()))
 
         # 4. The season moves on; B commits some of it and is killed: C takes over.
         before = await processed(storage)

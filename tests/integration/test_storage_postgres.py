@@ -539,9 +539,11 @@ async def test_failed_batch_leaves_nothing_and_keeps_the_checkpoint(pg_dsn: str,
         assert latest.column("as_of_seq").to_pylist() == [2]
 
 
-async def test_cancelled_write_leaves_nothing(
+async def test_cancelled_write_runs_to_its_end(
     pg_dsn: str, schema: str, raw: asyncpg.Connection[asyncpg.Record]
 ) -> None:
+    """A caller cancelled while its write's transaction runs gets ``CancelledError`` at once;
+    the transaction goes on and commits wholly (storage.inflight), and close waits for it."""
     async with open_postgres(_cfg(pg_dsn, schema, batch_rows=500)) as st:
         await st.write_features(features(2), checkpoint=("feat", b"v1"))
         big = pa.concat_tables([features(2000, player_id=p, start_seq=1) for p in range(2, 40)])
@@ -559,9 +561,10 @@ async def test_cancelled_write_leaves_nothing(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await st.drain_commits()
         back = await collect(st.read_feature_history(), FEATURES_SCHEMA)
-        assert back.num_rows == 2
-        assert await st.get_checkpoint("feat") == b"v1"
+        assert back.num_rows == 2 + big.num_rows
+        assert await st.get_checkpoint("feat") == b"v2"
 
 
 async def test_latest_pointer_never_moves_back(pg_dsn: str, schema: str) -> None:

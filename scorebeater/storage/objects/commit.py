@@ -28,6 +28,7 @@ import structlog
 
 from scorebeater.errors import Fenced, StorageError, StorageNotFound
 from scorebeater.storage.base import CheckpointWrite, check_checkpoint
+from scorebeater.storage.inflight import InFlight
 from scorebeater.storage.objects.manifest import (
     KEEP_MANIFESTS,
     MANIFEST_DIR,
@@ -90,6 +91,8 @@ class Committer:
         self._batch_rows = batch_rows
         self._gc_grace_s = gc_grace_s
         self._commit_lock = asyncio.Lock()
+        self.commits = InFlight(objects.where)
+        """Commits running (:meth:`commit`); drained when the storage closes."""
         self.fencing_token: int | None = None
         """The leadership term this process commits under (``None``: not fenced)."""
 
@@ -122,6 +125,9 @@ class Committer:
     async def commit(self, mutate: Callable[[Manifest], Manifest], commit_id: str) -> Manifest:
         """Create the next manifest generation from ``mutate(newest)``; redo on a conflict.
 
+        Runs to its end even if the caller is cancelled (:class:`InFlight`): the outcome of
+        a generation's creation is then logged rather than left unknown.
+
         Idempotent per ``commit_id``: if the newest manifest is already that commit (an
         earlier attempt landed although its reply was lost), nothing is written again.
 
@@ -135,6 +141,9 @@ class Committer:
             Fenced: the newest manifest carries a newer leadership term than ours.
             StorageError: lost ``_COMMIT_ATTEMPTS`` races in a row to another writer.
         """
+        return await self.commits.run("commit", functools.partial(self._commit, mutate, commit_id))
+
+    async def _commit(self, mutate: Callable[[Manifest], Manifest], commit_id: str) -> Manifest:
         async with self._commit_lock:
             for _ in range(_COMMIT_ATTEMPTS):
                 base = self.manifest

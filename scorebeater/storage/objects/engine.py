@@ -103,6 +103,11 @@ class ObjectTableStorage:
         await self._committer.collect_garbage()
         log.info("storage.opened", where=self.objects.where, generation=self._committer.manifest.generation)
 
+    async def drain_commits(self) -> None:
+        """Wait for commits still running after their callers were cancelled (see
+        :mod:`scorebeater.storage.inflight`); called on close."""
+        await self._committer.commits.drain()
+
     async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:  # noqa: ARG002
         """Commit under leadership term ``token`` from now on; see the Storage protocol
         (``nonce`` is not needed: the manifest chain orders the terms)."""

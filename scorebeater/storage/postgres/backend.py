@@ -102,6 +102,11 @@ class PostgresStorage:
     def _t(self, table: str) -> str:
         return self._db.table(table)
 
+    async def drain_commits(self) -> None:
+        """Wait for write transactions still running after their callers were cancelled
+        (see :mod:`scorebeater.storage.inflight`); called on close."""
+        await self._writer.commits.drain()
+
     async def _update_latest(self, conn: Connection, rows: pa.Table) -> None:
         latest = (
             rows.select(["player_id", "season", "as_of_seq"])
@@ -321,10 +326,11 @@ class PostgresStorage:
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         """Atomically replace a checkpoint's value; idempotent."""
         check_checkpoint(name, value)
-        async with self._db.transaction("put checkpoint") as conn:
-            await self._writer.begin_fenced(conn)
+
+        async def body(conn: Connection) -> None:
             await self._writer.put_checkpoint(conn, name, value)
-            await self._writer.fence(conn)
+
+        await self._writer.commit("put checkpoint", body)
 
     async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:
         """Check every later write's transaction against the ``leadership`` term and nonce
@@ -442,9 +448,13 @@ async def open_postgres(cfg: StorageConfig) -> AsyncIterator[PostgresStorage]:
         except DRIVER_ERRORS as exc:
             raise redactor.error("migrate", exc) from exc
         log.info("storage.postgres.opened", **where, migrations_applied=applied, max_pool=pg.max_pool)
-        yield PostgresStorage(
+        storage = PostgresStorage(
             pool, schema=schema, batch_rows=cfg.batch_rows, timeout_s=pg.command_timeout_s, redactor=redactor
         )
+        try:
+            yield storage
+        finally:
+            await storage.drain_commits()
     finally:
         try:
             await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_S)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import structlog
 
 from scorebeater.storage.base import CACHE_SCHEMA, cache_rows, check_model_version
-from scorebeater.storage.postgres.connection import Database
+from scorebeater.storage.postgres.connection import Connection, Database
 from scorebeater.storage.postgres.writer import CACHE, TableWriter
 
 log = structlog.get_logger(__name__)
@@ -85,12 +85,14 @@ class PostgresPredictionCache:
         Raises:
             Fenced: a newer leadership term began (nothing was dropped).
         """
-        async with self._db.transaction("cache clear") as conn:
-            await self._writer.begin_fenced(conn)
-            table = self._db.table(CACHE.name)
+        table = self._db.table(CACHE.name)
+
+        async def body(conn: Connection) -> int:
             await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             count: int = await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
             await conn.execute(f"TRUNCATE {table}")
-            await self._writer.fence(conn)
+            return count
+
+        count = await self._writer.commit("cache clear", body)
         log.info("storage.postgres.cache_cleared", entries=count)
         return count

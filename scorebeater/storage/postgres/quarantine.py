@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scorebeater.storage.postgres.connection import Database
+from scorebeater.storage.postgres.connection import Connection, Database
 from scorebeater.storage.postgres.writer import TableWriter
 from scorebeater.storage.quarantine import (
     QUARANTINE_SCHEMA,
@@ -45,14 +45,15 @@ class PostgresQuarantine:
             return
         values = [tuple(row.values()) for row in rows.to_pylist()]
         placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-        async with self._db.transaction("quarantine put") as conn:
-            await self._writer.begin_fenced(conn)
+
+        async def body(conn: Connection) -> None:
             await conn.executemany(
                 f"INSERT INTO {self._table} ({', '.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
                 f" ON CONFLICT (id) DO UPDATE SET {_UPDATED}",
                 values,
             )
-            await self._writer.fence(conn)
+
+        await self._writer.commit("quarantine put", body)
 
     async def entries(
         self, *, season: int | None = None, state: str | None = None, kind: str | None = None
@@ -83,14 +84,15 @@ class PostgresQuarantine:
     async def set_state(self, entry_id: int, state: QuarantineState) -> QuarantineEntry | None:
         """Set the entry's state in one statement; ``None`` if there is no such entry."""
         check_state(state)
-        async with self._db.transaction("quarantine set state") as conn:
-            await self._writer.begin_fenced(conn)
-            updated = await conn.fetchval(
+
+        async def body(conn: Connection) -> object:
+            return await conn.fetchval(
                 f"UPDATE {self._table} SET state = $2 WHERE id = $1 RETURNING id",  # noqa: S608
                 entry_id,
                 state,
             )
-            await self._writer.fence(conn)
+
+        updated = await self._writer.commit("quarantine set state", body)
         if updated is None:
             return None
         return await self.get(entry_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 import pyarrow as pa
@@ -39,10 +40,13 @@ from scorebeater.storage.base import (
     CheckpointWrite,
     check_checkpoint,
 )
+from scorebeater.storage.inflight import InFlight
 from scorebeater.storage.postgres.codec import copy_columns, copy_payload
 from scorebeater.storage.postgres.connection import Connection, Database, discard
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 WRITER_APPLICATION = "scorebeater-writer"
 """Prefix of a fenced write transaction's ``application_name`` (then the store's lock key and
@@ -101,6 +105,8 @@ class TableWriter:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._skip_direct: dict[str, int] = {}
+        self.commits = InFlight("postgres")
+        """Write transactions running (:meth:`commit`); drained when the storage closes."""
         self.fencing_token: int | None = None
         """The leadership term every write carries (``None``: writes are not fenced)."""
         self.fencing_nonce = ""
@@ -117,6 +123,26 @@ class TableWriter:
             await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {FENCED_IDLE_TIMEOUT_MS}")
             if self.fencing_nonce:
                 await conn.execute("SELECT set_config('application_name', $1, true)", self.fencing_nonce)
+
+    async def commit(self, op: str, body: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``body(conn)`` in one fenced write transaction and return its result.
+
+        :meth:`begin_fenced` first, :meth:`fence` last; the transaction runs to its end even
+        if the caller is cancelled (:class:`~scorebeater.storage.inflight.InFlight`).
+
+        Raises:
+            Fenced: a newer leadership term began (rolled back: nothing was written).
+            StorageError, StorageUnavailable: a database error, the server unreachable.
+        """
+
+        async def transaction() -> T:
+            async with self._db.transaction(op) as conn:
+                await self.begin_fenced(conn)
+                result = await body(conn)
+                await self.fence(conn)
+                return result
+
+        return await self.commits.run(op, transaction)
 
     async def fence(self, conn: Connection) -> None:
         """Reject this transaction when the store's leadership term is newer than our token.
@@ -165,14 +191,15 @@ class TableWriter:
             check_checkpoint(*checkpoint)
         if rows.num_rows == 0 and checkpoint is None:
             return
-        async with self._db.transaction(f"write {spec.name}") as conn:
-            await self.begin_fenced(conn)
+
+        async def body(conn: Connection) -> None:
             await self._copy_chunks(conn, spec, rows)
             if after is not None and rows.num_rows:
                 await after(conn)
             if checkpoint is not None:
                 await self.put_checkpoint(conn, *checkpoint)
-            await self.fence(conn)
+
+        await self.commit(f"write {spec.name}", body)
 
     async def put_checkpoint(self, conn: Connection, name: str, value: bytes) -> None:
         """Upsert a checkpoint inside the caller's transaction (checked by the caller)."""

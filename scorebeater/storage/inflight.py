@@ -1,0 +1,106 @@
+"""Commits in flight: once begun, a commit runs to a definite end even if its caller is cancelled.
+
+A stage cancelled mid-commit (leadership lost, the shutdown grace ran out) would otherwise
+abandon the commit wherever it stood: a manifest generation whose creation was sent but never
+acknowledged, a transaction whose ``COMMIT`` may or may not have reached the server. Nothing
+is lost either way (the next commit sorts it out), but the log could not say what happened.
+Here each commit runs as its own task: a cancelled caller stops waiting at once, the commit
+goes on (each step is bounded by the backend's timeouts) and its outcome is logged, landed,
+rejected by fencing or failed; the storage's close waits for it (:meth:`InFlight.drain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+
+from scorebeater import failpoints
+from scorebeater.errors import Fenced
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DRAIN_TIMEOUT_S = 120.0
+"""How long a storage's close waits for its commits in flight before cancelling them."""
+
+
+class InFlight:
+    """The commits of one storage that are running; safe for the tasks of one event loop."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    async def run(self, op: str, commit: Callable[[], Awaitable[T]]) -> T:
+        """Run ``commit()`` to its end and return its result.
+
+        If the caller is cancelled, it gets ``CancelledError`` at once while the commit goes
+        on; its outcome is then logged (``storage.commit_after_cancel``).
+
+        Raises:
+            Whatever the commit raises.
+        """
+        failpoints.hit("storage.commit")
+
+        async def body() -> T:
+            return await commit()
+
+        task: asyncio.Task[T] = asyncio.create_task(body(), name=f"commit:{op}")
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._abandoned.add(task)
+            raise
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task not in self._abandoned:
+            return  # its caller awaits it and sees the outcome
+        self._abandoned.discard(task)
+        name = task.get_name()
+        if task.cancelled():
+            log.warning("storage.commit_after_cancel", where=self._where, op=name, outcome="cancelled")
+            return
+        error = task.exception()
+        if error is None:
+            log.info("storage.commit_after_cancel", where=self._where, op=name, outcome="landed")
+        elif isinstance(error, Fenced):
+            log.error(
+                "storage.commit_after_cancel",
+                where=self._where,
+                op=name,
+                outcome="fenced",
+                error=str(error),
+                term=error.token,
+                store_term=error.current,
+            )
+        else:
+            log.error(
+                "storage.commit_after_cancel",
+                where=self._where,
+                op=name,
+                outcome="failed",
+                error=str(error) or type(error).__name__,
+            )
+
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Wait for every commit in flight (at most ``timeout_s``, then cancel the rest);
+        never raises their errors (their callers, or the log, got them)."""
+        if not self._tasks:
+            return
+        pending = set(self._tasks)
+        log.info("storage.commits_draining", where=self._where, commits=len(pending))
+        _done, still = await asyncio.wait(pending, timeout=timeout_s)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still)
+            log.warning("storage.commits_cancelled", where=self._where, commits=len(still))
