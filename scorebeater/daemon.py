@@ -57,7 +57,7 @@ from scorebeater.clients.score_api import ScoreApiClient
 from scorebeater.clients.tfserving import TFServingClient
 from scorebeater.config import Config
 from scorebeater.errors import FatalError, LeadershipHeld
-from scorebeater.leadership import Elector, LeadershipState, open_elector
+from scorebeater.leadership import Elector, LeadershipState, fence_storage, open_elector
 from scorebeater.lifecycle import run_until_signal
 from scorebeater.metrics import Metrics
 from scorebeater.promotion.promoter import Promoter
@@ -343,7 +343,7 @@ async def _wait_for_leadership(daemon: Daemon, elector: Elector, stop: asyncio.E
 
 async def _become_leader(daemon: Daemon, elector: Elector, token: int) -> None:
     """Fence the store with ``token`` (before any stage runs) and report the new role."""
-    await daemon.ctx.storage.set_fencing_token(token, nonce=elector.nonce)
+    token = await fence_storage(daemon.ctx.storage, elector, token)
     if daemon.leadership is not None:
         daemon.leadership.role, daemon.leadership.term = "leader", token
         backend = daemon.leadership.backend

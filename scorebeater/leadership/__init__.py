@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from scorebeater.errors import StorageUnavailable
-from scorebeater.leadership.base import Elector, Holder, Identity, LeadershipState, Role
+from scorebeater.leadership.base import Elector, Holder, Identity, LeadershipState, Role, fence_storage
 from scorebeater.storage import choose_backend
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "Identity",
     "LeadershipState",
     "Role",
+    "fence_storage",
     "open_elector",
     "probe_holder",
 ]

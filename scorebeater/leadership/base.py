@@ -18,7 +18,16 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass
-from typing import Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
+
+import structlog
+
+from scorebeater.errors import Fenced
+
+if TYPE_CHECKING:
+    from scorebeater.storage.base import Storage
+
+log = structlog.get_logger(__name__)
 
 Role = Literal["leader", "standby"]
 
@@ -96,6 +105,21 @@ class Elector(Protocol):
         """
         ...
 
+    async def advance(self, past: int) -> int:
+        """Move the term this replica leads past ``past`` and return the new token.
+
+        For a store whose fencing records a newer term than the election does (an S3 lease
+        object or a local lock file deleted by hand or restored from a backup restarts its
+        terms): without this, every new leader would be fenced and exit until the terms
+        caught up. Written only while this replica still holds the leadership (a conditional
+        write, the held lock). Returns the current token when it is already past ``past``.
+
+        Raises:
+            LeadershipLost: this replica does not lead (any more). StorageUnavailable,
+                StorageError: the store cannot be reached or written.
+        """
+        ...
+
     async def hold(self) -> NoReturn:
         """Keep the leadership (renewing it every ``min(poll_s, lease_ttl_s / 3)`` seconds)
         until it is lost, then set :attr:`lost` and raise. Run it beside the stages: its
@@ -137,3 +161,26 @@ class LeadershipState:
 def renew_interval_s(lease_ttl_s: float, poll_s: float) -> float:
     """How often a leader renews: every ``poll_s``, and at least three times per lease."""
     return min(poll_s, lease_ttl_s / 3)
+
+
+async def fence_storage(storage: Storage, elector: Elector, token: int) -> int:
+    """Fence ``storage`` with this replica's term ``token`` and return the token in force.
+
+    When the store records a newer term than the election handed out (its lease object or
+    lock file was deleted or restored from a backup, so terms restarted), the term is moved
+    past the store's once (:meth:`Elector.advance`) and the store fenced with that: otherwise
+    each new leader would be fenced, exit and be restarted until the terms caught up.
+
+    Raises:
+        Fenced: the store moved on again meanwhile (another leader). LeadershipLost: the
+            leadership was lost while moving the term. StorageUnavailable, StorageError.
+    """
+    try:
+        await storage.set_fencing_token(token, nonce=elector.nonce)
+    except Fenced as exc:
+        if exc.current <= token:
+            raise
+        log.warning("leadership.term_behind_store", term=token, store_term=exc.current)
+        token = await elector.advance(exc.current)
+        await storage.set_fencing_token(token, nonce=elector.nonce)
+    return token

@@ -19,7 +19,7 @@ from typing import IO, NoReturn
 import orjson
 import structlog
 
-from scorebeater.errors import LeadershipHeld, StorageError
+from scorebeater.errors import LeadershipHeld, LeadershipLost, StorageError
 from scorebeater.leadership.base import Holder, Identity
 
 log = structlog.get_logger(__name__)
@@ -84,6 +84,21 @@ class LocalElector:
             holder=holder.describe(),
         )
 
+    def _record(self, term: int) -> None:
+        """Write our identity and ``term`` into the lock file (held by us)."""
+        doc = {
+            "holder_id": self._identity.holder_id,
+            "pid": self._identity.pid,
+            "host": self._identity.host,
+            "term": term,
+        }
+        # A second descriptor, closed at once: the lock stays with the held one's.
+        with self._path.open("r+b") as record:
+            record.truncate()
+            record.write(orjson.dumps(doc))
+            record.flush()
+            os.fsync(record.fileno())
+
     def _take(self) -> int:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.open("ab"):  # create it; never truncate: it may be a live holder's record
@@ -95,18 +110,7 @@ class LocalElector:
             if not _locked(handle, fcntl.LOCK_EX):
                 self._refuse(_holder(_read(handle)))
             term = _holder(_read(handle)).term + 1
-            doc = {
-                "holder_id": self._identity.holder_id,
-                "pid": self._identity.pid,
-                "host": self._identity.host,
-                "term": term,
-            }
-            # A second descriptor, closed at once: the lock stays with ``handle``'s.
-            with self._path.open("r+b") as record:
-                record.truncate()
-                record.write(orjson.dumps(doc))
-                record.flush()
-                os.fsync(record.fileno())
+            self._record(term)
         except BaseException:
             handle.close()
             raise
@@ -134,6 +138,23 @@ class LocalElector:
         token = await self.try_acquire()
         assert token is not None  # noqa: S101 - try_acquire raises instead
         return token
+
+    async def advance(self, past: int) -> int:
+        """Record term ``past + 1`` in the lock file we hold; see the protocol."""
+        token = self._token
+        if token is None:
+            raise LeadershipLost("local: advance() called without leadership")
+        if token > past:
+            return token
+        try:
+            await asyncio.to_thread(self._record, past + 1)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self._path}: {exc}") from exc
+        self._token = past + 1
+        log.warning(
+            "leadership.term_advanced", backend="local", term=past + 1, was=token, lock=str(self._path)
+        )
+        return past + 1
 
     async def hold(self) -> NoReturn:
         """Hold the lock until cancelled: it cannot be lost while this process lives."""

@@ -182,6 +182,34 @@ class PostgresElector:
                 return token
             await asyncio.sleep(self._poll_s)
 
+    async def advance(self, past: int) -> int:
+        """Set the ``leadership`` row's term to ``past + 1`` if it is still ours; see the
+        protocol. (Not needed in practice: that row is the fence itself, so the store cannot
+        record a newer term than this election has handed out.)"""
+        token = self._token
+        if token is None:
+            raise LeadershipLost("postgres: advance() called without leadership")
+        if token > past:
+            return token
+        conn = await self._connection()
+        try:
+            term: int | None = await conn.fetchval(
+                f"UPDATE {self._table} SET term = $1 WHERE id = 1 AND term = $2 AND nonce = $3"  # noqa: S608
+                " RETURNING term",
+                past + 1,
+                token,
+                self._nonce,
+            )
+        except DRIVER_ERRORS as exc:
+            raise self._redact.error("leadership advance", exc) from exc
+        if term is None:
+            self._token = None
+            self.lost.set()
+            raise LeadershipLost(f"postgres: leadership of term {token} lost while moving it past {past}")
+        self._token = term
+        log.warning("leadership.term_advanced", backend="postgres", term=term, was=token)
+        return term
+
     async def hold(self) -> NoReturn:
         """Renew by using the session; lost when it fails or the term moved on."""
         token = self._token

@@ -13,8 +13,8 @@ manifests carry it (:meth:`~scorebeater.storage.objects.commit.Committer.claim`)
 
 moto 5.2.5 (the tests' S3 server) checks both ``If-None-Match: *`` and ``If-Match`` on
 ``PutObject``, as AWS S3 (since 2024) and MinIO do. Deleting the lease object by hand restarts
-terms at 1: the next leader is then fenced by the manifest's newer term until the lease's
-term is set above it.
+terms at 1: the next leader finds the manifest at a newer term when it fences the store and
+moves its lease's term past it (:func:`~scorebeater.leadership.base.fence_storage`).
 """
 
 from __future__ import annotations
@@ -247,6 +247,24 @@ class S3Elector:
         self._etag, self._renewed_at, self._token = etag, time.monotonic(), term
         log.info("leadership.acquired", backend="s3", term=term, lease=where)
         return term
+
+    async def advance(self, past: int) -> int:
+        """Rewrite our lease with term ``past + 1`` (``If-Match`` on our ETag); see the protocol."""
+        token = self._token
+        if token is None:
+            raise LeadershipLost("s3: advance() called without leadership")
+        if token > past:
+            return token
+        lease = await self._object()
+        try:
+            etag = await lease.write(self._doc(past + 1), if_match=self._etag)
+        except _Conflict:
+            self._token = None
+            self.lost.set()
+            raise LeadershipLost(f"s3: leadership of term {token} lost while moving it past {past}") from None
+        self._etag, self._renewed_at, self._token = etag, time.monotonic(), past + 1
+        log.warning("leadership.term_advanced", backend="s3", term=past + 1, was=token, lease=lease.where)
+        return past + 1
 
     async def _still_mine(self, lease: _LeaseObject, token: int) -> bool:
         """After a failed renewal: whether the lease is still ours (a write of ours landed

@@ -44,7 +44,7 @@ import structlog
 from scorebeater.config import LeadershipConfig
 from scorebeater.errors import LeadershipHeld, ScorebeaterError
 from scorebeater.export import Progress
-from scorebeater.leadership import Elector, open_elector
+from scorebeater.leadership import Elector, fence_storage, open_elector
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import STORED_TABLES
 from scorebeater.storage.quarantine import entries_from_table, entries_table
@@ -574,7 +574,7 @@ async def migrate(
             await stack.enter_async_context(leading(source_cfg, lease, "source", source_where)),
             await stack.enter_async_context(leading(dest_cfg, lease, "destination", dest_where)),
         ]
-        await dest.set_fencing_token(led[1].token, nonce=led[1].nonce)
+        await fence_storage(dest, led[1], await led[1].acquire())  # acquire(): its token, again
 
         async def work() -> Migration:
             record = await load_progress(dest, source_where, dest_where=dest_where)

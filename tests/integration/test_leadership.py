@@ -36,7 +36,7 @@ from scorebeater.config import (
 )
 from scorebeater.daemon import Daemon, once_command, open_daemon, serve
 from scorebeater.errors import Fenced, LeadershipHeld, LeadershipLost
-from scorebeater.leadership import open_elector, probe_holder
+from scorebeater.leadership import fence_storage, open_elector, probe_holder
 from scorebeater.storage import open_storage
 from scorebeater.storage.objects import KEEP_MANIFESTS
 from scorebeater.storage.quarantine import QuarantineEntry
@@ -274,6 +274,33 @@ async def test_fenced_commit_is_rejected_and_changes_nothing(backend_config: Sto
         # The new leader goes on writing; unfenced readers see it.
         await new.put_checkpoint("features.2024", b"newer")
         assert await old.get_checkpoint("features.2024") == b"newer"
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+async def test_a_leader_whose_term_is_behind_the_store_moves_it_past(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest records term 5 but the election restarts at 1 (the S3 lease object or
+    the lock file was deleted by hand): the new leader moves its term to 6 once instead of
+    being fenced (and restarted) until the terms catch up."""
+    cfg = config_for(backend, request, tmp_path, monkeypatch, batch_rows=64, name="behind")
+    async with open_storage(cfg) as earlier:
+        await earlier.set_fencing_token(5)
+    async with (
+        open_storage(cfg) as storage,
+        open_storage(cfg) as stale,
+        open_elector(cfg, FAST) as first,
+        open_elector(cfg, FAST) as second,
+    ):
+        assert await asyncio.wait_for(first.acquire(), 10) == 1
+        assert await fence_storage(storage, first, 1) == 6
+        assert first.token == 6
+        assert "term 6" in str(await probe_holder(cfg))
+        await storage.put_checkpoint("features.2024", b"term 6")
+        with pytest.raises(Fenced):
+            await stale.set_fencing_token(5)
+        await first.release()
+        assert await asyncio.wait_for(second.acquire(), 10) == 7  # the next term goes on from there
 
 
 async def test_a_long_paused_leader_is_fenced_after_its_base_manifest_was_pruned(

@@ -164,7 +164,7 @@ async def test_open_creates_schema_and_reopen_is_idempotent(
         async with open_postgres(_cfg(pg_dsn, schema)):
             pass
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[1, 2, 3, 4, 5], []]
+    assert [e["migrations_applied"] for e in opened] == [[1, 2, 3, 4, 5, 6], []]
     rows = await raw.fetch(f'SELECT version, name FROM "{schema}".schema_migrations ORDER BY version')  # noqa: S608 - a test-made schema name
     assert [(r["version"], r["name"]) for r in rows] == [
         (1, "initial"),
@@ -172,6 +172,7 @@ async def test_open_creates_schema_and_reopen_is_idempotent(
         (3, "feature_inputs"),
         (4, "roles_and_early_time"),
         (5, "leadership"),
+        (6, "cache_hash_collation"),
     ]
     assert await migrate(raw, schema) == []
 
@@ -264,7 +265,7 @@ async def test_a_store_at_version_2_gains_the_added_inputs_and_keeps_its_rows(
             history = (await collect(st.read_feature_history(), FEATURES_SCHEMA)).sort_by("as_of_seq")
             assert history.equals(pa.concat_tables([expected.slice(0, 1), new]))
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[3, 4, 5]]
+    assert [e["migrations_applied"] for e in opened] == [[3, 4, 5, 6]]
 
 
 async def test_a_store_at_version_3_gains_roles_and_early_times_and_keeps_its_rows(
@@ -307,7 +308,7 @@ async def test_a_store_at_version_3_gains_roles_and_early_times_and_keeps_its_ro
                 {"resolution": "final", "resolved_early_seq": None, "resolved_early_at": None},
             ]
     opened = [e for e in logs if e["event"] == "storage.postgres.opened"]
-    assert [e["migrations_applied"] for e in opened] == [[4, 5]]
+    assert [e["migrations_applied"] for e in opened] == [[4, 5, 6]]
 
 
 async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> None:
@@ -317,7 +318,7 @@ async def test_concurrent_migrations_apply_once(pg_dsn: str, schema: str) -> Non
     finally:
         for c in conns:
             await c.close()
-    assert sorted(results) == [[], [], [], [1, 2, 3, 4, 5]]
+    assert sorted(results) == [[], [], [], [1, 2, 3, 4, 5, 6]]
 
 
 async def test_migration_waits_for_the_advisory_lock(
@@ -343,7 +344,7 @@ async def test_migration_waits_for_the_advisory_lock(
         assert await raw.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema) == 0
         # 3. once released, it proceeds and applies everything
         await raw.execute("SELECT pg_advisory_unlock($1)", migration_lock_key(schema))
-        assert await asyncio.wait_for(task, 10) == [1, 2, 3, 4, 5]
+        assert await asyncio.wait_for(task, 10) == [1, 2, 3, 4, 5, 6]
     finally:
         await other.close()
 
