@@ -172,7 +172,7 @@ async def test_open_creates_schema_and_reopen_is_idempotent(
         (3, "feature_inputs"),
         (4, "roles_and_early_time"),
         (5, "leadership"),
-        (6, "cache_hash_collation"),
+        (6, "unlogged_cache"),
     ]
     assert await migrate(raw, schema) == []
 

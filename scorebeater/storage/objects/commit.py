@@ -245,6 +245,12 @@ class Committer:
         segments and temporary files), so a root shared with other files is safe. Old manifest
         generations beyond the kept few go too. Safe while writing: a segment being uploaded is
         younger than the grace period. ``prefix`` limits the sweep to one partition.
+
+        Not fenced: every process that opens the store sweeps it, standbys included. A leader's
+        uploaded segments could only be swept if it paused for the grace period (an hour)
+        between their upload and its commit; a pause that long exceeds its lease, so a standby
+        has taken over and that commit is fenced anyway (and without a standby, nothing else
+        opens the store to sweep it).
         """
         manifest = await self.snapshot()
         live = manifest.segment_keys()
