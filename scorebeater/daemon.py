@@ -265,7 +265,8 @@ async def open_daemon(
                 **kwargs,
             )
 
-        # Both write predictions and the cache: a refeed and a diff run never overlap.
+        # Both write predictions and the cache: a refeed and a diff run never overlap (a commit
+        # a cancelled run left going still ends before the next run's first: storage.inflight).
         scoring = asyncio.Lock()
         runners["features"] = runner(features, interval_s=sc.poll_interval_s, run_at_start=True)
         runners["predictions"] = runner(predictions, run_at_start=True, lock=scoring)
@@ -413,6 +414,9 @@ async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
                     holding.cancel()  # stages drained: stop renewing, release below
     finally:
         if elector is not None:
+            # Commits abandoned by cancelled stages end (landed or fenced) before a standby
+            # may take over, rather than being fenced by it.
+            await daemon.ctx.storage.drain_commits()
             await elector.release()  # stages drained or cancelled: a standby may take over now
         if daemon.leadership is not None:
             daemon.leadership.role, daemon.leadership.term = "standby", None

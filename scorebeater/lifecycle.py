@@ -4,7 +4,9 @@
 SIGINT sets a stop event, and the command drains as it defines (the daemon lets in-flight
 stage runs finish within ``shutdown_grace_s``; the servers close their listeners). A second
 signal, of either kind, cancels the command at once: every write is atomic, so a cancelled
-run leaves nothing half-written. The command then ends with :class:`Interrupted`.
+run leaves nothing half-written (a commit already begun ends, or is cancelled after
+:data:`~scorebeater.storage.inflight.DRAIN_TIMEOUT_S`, as the storage closes). The command
+then ends with :class:`Interrupted`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from scorebeater.leadership.base import Holder, Identity
 log = structlog.get_logger(__name__)
 
 LOCK_NAME = ".lock"
+HOLD_CHECK_S = 2.0
+"""How often a holder checks that its lock file is still the one at the path."""
 
 
 def _read(handle: IO[bytes]) -> dict[str, object]:
@@ -146,6 +148,10 @@ class LocalElector:
             raise LeadershipLost("local: advance() called without leadership")
         if token > past:
             return token
+        if not await asyncio.to_thread(self._still_ours):
+            self._token = None
+            self.lost.set()
+            raise LeadershipLost(f"local: the lock file {self._path} was deleted or replaced")
         try:
             await asyncio.to_thread(self._record, past + 1)
         except OSError as exc:
@@ -156,10 +162,32 @@ class LocalElector:
         )
         return past + 1
 
+    def _still_ours(self) -> bool:
+        """Whether the lock file at the path is the one whose lock we hold (it was not
+        deleted, or replaced by another process's, by hand)."""
+        handle = self._handle
+        if handle is None:
+            return False
+        try:
+            at_path, held = self._path.stat(), os.fstat(handle.fileno())
+        except OSError:
+            return False
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+
     async def hold(self) -> NoReturn:
-        """Hold the lock until cancelled: it cannot be lost while this process lives."""
-        await asyncio.Future()
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Hold the lock until cancelled. The lock itself cannot be lost while this process
+        lives, but its file can be deleted by hand, and then another process can lock a new
+        one: every ``HOLD_CHECK_S`` the file is checked to be ours, and lost if not."""
+        token = self._token
+        if token is None:
+            raise LeadershipLost("local: hold() called before leadership was acquired")
+        while await asyncio.to_thread(self._still_ours):  # noqa: ASYNC110 - polls a file, no event to wait on
+            await asyncio.sleep(HOLD_CHECK_S)
+        self._token = None
+        self.lost.set()
+        reason = f"the lock file {self._path} was deleted or replaced"
+        log.error("leadership.lost", backend="local", term=token, reason=reason)
+        raise LeadershipLost(f"local: leadership of term {token} lost: {reason}")
 
     async def release(self) -> None:
         """Unlock (the term stays in the file for the next holder). Idempotent."""

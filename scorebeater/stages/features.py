@@ -164,7 +164,7 @@ class FeaturesStage:
                 self._publish_quarantine(listed, views)
         except BaseException:
             # In-memory totals may be ahead of what committed: reload them from storage,
-            # whose rows and checkpoint always agree.
+            # whose rows and checkpoint always agree (once abandoned commits end: _load).
             self.reset()
             raise
         return dict(done)
@@ -195,6 +195,9 @@ class FeaturesStage:
         fill in the inputs rows stored before the current feature schema lack."""
         ctx = self._ctx
         info = await ctx.scores.season(state.season)
+        # A commit that a failed run's cancellation left going must end first, or the state
+        # loaded here would be behind the store once it lands.
+        await ctx.storage.drain_commits()
         raw = await ctx.storage.get_checkpoint(state.checkpoint_name)
         if raw is not None:
             state.restore(raw)
@@ -353,6 +356,8 @@ class FeaturesStage:
                     state, quarantine, prefix=prefix, held=fetch.held(), failure=None, seen_at=seen_at
                 )
         except Exception:  # the caller re-raises the original error (or cancellation)
+            # A commit the timeout cut short may still land (storage.inflight logs it); either
+            # way the stage reloads its state from storage before its next run.
             log.warning(
                 "features.fetched_games_not_kept", season=state.season, games=len(prefix), exc_info=True
             )

@@ -118,7 +118,9 @@ class RefeedStage:
             for task in pending:
                 task.cancel()
             # Wait for them (their errors are this run's, already raised or superseded), so
-            # no write is still running when the run is reported over.
+            # none is running when the run is reported over (a store cancelled inside its
+            # commit leaves that commit to end on its own, before any later commit:
+            # storage.inflight).
             await asyncio.gather(reader, *storing, return_exceptions=True)
             self._scorer.report_skipped(skipped, version, stage=self.name)
         elapsed = time.perf_counter() - started

@@ -7,6 +7,10 @@ is lost either way (the next commit sorts it out), but the log could not say wha
 Here each commit runs as its own task: a cancelled caller stops waiting at once, the commit
 goes on (each step is bounded by the backend's timeouts) and its outcome is logged, landed,
 rejected by fencing or failed; the storage's close waits for it (:meth:`InFlight.drain`).
+
+Order is kept: a commit begins only after every abandoned one has ended, so a later commit of
+the same process (a stage's next run, a retry) can never be overtaken by an earlier one: a
+checkpoint never goes backwards. (Commits whose callers wait may run concurrently, as before.)
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-DRAIN_TIMEOUT_S = 120.0
-"""How long a storage's close waits for its commits in flight before cancelling them."""
+DRAIN_TIMEOUT_S = 10.0
+"""How long a storage's close waits for abandoned commits before cancelling them: a commit is
+a few statements or one manifest write, and the whole shutdown must fit a supervisor's
+termination grace (Kubernetes: 30 s, of which ``shutdown_grace_s`` takes 20)."""
 
 
 class InFlight:
@@ -45,6 +51,8 @@ class InFlight:
         Raises:
             Whatever the commit raises.
         """
+        while self._abandoned:
+            await asyncio.wait(set(self._abandoned))
         failpoints.hit("storage.commit")
 
         async def body() -> T:
@@ -56,7 +64,9 @@ class InFlight:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not task.done():
+            if task.done():
+                self._log_outcome(task)  # ended in the same loop turn: nobody else reports it
+            else:
                 self._abandoned.add(task)
             raise
 
@@ -65,6 +75,9 @@ class InFlight:
         if task not in self._abandoned:
             return  # its caller awaits it and sees the outcome
         self._abandoned.discard(task)
+        self._log_outcome(task)
+
+    def _log_outcome(self, task: asyncio.Task[Any]) -> None:
         name = task.get_name()
         if task.cancelled():
             log.warning("storage.commit_after_cancel", where=self._where, op=name, outcome="cancelled")

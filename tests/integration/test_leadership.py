@@ -235,6 +235,27 @@ async def test_local_holder_killed_frees_the_root(tmp_path: Path) -> None:
             proc.stdout.close()
 
 
+async def test_a_local_holder_whose_lock_file_was_deleted_loses_the_lead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting ``.lock`` by hand lets another process lock a new file: the old holder notices
+    (its file is no longer the one at the path) and gives up instead of leading beside it."""
+    monkeypatch.setattr("scorebeater.leadership.local.HOLD_CHECK_S", 0.05)
+    cfg = StorageConfig(backend="local", local=LocalStorageConfig(root=tmp_path / "store"))
+    async with open_elector(cfg, FAST) as first, open_elector(cfg, FAST) as second:
+        assert await first.try_acquire() == 1
+        holding = asyncio.create_task(first.hold())
+        await asyncio.sleep(0.1)
+        assert not holding.done()
+        (tmp_path / "store" / ".lock").unlink()
+        assert await second.try_acquire() == 1  # a new file: its terms restart (fence_storage)
+        with pytest.raises(LeadershipLost, match="deleted or replaced"):
+            await asyncio.wait_for(holding, 5)
+        assert first.lost.is_set()
+        with pytest.raises(LeadershipLost):
+            await first.advance(5)
+
+
 async def test_fenced_commit_is_rejected_and_changes_nothing(backend_config: StorageConfig) -> None:
     """The old leader's token after a newer term has claimed the store: every kind of write
     is rejected with ``Fenced`` and the store keeps the new leader's state."""

@@ -42,6 +42,34 @@ async def test_a_cancelled_caller_stops_waiting_and_the_commit_lands() -> None:
     ]
 
 
+async def test_a_later_commit_waits_for_an_abandoned_one() -> None:
+    """Order is kept: a checkpoint written by the next commit is never overtaken by an earlier
+    commit whose caller was cancelled."""
+    inflight = InFlight("test")
+    started, release = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        started.set()
+        await release.wait()
+        order.append("first")
+
+    async def second() -> None:
+        order.append("second")
+
+    caller = asyncio.create_task(inflight.run("write", first))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    later = asyncio.create_task(inflight.run("write", second))
+    await asyncio.sleep(0.01)
+    assert order == []  # the later commit has not begun
+    release.set()
+    await later
+    assert order == ["first", "second"]
+
+
 async def test_a_fenced_commit_after_cancel_is_logged_not_raised() -> None:
     inflight = InFlight("test")
     started = asyncio.Event()

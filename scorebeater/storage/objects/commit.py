@@ -141,15 +141,18 @@ class Committer:
             Fenced: the newest manifest carries a newer leadership term than ours.
             StorageError: lost ``_COMMIT_ATTEMPTS`` races in a row to another writer.
         """
-        return await self.commits.run("commit", functools.partial(self._commit, mutate, commit_id))
+        # The token in force now: a commit that outlives its caller keeps the term it began under.
+        run = functools.partial(self._commit, mutate, commit_id, self.fencing_token)
+        return await self.commits.run("commit", run)
 
-    async def _commit(self, mutate: Callable[[Manifest], Manifest], commit_id: str) -> Manifest:
+    async def _commit(
+        self, mutate: Callable[[Manifest], Manifest], commit_id: str, token: int | None
+    ) -> Manifest:
         async with self._commit_lock:
             for _ in range(_COMMIT_ATTEMPTS):
                 base = self.manifest
                 if base.commit == commit_id:
                     return base  # an earlier, interrupted attempt did land
-                token = self.fencing_token
                 if token is not None and base.fencing_token > token:
                     raise Fenced(token, base.fencing_token)
                 new = dataclasses.replace(

@@ -1,7 +1,8 @@
 """Upserts into the Postgres tables: binary ``COPY`` first, ``ON CONFLICT`` when keys exist.
 
 Every write is one transaction, together with its checkpoint when one is given, so a failed
-or cancelled batch leaves nothing behind. Rows go in with binary ``COPY``, chunk by chunk
+batch leaves nothing behind (a cancelled caller's transaction runs to its end:
+:mod:`scorebeater.storage.inflight`). Rows go in with binary ``COPY``, chunk by chunk
 (``batch_rows`` rows), each chunk first straight into the target table inside a savepoint:
 new keys, the common case, cost one ``COPY``. When a chunk hits an existing key the savepoint
 is rolled back and that chunk and the rest of the batch go through a temporary staging table
@@ -115,36 +116,41 @@ class TableWriter:
         fenced transactions' ``application_name`` (:data:`WRITER_APPLICATION` prefix), by which
         a new leader ends an old leader's stuck transaction."""
 
-    async def begin_fenced(self, conn: Connection) -> None:
+    @staticmethod
+    async def begin_fenced(conn: Connection, token: int | None, nonce: str) -> None:
         """First statement of a fenced write transaction: a writer paused inside it (SIGSTOP,
         a partition) would keep its row locks, and hold up the next leader's writes, forever;
         the server ends it after ``FENCED_IDLE_TIMEOUT_MS`` idle instead."""
-        if self.fencing_token is not None:
+        if token is not None:
             await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {FENCED_IDLE_TIMEOUT_MS}")
-            if self.fencing_nonce:
-                await conn.execute("SELECT set_config('application_name', $1, true)", self.fencing_nonce)
+            if nonce:
+                await conn.execute("SELECT set_config('application_name', $1, true)", nonce)
 
     async def commit(self, op: str, body: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``body(conn)`` in one fenced write transaction and return its result.
 
-        :meth:`begin_fenced` first, :meth:`fence` last; the transaction runs to its end even
-        if the caller is cancelled (:class:`~scorebeater.storage.inflight.InFlight`).
+        :meth:`begin_fenced` first, :meth:`fence` last, both with the term and nonce in force
+        when this is called (a commit that outlives its caller keeps the term it began under);
+        the transaction runs to its end even if the caller is cancelled
+        (:class:`~scorebeater.storage.inflight.InFlight`).
 
         Raises:
             Fenced: a newer leadership term began (rolled back: nothing was written).
             StorageError, StorageUnavailable: a database error, the server unreachable.
         """
 
+        token, nonce = self.fencing_token, self.fencing_nonce
+
         async def transaction() -> T:
             async with self._db.transaction(op) as conn:
-                await self.begin_fenced(conn)
+                await self.begin_fenced(conn, token, nonce)
                 result = await body(conn)
-                await self.fence(conn)
+                await self.fence(conn, token, nonce)
                 return result
 
         return await self.commits.run(op, transaction)
 
-    async def fence(self, conn: Connection) -> None:
+    async def fence(self, conn: Connection, token: int | None, nonce: str) -> None:
         """Reject this transaction when the store's leadership term is newer than our token.
 
         The last statement of each write transaction, just before ``COMMIT``. ``FOR SHARE``
@@ -155,10 +161,9 @@ class TableWriter:
         writer paused mid-write does not hold up the next leader's election.
 
         Raises:
-            Fenced: the stored term is newer than :attr:`fencing_token` (the transaction is
-                rolled back: nothing was written).
+            Fenced: the stored term is not ``token`` with ``nonce`` (the transaction is rolled
+                back: nothing was written).
         """
-        token = self.fencing_token
         if token is None:
             return
         row = await conn.fetchrow(
@@ -167,7 +172,7 @@ class TableWriter:
         current = 0 if row is None else int(row["term"])
         # Equality, not "at most": a term that moved backwards (a failover lost the bump) or
         # the same number won by another leader (another nonce) is not ours either.
-        other = self.fencing_nonce and row is not None and row["nonce"] != self.fencing_nonce
+        other = nonce and row is not None and row["nonce"] != nonce
         if current != token or other:
             raise Fenced(token, current, holder=None if row is None else str(row["holder"]))
 
