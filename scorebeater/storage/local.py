@@ -36,8 +36,23 @@ T = TypeVar("T")
 _WRITE_BUFFER_BYTES = 1024 * 1024
 
 
+def _read_ranges(path: Path, ranges: list[tuple[int, int]], where: str, key: str) -> list[bytes]:
+    with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        found = []
+        for start, end in ranges:
+            if not 0 <= start <= end <= size:
+                raise StorageError(f"{where}: range [{start}, {end}) is outside {key!r} ({size} bytes)")
+            file.seek(start)
+            found.append(file.read(end - start))
+    return found
+
+
 class LocalObjectStore:
     """``ObjectStore`` over a directory; keys map to paths below ``root``, never outside it."""
+
+    ranged_reads = False
+    """A segment is memory-mapped: pages load on demand, so readers open it whole."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -91,6 +106,10 @@ class LocalObjectStore:
     async def open_input(self, key: str) -> pa.NativeFile:
         """A memory map of the file (pages load on demand); ``StorageNotFound`` if absent."""
         return await self._run(key, pa.memory_map, str(self.path(key)))
+
+    async def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``[start, end)`` of the file; see the protocol."""
+        return await self._run(key, _read_ranges, self.path(key), list(ranges), self.where, key)
 
     async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         """Files under ``prefix`` (a directory path ending in ``/``), in key order."""

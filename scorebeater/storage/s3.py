@@ -92,6 +92,9 @@ class S3ObjectStore:
         self._multipart_threshold = cfg.multipart_threshold_bytes
         self.where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
+    ranged_reads = True
+    """Opening an object fetches it whole: a reader of a few row groups asks for their bytes."""
+
     def _key(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -246,6 +249,30 @@ class S3ObjectStore:
     async def open_input(self, key: str) -> pa.NativeFile:
         """The whole object fetched into memory, as an Arrow buffer reader."""
         return pa.BufferReader(pa.py_buffer(await self.get(key)))
+
+    async def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """One ranged ``GetObject`` per range, all at once; see the protocol."""
+        full = self._key(key)
+
+        async def fetch(start: int, end: int) -> bytes:
+            if not 0 <= start <= end:
+                raise StorageError(f"{self.where}: bad range [{start}, {end}) of {key!r}")
+            if start == end:
+                return b""
+            response = await self._client.get_object(
+                Bucket=self.bucket, Key=full, Range=f"bytes={start}-{end - 1}"
+            )
+            async with response["Body"] as body:
+                data = await body.read()
+            if len(data) != end - start:
+                raise StorageError(
+                    f"{self.where}: range [{start}, {end}) of {key!r} returned {len(data)} bytes"
+                )
+            return data
+
+        return list(
+            await asyncio.gather(*(self._call(f"get {key} bytes {a}-{b}", fetch(a, b)) for a, b in ranges))
+        )
 
     async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         """Objects under ``prefix``, in key order (paginated ListObjectsV2)."""

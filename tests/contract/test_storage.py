@@ -895,6 +895,7 @@ class FaultyStore:
     ) -> None:
         self.inner = inner
         self.where = inner.where
+        self.ranged_reads = inner.ranged_reads
         self.fail_at = fail_at
         self.landed = landed
         self.hang_at = hang_at
@@ -920,6 +921,9 @@ class FaultyStore:
 
     async def open_input(self, key: str) -> pa.NativeFile:
         return await self.inner.open_input(key)
+
+    async def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return await self.inner.read_ranges(key, ranges)
 
     async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         return await self.inner.list_prefix(prefix)

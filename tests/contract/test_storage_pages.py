@@ -24,6 +24,7 @@ from scorebeater.storage.base import (
     Storage,
 )
 from scorebeater.storage.objects import ObjectTableStorage
+from tests.contract.conftest import BATCH_ROWS
 from tests.contract.test_storage import (
     OUTCOMES_SCHEMA_V1,
     PREDICTIONS_SCHEMA_V1,
@@ -36,6 +37,7 @@ from tests.contract.test_storage import (
     store_as_version_1,
     store_before_version_2,
 )
+from tests.services.storage import config_for
 
 SEASON = 2014
 PLAYERS = list(range(3, 3 * 90, 3))
@@ -258,3 +260,57 @@ async def test_pages_of_rows_stored_before_schema_version_2(
     assert [r["player"] for r in rows] == ["Player Ünïcode 3", "Player Ünïcode 6", None, None]
     assert [r["outcome_resolution"] for r in rows] == ["early", None, None, None]
     assert rows[0]["previous_probability"] == pytest.approx(0.25 + 1 / 1000)
+
+
+class _CountingStore:
+    """Passes everything through to the S3 store, counting what reads transfer."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.where = inner.where
+        self.ranged_reads = inner.ranged_reads
+        self.whole: list[str] = []
+        self.ranged_bytes = 0
+
+    async def read_ranges(self, key: str, ranges: Any) -> list[bytes]:
+        found: list[bytes] = await self.inner.read_ranges(key, ranges)
+        self.ranged_bytes += sum(len(b) for b in found)
+        return found
+
+    async def open_input(self, key: str) -> Any:
+        self.whole.append(key)
+        return await self.inner.open_input(key)
+
+    async def get(self, key: str) -> bytes:
+        if key.endswith(".parquet"):
+            self.whole.append(key)
+        data: bytes = await self.inner.get(key)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_an_s3_page_transfers_its_row_groups_not_its_segments(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranged GETs: the footer once (then cached), then only the row groups a page reads."""
+    monkeypatch.setattr(objects_commit, "ROW_GROUP_ROWS", 100)
+    monkeypatch.setattr(objects_store, "ROW_GROUP_ROWS", 100)
+    cfg = config_for("s3", request, tmp_path, monkeypatch, batch_rows=BATCH_ROWS, name="ranged")
+    async with open_storage(cfg) as storage:
+        assert isinstance(storage, ObjectTableStorage)
+        players = range(1, 20_001)
+        await storage.write_predictions(predictions([(p, SEASON, 1, 1) for p in players]))
+        [segment] = (await storage.snapshot()).partitions("predictions")[f"season={SEASON}"]
+        counting = _CountingStore(storage.objects)
+        storage.objects = counting
+        first = await storage.read_latest_predictions_page(season=SEASON, limit=50)
+        footer_and_page = counting.ranged_bytes
+        counting.ranged_bytes = 0
+        second = await storage.read_latest_predictions_page(season=SEASON, after_player_id=12_500, limit=50)
+        assert first.column("player_id").to_pylist() == list(range(1, 51))
+        assert second.column("player_id").to_pylist() == list(range(12_501, 12_551))
+        assert counting.whole == []  # no segment fetched whole
+        assert 0 < counting.ranged_bytes < segment.size / 20  # one or two of 200 row groups
+        assert footer_and_page < segment.size / 2

@@ -270,8 +270,79 @@ def _group_ranges(metadata: pq.FileMetaData) -> list[tuple[float, float]]:
     return ranges
 
 
+_FOOTER_GUESS_BYTES = 64 * 1024
+"""The tail of a segment fetched for its footer (pyarrow's own first footer read is as long);
+a longer footer costs a second request."""
+_PARQUET_MAGIC = b"PAR1"
+
+
+class _FetchedRanges:
+    """A read-only file, for pyarrow (through ``pa.PythonFile``), over the byte ranges of one
+    object fetched so far. Every read must lie within one fetched range (the reader fetches
+    what it will read first); any other raises ``OSError``."""
+
+    def __init__(self, size: int, where: str) -> None:
+        self._size = size
+        self._where = where
+        self._pos = 0
+        self._chunks: dict[int, bytes] = {}
+        self.closed = False
+
+    def add(self, start: int, data: bytes) -> None:
+        self._chunks[start] = data
+
+    def covers(self, start: int, end: int) -> bool:
+        return any(s <= start and end <= s + len(d) for s, d in self._chunks.items())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size < 0 else min(self._size, self._pos + size)
+        for start, data in self._chunks.items():
+            if start <= self._pos and end <= start + len(data):
+                out = data[self._pos - start : end - start]
+                self._pos = end
+                return out
+        raise OSError(f"{self._where}: bytes [{self._pos}, {end}) were read before being fetched")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _group_span(metadata: pq.FileMetaData, group: int) -> tuple[int, int]:
+    """The bytes ``[start, end)`` of row group ``group``: its column chunks are contiguous,
+    and pyarrow reads them as one range."""
+    rg = metadata.row_group(group)
+    spans = []
+    for j in range(rg.num_columns):
+        column = rg.column(j)
+        start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+        spans.append((start, start + column.total_compressed_size))
+    return min(s for s, _ in spans), max(e for _, e in spans)
+
+
 class _Groups:
-    """One segment's row groups and their ``player_id`` ranges; the object opened on demand."""
+    """One segment's row groups and their ``player_id`` ranges; the object opened on demand.
+
+    On a store with ``ranged_reads`` (S3) nothing is fetched whole: the footer is a ranged
+    request (none once cached) and each row group's bytes are fetched by :meth:`fetch` just
+    before they are read, so a page transfers its row groups, not its segments.
+    """
 
     def __init__(self, objects: ObjectStore, spec: TableSpec, segment: Segment) -> None:
         self.objects = objects
@@ -280,15 +351,27 @@ class _Groups:
         self.source: pa.NativeFile | None = None
         self.file: pq.ParquetFile | None = None
         self.ranges: list[tuple[float, float]] = []
+        self._fetched: _FetchedRanges | None = None
 
     async def open(self) -> None:
-        """Open the object and read its footer (or take it from the cache)."""
-        self.source = await self.objects.open_input(self.segment.key)
-        cache_key = (self.objects.where, self.segment.key)
+        """Open the object and read its footer (or take it from the cache).
+
+        Raises:
+            StorageNotFound: the segment is gone. StorageError: its footer is not Parquet's.
+        """
+        segment = self.segment
+        cache_key = (self.objects.where, segment.key)
         with _metadata_lock:
             cached = _metadata_cache.get(cache_key)
             if cached is not None:
                 _metadata_cache.move_to_end(cache_key)
+        if self.objects.ranged_reads and segment.size > 0:
+            self._fetched = _FetchedRanges(segment.size, f"{self.objects.where}/{segment.key}")
+            self.source = pa.PythonFile(self._fetched, mode="r")
+            if cached is None:
+                await self._fetch_footer()
+        else:
+            self.source = await self.objects.open_input(segment.key)
         if cached is None:
             metadata = await asyncio.to_thread(pq.read_metadata, self.source)
             cached = (metadata, _group_ranges(metadata))
@@ -299,9 +382,45 @@ class _Groups:
         self.file = pq.ParquetFile(self.source, metadata=cached[0])
         self.ranges = cached[1]
 
+    async def _fetch_footer(self) -> None:
+        assert self._fetched is not None  # noqa: S101 - ranged mode
+        size, key = self.segment.size, self.segment.key
+        tail_start = max(0, size - _FOOTER_GUESS_BYTES)
+        [tail] = await self.objects.read_ranges(key, [(tail_start, size)])
+        if len(tail) < 8 or tail[-4:] != _PARQUET_MAGIC:  # noqa: PLR2004 - length + magic
+            raise StorageError(f"{self.objects.where}/{key}: not a Parquet object of {size} bytes")
+        needed = int.from_bytes(tail[-8:-4], "little") + 8
+        if needed > len(tail):  # a footer longer than the guess: fetch all of it at once
+            start = max(0, size - needed)
+            [head] = await self.objects.read_ranges(key, [(start, tail_start)])
+            tail = head + tail
+            tail_start = start
+        self._fetched.add(tail_start, tail)
+
+    async def fetch(self, groups: Sequence[int]) -> None:
+        """Fetch row groups ``groups``' bytes (ranged stores; otherwise nothing to do), one
+        request per run of adjacent groups, all at once. After :meth:`open`."""
+        fetched, file = self._fetched, self.file
+        if fetched is None or file is None:
+            return
+        spans: list[tuple[int, int]] = []
+        for group in sorted(groups):
+            start, end = _group_span(file.metadata, group)
+            if fetched.covers(start, end):
+                continue
+            if spans and spans[-1][1] == start:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+        if spans:
+            for (start, _end), data in zip(
+                spans, await self.objects.read_ranges(self.segment.key, spans), strict=True
+            ):
+                fetched.add(start, data)
+
     def read(self, groups: Sequence[int], columns: Sequence[str] | None) -> pa.Table:
         """Rows of row groups ``groups`` as ``spec.schema`` rows (``columns`` of them when
-        given). Blocking: call it in a worker thread, after :meth:`open`."""
+        given). Blocking: call it in a worker thread, after :meth:`open` and :meth:`fetch`."""
         assert self.file is not None  # noqa: S101 - opened first
         current = self.segment.schema_version == self.spec.schema_version
         wanted = list(columns) if columns is not None and current else None
@@ -366,17 +485,17 @@ async def read_range(
     chosen = [s for s in segments if _segment_lo(s) <= hi and _segment_hi(s) >= lo]
     groups = [_Groups(objects, spec, s) for s in chosen]
 
+    def wanted(g: _Groups) -> list[int]:
+        return [i for i, (a, b) in enumerate(g.ranges) if a <= hi and b >= lo]
+
     def collect() -> pa.Table:
-        tables = []
-        for g in groups:
-            wanted = [i for i, (a, b) in enumerate(g.ranges) if a <= hi and b >= lo]
-            if wanted:
-                tables.append(_in_range(g.read(wanted, columns), lo - 1, hi + 1))
+        tables = [_in_range(g.read(want, columns), lo - 1, hi + 1) for g in groups if (want := wanted(g))]
         return _winners(spec, chosen, tables) if tables else _empty(spec, columns)
 
     try:
         for g in groups:
             await g.open()
+        await asyncio.gather(*(g.fetch(wanted(g)) for g in groups))
         return await asyncio.to_thread(collect)  # one hop: the reads are small
     finally:
         for g in groups:
@@ -447,6 +566,7 @@ async def read_first_players(
                 continue
             next_group[i] = at + 1
             bound = min(next_lo(j) for j in range(len(groups)))
+            await groups[i].fetch([at])
             rows, count = await asyncio.to_thread(read_and_count, i, at, bound)
             if count >= enough or not math.isfinite(bound):
                 return rows

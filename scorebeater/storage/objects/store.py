@@ -93,6 +93,10 @@ class ObjectStore(Protocol):
 
     where: str
     """Human-readable location for logs and errors (no credentials)."""
+    ranged_reads: bool
+    """Whether a reader that needs a few row groups of a segment should fetch their byte
+    ranges (:meth:`read_ranges`) rather than open the whole object: true where opening it
+    transfers it (S3), false where it maps a local file."""
 
     async def put(self, key: str, data: bytes | ObjectSource, *, exclusive: bool = False) -> None:
         """Store ``data`` at ``key``, atomically: readers see the old object or the new one.
@@ -111,6 +115,12 @@ class ObjectStore(Protocol):
 
     async def open_input(self, key: str) -> pa.NativeFile:
         """A random-access Arrow file over the object (for Parquet); ``StorageNotFound`` if absent."""
+        ...
+
+    async def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes ``[start, end)`` of each range of the object, in order (a remote store
+        fetches them concurrently); ``StorageNotFound`` if absent, ``StorageError`` for a
+        range outside the object."""
         ...
 
     async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
