@@ -45,7 +45,13 @@ import pyarrow as pa
 import yarl
 
 from bench.report import load_average, load_note, md_row, percent, verdict
-from scorebeater.config import LocalStorageConfig, PostgresStorageConfig, Secret, StorageConfig
+from scorebeater.config import (
+    LocalStorageConfig,
+    PostgresStorageConfig,
+    S3StorageConfig,
+    Secret,
+    StorageConfig,
+)
 from scorebeater.inputs import INPUT_NAMES
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import (
@@ -139,11 +145,31 @@ DSN_ENV = "SCOREBEATER_BENCH_READ_API_DSN"
 """How the child server gets the throwaway cluster's DSN (not on its command line)."""
 
 
+S3_ENV = "SCOREBEATER_BENCH_READ_API_S3"
+"""How the child server gets moto's endpoint."""
+S3_BUCKET = "scorebeater-bench"
+
+
 def _config(backend: str, root: Path, batch_rows: int) -> StorageConfig:
     if backend == "postgres":
         postgres = PostgresStorageConfig(dsn=Secret(os.environ[DSN_ENV]), schema="bench_read_api")
         return StorageConfig(backend="postgres", postgres=postgres, batch_rows=batch_rows)
+    if backend == "s3":
+        s3 = S3StorageConfig(
+            bucket=S3_BUCKET,
+            prefix="bench_read_api",
+            endpoint_url=os.environ[S3_ENV],
+            addressing_style="path",
+        )
+        return StorageConfig(backend="s3", s3=s3, batch_rows=batch_rows)
     return StorageConfig(backend="local", local=LocalStorageConfig(root=root), batch_rows=batch_rows)
+
+
+async def _create_bucket(endpoint: str) -> None:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("s3", region_name="us-east-1", endpoint_url=endpoint) as client:
+        await client.create_bucket(Bucket=S3_BUCKET)
 
 
 async def write(config: StorageConfig, players: int) -> None:
@@ -334,6 +360,16 @@ async def run(args: argparse.Namespace) -> list[str]:
                 with run_postgres() as dsn:
                     os.environ[DSN_ENV] = dsn
                     out.append(await bench_backend(backend, args, root))
+            elif backend == "s3":
+                from scorebeater.testing.s3 import run_moto
+
+                # moto accepts any credentials; the client (and the child server) needs some.
+                for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                    os.environ.setdefault(name, "bench")
+                with run_moto() as endpoint:
+                    os.environ[S3_ENV] = endpoint
+                    await _create_bucket(endpoint)
+                    out.append(await bench_backend(backend, args, root))
             else:
                 out.append(await bench_backend(backend, args, root))
     return out
@@ -349,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pages", type=int, default=0, help="stop after this many pages (0: every page)")
     parser.add_argument("--order", default="player", help="order= of the listing (player)")
     parser.add_argument("--batch-rows", type=int, default=50_000, help="storage.batch_rows (50,000)")
-    parser.add_argument("--backends", default="local,postgres", help="comma-separated: local,postgres")
+    parser.add_argument(
+        "--backends",
+        default="local,postgres",
+        help="comma-separated: local,postgres,s3 (moto, in this process)",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
