@@ -416,8 +416,10 @@ async def serve(daemon: Daemon, stop: asyncio.Event) -> None:
         if elector is not None:
             # Commits abandoned by cancelled stages end (landed or fenced) before a standby
             # may take over, rather than being fenced by it.
-            await daemon.ctx.storage.drain_commits()
-            await elector.release()  # stages drained or cancelled: a standby may take over now
+            try:
+                await daemon.ctx.storage.drain_commits()
+            finally:
+                await elector.release()  # stages drained or cancelled: a standby may take over now
         if daemon.leadership is not None:
             daemon.leadership.role, daemon.leadership.term = "standby", None
             daemon.ctx.metrics.leader.labels(daemon.leadership.backend).set(0)

@@ -148,7 +148,7 @@ class LocalElector:
             raise LeadershipLost("local: advance() called without leadership")
         if token > past:
             return token
-        if not await asyncio.to_thread(self._still_ours):
+        if not await self._check():
             self._token = None
             self.lost.set()
             raise LeadershipLost(f"local: the lock file {self._path} was deleted or replaced")
@@ -164,15 +164,27 @@ class LocalElector:
 
     def _still_ours(self) -> bool:
         """Whether the lock file at the path is the one whose lock we hold (it was not
-        deleted, or replaced by another process's, by hand)."""
+        deleted, or replaced by another process's, by hand). Another error (a network file
+        system's EIO or ESTALE) proves neither: it is raised."""
         handle = self._handle
         if handle is None:
             return False
         try:
-            at_path, held = self._path.stat(), os.fstat(handle.fileno())
-        except OSError:
+            at_path = self._path.stat()
+        except FileNotFoundError:
             return False
+        held = os.fstat(handle.fileno())
         return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+
+    async def _check(self) -> bool:
+        """:meth:`_still_ours`, counting an error as ours (logged): the lock still holds."""
+        try:
+            return await asyncio.to_thread(self._still_ours)
+        except OSError as exc:
+            log.warning(
+                "leadership.lock_file_unreadable", backend="local", lock=str(self._path), error=str(exc)
+            )
+            return True
 
     async def hold(self) -> NoReturn:
         """Hold the lock until cancelled. The lock itself cannot be lost while this process
@@ -181,7 +193,7 @@ class LocalElector:
         token = self._token
         if token is None:
             raise LeadershipLost("local: hold() called before leadership was acquired")
-        while await asyncio.to_thread(self._still_ours):  # noqa: ASYNC110 - polls a file, no event to wait on
+        while await self._check():  # noqa: ASYNC110 - polls a file, no event to wait on
             await asyncio.sleep(HOLD_CHECK_S)
         self._token = None
         self.lost.set()

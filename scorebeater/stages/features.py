@@ -196,8 +196,8 @@ class FeaturesStage:
         ctx = self._ctx
         info = await ctx.scores.season(state.season)
         # A commit that a failed run's cancellation left going must end first, or the state
-        # loaded here would be behind the store once it lands.
-        await ctx.storage.drain_commits()
+        # loaded here would be behind the store once it lands (waited for, never cancelled).
+        await ctx.storage.drain_commits(timeout_s=None)
         raw = await ctx.storage.get_checkpoint(state.checkpoint_name)
         if raw is not None:
             state.restore(raw)

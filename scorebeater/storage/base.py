@@ -64,6 +64,7 @@ from scorebeater import bounds
 from scorebeater.bounds import Bound
 from scorebeater.errors import StorageError
 from scorebeater.inputs import INPUT_NAMES
+from scorebeater.storage.inflight import DRAIN_TIMEOUT_S
 
 if TYPE_CHECKING:
     from scorebeater.storage.quarantine import Quarantine
@@ -780,11 +781,11 @@ class Storage(Protocol):
         """Atomically replace a checkpoint's value."""
         ...
 
-    async def drain_commits(self) -> None:
+    async def drain_commits(self, *, timeout_s: float | None = DRAIN_TIMEOUT_S) -> None:
         """Wait until the commits whose callers were cancelled have ended (landed, fenced or
-        failed: each outcome is logged, never raised here); at most
-        :data:`~scorebeater.storage.inflight.DRAIN_TIMEOUT_S`, then they are cancelled.
-        Closing the storage does this; idempotent."""
+        failed: each outcome is logged, never raised here); at most ``timeout_s``, then they
+        are cancelled (``None``: no limit, never cancelled). Commits whose callers still wait
+        are not waited for. Closing the storage does this; idempotent."""
         ...
 
     async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:

@@ -28,10 +28,12 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-DRAIN_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 5.0
 """How long a storage's close waits for abandoned commits before cancelling them: a commit is
 a few statements or one manifest write, and the whole shutdown must fit a supervisor's
-termination grace (Kubernetes: 30 s, of which ``shutdown_grace_s`` takes 20)."""
+termination grace (Kubernetes: 30 s, of which ``shutdown_grace_s`` takes 20). Waiting for an
+abandoned commit before a new one (:meth:`InFlight.run`, :meth:`InFlight.drain` without a
+timeout) has no limit of its own: each commit's statements and requests have the backend's."""
 
 
 class InFlight:
@@ -104,13 +106,19 @@ class InFlight:
                 error=str(error) or type(error).__name__,
             )
 
-    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-        """Wait for every commit in flight (at most ``timeout_s``, then cancel the rest);
-        never raises their errors (their callers, or the log, got them)."""
-        if not self._tasks:
+    async def drain(self, timeout_s: float | None = DRAIN_TIMEOUT_S) -> None:
+        """Wait for the abandoned commits (those whose callers were cancelled; commits whose
+        callers still wait are theirs to wait for): at most ``timeout_s``, then cancel the
+        rest; ``None``: without a limit, never cancelling. Never raises their errors (the
+        log has them)."""
+        if not self._abandoned:
             return
-        pending = set(self._tasks)
+        pending = set(self._abandoned)
         log.info("storage.commits_draining", where=self._where, commits=len(pending))
+        if timeout_s is None:
+            while self._abandoned:
+                await asyncio.wait(set(self._abandoned))
+            return
         _done, still = await asyncio.wait(pending, timeout=timeout_s)
         for task in still:
             task.cancel()

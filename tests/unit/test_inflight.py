@@ -116,6 +116,8 @@ async def test_drain_gives_up_after_its_timeout() -> None:
     caller = asyncio.create_task(inflight.run("write", commit))
     await started.wait()
     caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
     with capture_logs() as logs:
         await inflight.drain(timeout_s=0.05)
     events = {e["event"]: e for e in logs}
@@ -149,3 +151,36 @@ def test_an_armed_failpoint_without_its_trigger_file_does_nothing(
     (tmp_path / "pause").touch()
     failpoints.hit("storage.commit")  # disarmed: the file is left alone
     assert (tmp_path / "pause").exists()
+
+
+async def test_drain_without_a_limit_waits_for_abandoned_commits_only() -> None:
+    """The features stage's reload waits for abandoned commits, never cancelling them, and
+    never for a commit whose caller is still waiting (another stage's)."""
+    inflight = InFlight("test")
+    abandoned_started, waited_started = asyncio.Event(), asyncio.Event()
+    release_abandoned, release_waited = asyncio.Event(), asyncio.Event()
+
+    async def abandoned() -> None:
+        abandoned_started.set()
+        await release_abandoned.wait()
+
+    async def waited() -> None:
+        waited_started.set()
+        await release_waited.wait()
+
+    cancelled = asyncio.create_task(inflight.run("write", abandoned))
+    await abandoned_started.wait()
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    other = asyncio.create_task(inflight.run("other stage", waited))
+    draining = asyncio.create_task(inflight.drain(timeout_s=None))
+    await asyncio.sleep(0.05)
+    assert not draining.done()
+    assert not waited_started.is_set()  # a new commit begins only after the abandoned one
+    release_abandoned.set()
+    await asyncio.wait_for(draining, 1)  # done although "other stage" still runs
+    await waited_started.wait()
+    assert not other.done()
+    release_waited.set()
+    await other

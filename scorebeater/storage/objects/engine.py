@@ -31,6 +31,7 @@ from scorebeater.storage.base import (
     conform_outcomes,
     conform_predictions,
 )
+from scorebeater.storage.inflight import DRAIN_TIMEOUT_S
 from scorebeater.storage.objects.cache import ObjectPredictionCache
 from scorebeater.storage.objects.commit import Committer
 from scorebeater.storage.objects.manifest import Manifest, Segment
@@ -103,10 +104,10 @@ class ObjectTableStorage:
         await self._committer.collect_garbage()
         log.info("storage.opened", where=self.objects.where, generation=self._committer.manifest.generation)
 
-    async def drain_commits(self) -> None:
-        """Wait for commits still running after their callers were cancelled (see
-        :mod:`scorebeater.storage.inflight`); called on close."""
-        await self._committer.commits.drain()
+    async def drain_commits(self, *, timeout_s: float | None = DRAIN_TIMEOUT_S) -> None:
+        """Wait for commits still running after their callers were cancelled (see the
+        protocol and :mod:`scorebeater.storage.inflight`); called on close."""
+        await self._committer.commits.drain(timeout_s)
 
     async def set_fencing_token(self, token: int | None, *, nonce: str = "") -> None:  # noqa: ARG002
         """Commit under leadership term ``token`` from now on; see the Storage protocol

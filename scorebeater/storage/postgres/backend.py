@@ -44,6 +44,7 @@ from scorebeater.storage.base import (
     conform_outcomes,
     conform_predictions,
 )
+from scorebeater.storage.inflight import DRAIN_TIMEOUT_S
 from scorebeater.storage.postgres.cache import PostgresPredictionCache
 from scorebeater.storage.postgres.codec import copy_select, init_connection, to_arrow
 from scorebeater.storage.postgres.connection import (
@@ -102,10 +103,10 @@ class PostgresStorage:
     def _t(self, table: str) -> str:
         return self._db.table(table)
 
-    async def drain_commits(self) -> None:
+    async def drain_commits(self, *, timeout_s: float | None = DRAIN_TIMEOUT_S) -> None:
         """Wait for write transactions still running after their callers were cancelled
-        (see :mod:`scorebeater.storage.inflight`); called on close."""
-        await self._writer.commits.drain()
+        (see the protocol and :mod:`scorebeater.storage.inflight`); called on close."""
+        await self._writer.commits.drain(timeout_s)
 
     async def _update_latest(self, conn: Connection, rows: pa.Table) -> None:
         latest = (
