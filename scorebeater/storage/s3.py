@@ -270,9 +270,15 @@ class S3ObjectStore:
                 )
             return data
 
-        return list(
-            await asyncio.gather(*(self._call(f"get {key} bytes {a}-{b}", fetch(a, b)) for a, b in ranges))
-        )
+        # A task group: one failed range cancels the others' requests at once.
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._call(f"get {key} bytes {a}-{b}", fetch(a, b))) for a, b in ranges
+                ]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
 
     async def list_prefix(self, prefix: str) -> list[ObjectInfo]:
         """Objects under ``prefix``, in key order (paginated ListObjectsV2)."""

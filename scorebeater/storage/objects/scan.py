@@ -493,9 +493,15 @@ async def read_range(
         return _winners(spec, chosen, tables) if tables else _empty(spec, columns)
 
     try:
-        for g in groups:
-            await g.open()
-        await asyncio.gather(*(g.fetch(wanted(g)) for g in groups))
+        try:  # task groups: a failure cancels the other requests at once
+            async with asyncio.TaskGroup() as tg:
+                for g in groups:
+                    tg.create_task(g.open())
+            async with asyncio.TaskGroup() as tg:
+                for g in groups:
+                    tg.create_task(g.fetch(wanted(g)))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         return await asyncio.to_thread(collect)  # one hop: the reads are small
     finally:
         for g in groups:
