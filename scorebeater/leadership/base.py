@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
@@ -184,3 +185,24 @@ async def fence_storage(storage: Storage, elector: Elector, token: int) -> int:
         token = await elector.advance(exc.current)
         await storage.set_fencing_token(token, nonce=elector.nonce)
     return token
+
+
+async def poll_until_leader(
+    try_acquire: Callable[[], Awaitable[int | None]],
+    *,
+    poll_s: float,
+    backend: str,
+    transient: type[Exception],
+) -> int:
+    """:meth:`Elector.acquire` over an elector's ``try_acquire``: one attempt every ``poll_s``
+    seconds until it returns a token; a ``transient`` error is logged and tried again (a
+    standby survives a store that is briefly unreachable)."""
+    while True:
+        try:
+            token = await try_acquire()
+        except transient as exc:
+            log.warning("leadership.poll_failed", backend=backend, error=str(exc))
+            token = None
+        if token is not None:
+            return token
+        await asyncio.sleep(poll_s)

@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 
 from scorebeater.errors import LeadershipLost, StorageError, StorageUnavailable
-from scorebeater.leadership.base import Holder, Identity, renew_interval_s
+from scorebeater.leadership.base import Holder, Identity, poll_until_leader, renew_interval_s
 from scorebeater.storage.base import check_schema_name
 from scorebeater.storage.postgres.connection import CONNECT_ERRORS, DRIVER_ERRORS, Redactor, quote_ident
 from scorebeater.storage.postgres.writer import WRITER_APPLICATION
@@ -171,44 +171,20 @@ class PostgresElector:
             log.warning("leadership.old_writers_ended", backend="postgres", sessions=ended)
 
     async def acquire(self) -> int:
-        """Try every ``poll_s`` until leader; see the protocol."""
-        while True:
-            try:
-                token = await self.try_acquire()
-            except StorageUnavailable as exc:
-                log.warning("leadership.poll_failed", backend="postgres", error=str(exc))
-                token = None
-            if token is not None:
-                return token
-            await asyncio.sleep(self._poll_s)
+        """Try every ``poll_s`` until leader; see the protocol (an unmigrated schema is not
+        transient: it raises)."""
+        return await poll_until_leader(
+            self.try_acquire, poll_s=self._poll_s, backend="postgres", transient=StorageUnavailable
+        )
 
     async def advance(self, past: int) -> int:
-        """Set the ``leadership`` row's term to ``past + 1`` if it is still ours; see the
-        protocol. (Not needed in practice: that row is the fence itself, so the store cannot
-        record a newer term than this election has handed out.)"""
+        """See the protocol. Here the ``leadership`` row *is* the fence, so the store can
+        never be at a newer term than this election handed out: a newer one means another
+        replica took over, and this one has lost."""
         token = self._token
-        if token is None:
-            raise LeadershipLost("postgres: advance() called without leadership")
-        if token > past:
-            return token
-        conn = await self._connection()
-        try:
-            term: int | None = await conn.fetchval(
-                f"UPDATE {self._table} SET term = $1 WHERE id = 1 AND term = $2 AND nonce = $3"  # noqa: S608
-                " RETURNING term",
-                past + 1,
-                token,
-                self._nonce,
-            )
-        except DRIVER_ERRORS as exc:
-            raise self._redact.error("leadership advance", exc) from exc
-        if term is None:
-            self._token = None
-            self.lost.set()
-            raise LeadershipLost(f"postgres: leadership of term {token} lost while moving it past {past}")
-        self._token = term
-        log.warning("leadership.term_advanced", backend="postgres", term=term, was=token)
-        return term
+        if token is None or token <= past:
+            raise LeadershipLost(f"postgres: the store is at term {past}, past this replica's {token}")
+        return token
 
     async def hold(self) -> NoReturn:
         """Renew by using the session; lost when it fails or the term moved on."""

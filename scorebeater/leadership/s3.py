@@ -34,7 +34,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from scorebeater.errors import LeadershipLost, StorageError, StorageUnavailable
-from scorebeater.leadership.base import Holder, Identity, renew_interval_s
+from scorebeater.leadership.base import Holder, Identity, poll_until_leader, renew_interval_s
 from scorebeater.storage.s3 import check_prefix
 
 if TYPE_CHECKING:
@@ -281,15 +281,9 @@ class S3Elector:
 
     async def acquire(self) -> int:
         """Try every ``poll_s`` until leader; see the protocol."""
-        while True:
-            try:
-                token = await self.try_acquire()
-            except StorageError as exc:
-                log.warning("leadership.poll_failed", backend="s3", error=str(exc))
-                token = None
-            if token is not None:
-                return token
-            await asyncio.sleep(self._poll_s)
+        return await poll_until_leader(
+            self.try_acquire, poll_s=self._poll_s, backend="s3", transient=StorageError
+        )
 
     async def hold(self) -> NoReturn:
         """Renew the lease with ``If-Match``; lost on a conflict or after ``lease_ttl_s``

@@ -16,7 +16,7 @@ checkpoint never goes backwards. (Commits whose callers wait may run concurrentl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -41,10 +41,10 @@ class InFlight:
 
     def __init__(self, where: str) -> None:
         self._where = where
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._abandoned: set[asyncio.Task[Any]] = set()
+        """Commits whose callers were cancelled (this also keeps the tasks referenced)."""
 
-    async def run(self, op: str, commit: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, op: str, commit: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``commit()`` to its end and return its result.
 
         If the caller is cancelled, it gets ``CancelledError`` at once while the commit goes
@@ -56,12 +56,7 @@ class InFlight:
         while self._abandoned:
             await asyncio.wait(set(self._abandoned))
         failpoints.hit("storage.commit")
-
-        async def body() -> T:
-            return await commit()
-
-        task: asyncio.Task[T] = asyncio.create_task(body(), name=f"commit:{op}")
-        self._tasks.add(task)
+        task = asyncio.create_task(commit(), name=f"commit:{op}")
         task.add_done_callback(self._finished)
         try:
             return await asyncio.shield(task)
@@ -73,7 +68,6 @@ class InFlight:
             raise
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
         if task not in self._abandoned:
             return  # its caller awaits it and sees the outcome
         self._abandoned.discard(task)
