@@ -17,7 +17,13 @@ prediction each, an outcome for every other one. Then:
   ``orjson``, cursor from ``next_cursor``) and once as CSV (``Accept: text/csv``, parsed with
   the ``csv`` module, cursor from ``Link: rel="next"``). Rows/s = rows received / wall time,
   the client's parse included; the child's RSS (``VmRSS``) is sampled after each page and its
-  peak (``VmHWM``) read at the end.
+  peak (``VmHWM``) read at the end;
+* **transport floor**: what no storage can beat. The same client fetches, for as many pages,
+  a page that costs the server nothing: a second child process (a bare ``aiohttp`` app)
+  answers every ``GET /v1/predictions`` with the bytes and headers of the listing's first
+  page of the same format, kept in memory. Its rate bounds the listing's from above on any
+  backend: it is the HTTP round trip and the client's parse of a 1,000-row page alone. Where
+  the floor is below 50% of the scan, no storage can meet the target through this API.
 
 In player order a page costs O(limit) on every backend (Postgres: one statement of index
 probes; local: the Parquet row groups of the page's id range), see ``read_api``'s module doc.
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -206,10 +213,7 @@ async def serve(backend: str, root: Path, batch_rows: int) -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        server = cast("Any", site._server)  # noqa: SLF001 - the bound port
-        port_file = root.parent / "port"
-        port_file.with_suffix(".tmp").write_text(str(server.sockets[0].getsockname()[1]))
-        port_file.with_suffix(".tmp").rename(port_file)  # whole, never half-written
+        _write_port(root.parent / "port", site)
         await asyncio.Event().wait()
 
 
@@ -227,19 +231,71 @@ def _start_server(backend: str, root: Path, batch_rows: int) -> subprocess.Popen
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
 
 
-async def _port(root: Path, child: subprocess.Popen[str]) -> int:
-    port_file = root.parent / "port"
-    while not port_file.exists():
+def _read_port(port_file: Path) -> int | None:
+    return int(port_file.read_text()) if port_file.exists() else None
+
+
+async def _port(port_file: Path, child: subprocess.Popen[str]) -> int:
+    while (port := _read_port(port_file)) is None:
         if child.poll() is not None:
             raise RuntimeError(f"the server exited with {child.returncode}")
         await asyncio.sleep(0.05)
-    return int(port_file.read_text())
+    return port
 
 
-async def list_pages(
-    port: int, pid: int, order: str, limit: int, max_pages: int, *, fmt: str
-) -> tuple[int, int, float, list[float], list[int]]:
-    """Rows, pages, seconds, per-page seconds and the child's RSS (KiB) after each page.
+@dataclass
+class Listing:
+    """One listing run: rows received, pages, seconds, per-page seconds, the server's RSS (KiB)
+    after each page, and its first page (body, ``Content-Type``, ``Link`` or ``""``)."""
+
+    rows: int
+    pages: int
+    seconds: float
+    page_s: list[float]
+    rss_kb: list[int]
+    first: tuple[bytes, str, str]
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+async def serve_floor(directory: Path) -> None:
+    """The transport floor's server (child process): every ``GET /v1/predictions`` answered with
+    the first page the real listing sent in that format (``Accept: text/csv``: the CSV one),
+    from memory; the port is written to ``<directory>/port``."""
+    from aiohttp import web
+
+    pages = {
+        fmt: (
+            (directory / f"{fmt}.body").read_bytes(),
+            orjson.loads((directory / f"{fmt}.headers").read_bytes()),
+        )
+        for fmt in ("json", "csv")
+    }
+
+    async def page(request: web.Request) -> web.Response:
+        body, headers = pages["csv" if request.headers.get("Accept") == "text/csv" else "json"]
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/v1/predictions", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    _write_port(directory / "port", site)
+    await asyncio.Event().wait()
+
+
+def _write_port(port_file: Path, site: Any) -> None:
+    server = cast("Any", site._server)  # noqa: SLF001 - the bound port
+    port_file.with_suffix(".tmp").write_text(str(server.sockets[0].getsockname()[1]))
+    port_file.with_suffix(".tmp").rename(port_file)  # whole, never half-written
+
+
+async def list_pages(port: int, pid: int, order: str, limit: int, max_pages: int, *, fmt: str) -> Listing:
+    """Page through ``GET /v1/predictions`` until the last page or ``max_pages`` (0: no cap).
 
     ``fmt`` ``json``: each body parsed with ``orjson`` (the client's parse is part of the
     time; ``orjson`` so that the client's parser costs less than the server's work), the
@@ -249,6 +305,7 @@ async def list_pages(
     rows = pages = 0
     page_s: list[float] = []
     rss: list[int] = []
+    first: tuple[bytes, str, str] | None = None
     cursor: str | None = None
     start = time.perf_counter()
     timeout = aiohttp.ClientTimeout(total=None)
@@ -263,6 +320,8 @@ async def list_pages(
                 raw = await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"page {pages + 1}: {resp.status} {raw[:500]!r}")
+                if first is None:
+                    first = (raw, resp.headers["Content-Type"], resp.headers.get("Link", ""))
                 if fmt == "csv":
                     received = sum(1 for _ in csv.reader(io.StringIO(raw.decode()))) - 1  # the header
                     link = resp.links.get("next")
@@ -279,7 +338,8 @@ async def list_pages(
                 note = f"{received} rows, {page_s[-1]:.3f} s, server RSS {rss[-1] / 1024:.0f} MB"
                 print(f"{fmt} page {pages}: {note}", file=sys.stderr, flush=True)
             if cursor is None or (max_pages and pages >= max_pages):
-                return rows, pages, time.perf_counter() - start, page_s, rss
+                assert first is not None  # the loop ran once
+                return Listing(rows, pages, time.perf_counter() - start, page_s, rss, first)
 
 
 async def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> str:
@@ -300,7 +360,7 @@ async def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> s
     scan_rows, scan_s = await raw_scan(config)
     child = _start_server(backend, root, args.batch_rows)
     try:
-        port = await _port(root, child)
+        port = await _port(root.parent / "port", child)
         idle_kb = _proc_kb(child.pid, "VmRSS")
         listed = {
             fmt: await list_pages(port, child.pid, args.order, args.limit, args.max_pages, fmt=fmt)
@@ -310,26 +370,56 @@ async def bench_backend(backend: str, args: argparse.Namespace, root: Path) -> s
     finally:
         child.terminate()
         child.wait(timeout=30)
+    floor = await transport_floor(root.parent / "floor", listed, args)
     scan_rate = scan_rows / scan_s
 
     def listing(fmt: str) -> list[str]:
-        rows, pages, seconds, _, _ = listed[fmt]
-        rate = rows / seconds
-        which = "all" if pages * args.limit >= args.players else f"first {pages}"
+        run = listed[fmt]
+        which = "all" if run.pages * args.limit >= args.players else f"first {run.pages}"
         return [
-            f"{rate:,.0f} ({rows:,} rows, {which} pages, {seconds:.1f} s)",
-            f"{percent(rate / scan_rate)}: {verdict(rate / scan_rate >= TARGET)}",
+            f"{run.rate:,.0f} ({run.rows:,} rows, {which} pages, {run.seconds:.1f} s)",
+            f"{percent(run.rate / scan_rate)}: {verdict(run.rate / scan_rate >= TARGET)}",
+            f"{floor[fmt].rate:,.0f} ({percent(floor[fmt].rate / scan_rate)})",
         ]
 
-    _, _, _, page_s, rss = listed["json"]
+    json_run = listed["json"]
     return md_row(
         backend,
         f"{scan_rate:,.0f} ({scan_s:.2f} s)",
         *listing("json"),
         *listing("csv"),
-        f"{float(np.median(page_s)) * 1000:,.1f} / {max(page_s) * 1000:,.0f}",
-        f"{idle_kb / 1024:,.0f} / {rss[0] / 1024:,.0f} / {rss[-1] / 1024:,.0f} / {peak_kb / 1024:,.0f}",
+        f"{float(np.median(json_run.page_s)) * 1000:,.1f} / {max(json_run.page_s) * 1000:,.0f}",
+        f"{idle_kb / 1024:,.0f} / {json_run.rss_kb[0] / 1024:,.0f} / {json_run.rss_kb[-1] / 1024:,.0f}"
+        f" / {peak_kb / 1024:,.0f}",
     )
+
+
+def _start_floor(directory: Path, listed: dict[str, Listing]) -> subprocess.Popen[str]:
+    directory.mkdir()
+    for fmt, run in listed.items():
+        body, content_type, link = run.first
+        (directory / f"{fmt}.body").write_bytes(body)
+        headers = {"Content-Type": content_type} | ({"Link": link} if link else {})
+        (directory / f"{fmt}.headers").write_bytes(orjson.dumps(headers))
+    command = [sys.executable, "-m", "bench.bench_read_api", "--serve-floor", str(directory)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+async def transport_floor(
+    directory: Path, listed: dict[str, Listing], args: argparse.Namespace
+) -> dict[str, Listing]:
+    """Per format, the same client's rate over as many pages (at most 1,000) of the listing's
+    first page served from memory by a bare ``aiohttp`` app in a child process."""
+    child = _start_floor(directory, listed)
+    try:
+        port = await _port(directory / "port", child)
+        return {
+            fmt: await list_pages(port, child.pid, args.order, args.limit, min(run.pages, 1000), fmt=fmt)
+            for fmt, run in listed.items()
+        }
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
 
 
 async def run(args: argparse.Namespace) -> list[str]:
@@ -344,12 +434,14 @@ async def run(args: argparse.Namespace) -> list[str]:
             "raw scan (`read_predictions(latest_only=True)`), rows/s",
             "JSON listing through the API, rows/s",
             "JSON listing / scan (target >= 50%)",
+            "JSON transport floor, rows/s (/ scan)",
             "CSV listing, rows/s",
             "CSV listing / scan",
+            "CSV transport floor, rows/s (/ scan)",
             "JSON page ms p50 / max",
             "server RSS MB: idle / after JSON page 1 / after the last JSON page / peak (JSON + CSV)",
         ),
-        md_row(*["---"] * 8),
+        md_row(*["---"] * 10),
     ]
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="bench-read-api-") as tmp:
@@ -391,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: local,postgres,s3 (moto, in this process)",
     )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor is not None:
+        asyncio.run(serve_floor(args.serve_floor))
+        return 0
     if args.serve is not None:
         asyncio.run(serve(args.backends, args.serve, args.batch_rows))
         return 0
