@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scorebeater.config import LeadershipConfig, PostgresStorageConfig, S3StorageConfig, Secret, StorageConfig
+from scorebeater.logs import configure_logging
 from scorebeater.modelserver.app import serve_models
 from scorebeater.testing.daemon_process import start_daemon, stop, write_config
 from scorebeater.testing.savedmodel import cached_models
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3 kills per backend")
     args = parser.parse_args(argv)
+    configure_logging("console", "warning")  # stderr: stdout carries only the Markdown table
     kills = 3 if args.quick else args.kills
     print("| backend | kills | p50 (s) | max (s) | bound (s) | within |\n|---|---|---|---|---|---|")
     ok = True

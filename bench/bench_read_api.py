@@ -60,6 +60,7 @@ from scorebeater.config import (
     StorageConfig,
 )
 from scorebeater.inputs import INPUT_NAMES
+from scorebeater.logs import configure_logging
 from scorebeater.storage import open_storage
 from scorebeater.storage.base import (
     FEATURES_SCHEMA,
@@ -485,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    configure_logging("console", "warning")  # stderr: stdout carries only the Markdown tables
     if args.serve_floor is not None:
         asyncio.run(serve_floor(args.serve_floor))
         return 0

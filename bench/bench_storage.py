@@ -57,6 +57,7 @@ from scorebeater.config import (
     StorageConfig,
 )
 from scorebeater.inputs import INPUT_NAMES
+from scorebeater.logs import configure_logging
 from scorebeater.storage.base import FEATURES_SCHEMA, Storage, feature_hashes
 
 if TYPE_CHECKING:
@@ -526,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         "--backends", default="postgres,local,s3", help="comma-separated subset of postgres,local,s3"
     )
     args = parser.parse_args(argv)
+    configure_logging("console", "warning")  # stderr: stdout carries only the Markdown tables
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(backends) - {"postgres", "local", "s3"}
     if unknown or min(args.rows, args.batch_rows, args.repeat) <= 0:
