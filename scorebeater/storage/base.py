@@ -694,7 +694,10 @@ class Storage(Protocol):
 
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions (``PREDICTIONS_SCHEMA``) by ``(player_id, season, as_of_seq,
-        model_version)``; a rerun replaces, never duplicates (its ``role`` too).
+        model_version)``; a rerun replaces, never duplicates (its ``role`` too), except that a
+        ``challenger`` row never replaces a stored ``champion`` row of the same key: a version
+        shadowed after it served (a rollback left it as the canary) keeps the rows it served
+        as champion. A champion row replaces a challenger row (a promoted version's refeed).
 
         Raises:
             StorageError: a schema mismatch, or a role not in :data:`PREDICTION_ROLES`

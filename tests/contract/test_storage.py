@@ -329,6 +329,30 @@ async def test_prediction_roles_round_trip_filter_and_latest_per_role(storage: S
     )
 
 
+async def test_a_challenger_row_never_relabels_a_champion_row(storage: Storage) -> None:
+    # Version 6 served as champion, was rolled back and now shadows as the canary: a refeed
+    # queues the same as-of points again. The rows it served stay the champion's history.
+    served = predictions([(1, 2024, q, 6) for q in (1, 2)])
+    await storage.write_predictions(served)
+    shadowed = predictions([(1, 2024, q, 6) for q in (1, 2, 3)], probability=0.5, role="challenger")
+    await storage.write_predictions(shadowed)
+    expected = pa.concat_tables([served, shadowed.slice(2)])  # the new point is the challenger's
+    assert_rows(
+        await collect(storage.read_predictions(role=None), PREDICTIONS_SCHEMA), expected, PREDICTION_KEY
+    )
+    assert_rows(await collect(storage.read_predictions(), PREDICTIONS_SCHEMA), served, PREDICTION_KEY)
+    page = await storage.read_latest_predictions_page(season=2024, limit=10)
+    assert page.column("as_of_seq").to_pylist() == [2]
+    # Both roles of one key in one batch: the champion's wins, in either order.
+    both = pa.concat_tables(
+        [predictions([(2, 2024, 1, 6)]), predictions([(2, 2024, 1, 6)], probability=0.5, role="challenger")]
+    )
+    await storage.write_predictions(both)
+    await storage.write_predictions(both.take([1, 0]))
+    got = await collect(storage.read_predictions(player_id=2, role=None), PREDICTIONS_SCHEMA)
+    assert got.column("role").to_pylist() == ["champion"]
+
+
 async def test_unknown_prediction_role_is_rejected(storage: Storage) -> None:
     with pytest.raises(StorageError, match="role must be one of"):
         await storage.write_predictions(predictions([(1, 2024, 1, 1)], role="canary"))

@@ -90,6 +90,12 @@ def _final_first(table: pa.Table) -> list[pa.Array]:
     return [pc.cast(pc.equal(table.column("resolution"), "final"), pa.int8())]
 
 
+def _champion_first(table: pa.Table) -> list[pa.Array]:
+    if "role" not in table.column_names:  # rows of schema version 1: champions, all of them
+        return [pa.array(np.ones(table.num_rows, dtype=np.int8))]
+    return [pc.cast(pc.equal(table.column("role"), "champion"), pa.int8())]
+
+
 def _latest_seq(table: pa.Table) -> list[pa.Array]:
     return [table.column("as_of_seq")]
 
@@ -118,9 +124,13 @@ PREDICTIONS = TableSpec(
     schema=PREDICTIONS_SCHEMA,
     partition="season",
     key=PREDICTION_KEY,
+    # A version's champion row is history (what the daemon served then): its later shadow as
+    # challenger never replaces it, whichever was committed last.
+    rank=_champion_first,
+    rank_columns=("role",),
     schema_version=PREDICTIONS_SCHEMA_VERSION,
     upgrade=upgraded_predictions,
-    added=(("role", 2, "champion"),),  # a role filter reads it in the key pass
+    added=(("role", 2, "champion"),),  # the rank and a role filter read it in the key pass
 )
 OUTCOMES = TableSpec(
     name="outcomes",

@@ -83,8 +83,16 @@ class Table:
 
 FEATURES = Table("features", FEATURES_SCHEMA, FEATURE_KEY)
 # Re-storing the same probability for the same key (a refeed with the cache) rewrites nothing:
-# ``predicted_at`` keeps the time that prediction was first stored.
-PREDICTIONS = Table("predictions", PREDICTIONS_SCHEMA, PREDICTION_KEY, not_compared=("predicted_at",))
+# ``predicted_at`` keeps the time that prediction was first stored. A version's champion row is
+# history (what the daemon served then): its later shadow as challenger never relabels it.
+PREDICTIONS = Table(
+    "predictions",
+    PREDICTIONS_SCHEMA,
+    PREDICTION_KEY,
+    prefer="(role = 'champion') DESC, ",
+    keep=" AND NOT (t.role = 'champion' AND EXCLUDED.role = 'challenger')",
+    not_compared=("predicted_at",),
+)
 CACHE = Table("prediction_cache", CACHE_SCHEMA, ("model_version", "feature_hash"))
 OUTCOMES = Table(
     "outcomes",
