@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -187,6 +187,27 @@ def shown(raw: str, limit: int = 40) -> str:
     """``raw`` quoted for an error message (escaped), cut to about ``limit`` characters."""
     text = repr(raw)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(raw)} characters)"
+
+
+def query_params(request: web.Request, allowed: Collection[str]) -> Mapping[str, str]:
+    """The request's query parameters, if each one is in ``allowed`` and given once.
+
+    A misspelt parameter would otherwise be ignored silently (``?seson=2013`` answering for
+    the default season), and of a repeated one only the first would count.
+
+    Raises:
+        ApiError: 400 ``invalid_parameter`` naming the first unknown or repeated parameter.
+    """
+    query = request.query
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise ApiError(400, "invalid_parameter", f"unknown parameter {shown(unknown[0])}", param=unknown[0])
+    if len(query) != len(set(query)):
+        repeated = min(name for name in set(query) if len(query.getall(name)) > 1)
+        raise ApiError(
+            400, "invalid_parameter", f"parameter {shown(repeated)} is given more than once", param=repeated
+        )
+    return query
 
 
 def int_param(raw: str, name: str, *, lo: int = 0, hi: int = INT64_MAX) -> int:

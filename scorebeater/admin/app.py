@@ -49,6 +49,7 @@ from scorebeater.httpsurface import (
     int_param,
     json_object_body,
     json_response,
+    query_params,
     shown,
     surface_app,
 )
@@ -197,9 +198,10 @@ async def get_predictions(request: web.Request) -> web.Response:
     champion's unless ``?role=challenger``)."""
     state = request.app[STATE]
     player_id = int_param(request.match_info["player_id"], "player_id", lo=PLAYER_ID.lo, hi=PLAYER_ID.hi)
-    season_raw = request.query.get("season")
-    history = bool_param(request.query.get("history", "false"), "history")
-    role = _role_param(request.query.get("role", "champion"))
+    query = query_params(request, ("season", "history", "role"))
+    season_raw = query.get("season")
+    history = bool_param(query.get("history", "false"), "history")
+    role = _role_param(query.get("role", "champion"))
     if season_raw is None:
         latest = state.features.latest_season()
         if latest is None:
@@ -241,6 +243,7 @@ async def get_predictions(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     """Each stage's runner state and own status, and the work in flight between them."""
+    query_params(request, ())
     state = request.app[STATE]
     stages = {name: runner.status() for name, runner in state.runners.items()}
     return _json(
@@ -299,7 +302,7 @@ async def get_models(request: web.Request) -> web.Response:
     """The model's versions with their state, labels and roles; realized metrics; promotions."""
     state = request.app[STATE]
     promoter = request.app[PROMOTER]
-    limit = int_param(request.query.get("limit", "100"), "limit", lo=1, hi=MAX_RECORDS)
+    limit = int_param(query_params(request, ("limit",)).get("limit", "100"), "limit", lo=1, hi=MAX_RECORDS)
     server_error: str | None = None
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT_S):

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from scorebeater.bounds import INT64_MAX, SEASON
 from scorebeater.errors import ScorebeaterError, StorageError, StorageUnavailable
-from scorebeater.httpsurface import ApiError, int_param, json_object_body, json_response
+from scorebeater.httpsurface import ApiError, int_param, json_object_body, json_response, query_params
 from scorebeater.storage.quarantine import STATES, Quarantine, QuarantineEntry, QuarantineState, check_state
 
 if TYPE_CHECKING:
@@ -89,9 +89,7 @@ class QuarantineRoutes:
 
     async def list_entries(self, request: web.Request) -> web.Response:
         """Entries, filtered by ``season`` and ``state`` when given (no other parameter)."""
-        unknown = sorted(set(request.query) - {"season", "state"})
-        if unknown:
-            raise ApiError(400, "invalid_parameter", f"unknown parameter {unknown[0]!r}", param=unknown[0])
+        query_params(request, ("season", "state"))
         season = None
         if "season" in request.query:
             season = int_param(request.query["season"], "season", lo=SEASON.lo, hi=SEASON.hi)

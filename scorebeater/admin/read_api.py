@@ -65,7 +65,7 @@ from aiohttp import web
 
 from scorebeater.bounds import PLAYER_ID, SEASON
 from scorebeater.errors import StorageError, StorageUnavailable
-from scorebeater.httpsurface import ApiError, int_param, json_response, shown
+from scorebeater.httpsurface import ApiError, int_param, json_response, query_params, shown
 from scorebeater.storage.base import PAGE_PLAYER_COLUMNS, PAGE_SCHEMA, PREDICTION_ROLES
 
 if TYPE_CHECKING:
@@ -128,12 +128,6 @@ def _storage_failed(exc: StorageError) -> ApiError:
     return ApiError(503, code, f"storage: {exc}")
 
 
-def _check_known(request: web.Request, known: Iterable[str]) -> None:
-    unknown = sorted(set(request.query) - set(known))
-    if unknown:
-        raise _bad(unknown[0], f"unknown parameter {shown(unknown[0])}")
-
-
 def _season(request: web.Request, *, required: bool) -> int | None:
     raw = request.query.get("season")
     if raw is None:
@@ -151,14 +145,33 @@ def _probability_param(raw: str, name: str) -> float:
 
 
 def _wants_csv(request: web.Request) -> bool:
-    """Whether ``Accept`` names ``text/csv`` before (or without) ``application/json``."""
-    for part in request.headers.get("Accept", "").split(","):
-        media = part.split(";", 1)[0].strip().lower()
-        if media == "text/csv":
-            return True
-        if media == "application/json":
-            return False
-    return False
+    """Whether ``Accept`` prefers ``text/csv`` to ``application/json``: each one's quality is
+    that of its most specific media range (``text/csv``, then ``text/*``, then ``*/*``; 0 if
+    none names it); a tie goes to the one whose range comes first, and JSON is the default.
+    A malformed quality counts as 1, as if it were absent."""
+    ranges: dict[str, tuple[float, int]] = {}
+    for index, part in enumerate(request.headers.get("Accept", "").split(",")):
+        media, *params = (p.strip().lower() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q" and _QUALITY.fullmatch(value.strip()):
+                q = float(value)
+        ranges.setdefault(media, (q, index))
+
+    def preference(kind: str, family: str) -> tuple[float, int]:
+        for media in (kind, f"{family}/*", "*/*"):
+            if media in ranges:
+                q, index = ranges[media]
+                return q, -index
+        return 0.0, 0
+
+    csv_q, json_q = preference("text/csv", "text"), preference("application/json", "application")
+    return csv_q[0] > 0 and csv_q > json_q
+
+
+_QUALITY = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+"""RFC 9110's qvalue: 0 to 1 with at most three decimals."""
 
 
 # --- cursors --------------------------------------------------------------------------------------
@@ -358,7 +371,7 @@ class ListQuery:
 
 
 def _list_query(request: web.Request) -> ListQuery:
-    _check_known(request, ("season", "order", "team", "player", "min_probability", "limit", "cursor", "role"))
+    query_params(request, ("season", "order", "team", "player", "min_probability", "limit", "cursor", "role"))
     season = _season(request, required=True)
     assert season is not None  # noqa: S101 - required
     order = request.query.get("order", DEFAULT_ORDER)
@@ -433,9 +446,11 @@ class ReadRoutes:
                     headers={"Retry-After": "1"},
                 ) from None
             try:
-                return await handler(request)
+                response = await handler(request)
             finally:
                 self._slots.release()
+            response.headers["Vary"] = "Accept"  # JSON or CSV by the request's Accept: caches must key on it
+            return response
 
         return bounded
 
@@ -604,7 +619,7 @@ class ReadRoutes:
 
     async def list_outcomes(self, request: web.Request) -> web.Response:
         """A page of the season's outcomes in player id order (streamed; O(limit + batch) memory)."""
-        _check_known(request, ("season", "limit", "cursor"))
+        query_params(request, ("season", "limit", "cursor"))
         season = _season(request, required=True)
         assert season is not None  # noqa: S101 - required
         limit = int_param(request.query.get("limit", str(DEFAULT_LIMIT)), "limit", lo=1, hi=MAX_LIMIT)
@@ -649,7 +664,7 @@ class ReadRoutes:
         Cost: the season's feature history is streamed once (filtered to him) for his counts at
         each as-of point; memory O(his rows + batch).
         """
-        _check_known(request, ("season",))
+        query_params(request, ("season",))
         player_id = int_param(request.match_info["player_id"], "player_id", lo=PLAYER_ID.lo, hi=PLAYER_ID.hi)
         wanted_season = _season(request, required=False)
         try:

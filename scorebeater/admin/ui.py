@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from scorebeater.httpsurface import ApiError, json_response
+from scorebeater.httpsurface import ApiError, json_response, query_params
 from scorebeater.inputs import PROGRESS_BUCKETS
 from scorebeater.metrics import CALIBRATION_BINS
 
@@ -185,7 +185,7 @@ def add_ui_routes(app: web.Application, state: AdminState) -> None:
         """Realized quality per model version and progress bucket, reliability bins, the
         followed seasons and the champion: what the validation stage exported last (its
         gauges), empty before it has labels."""
-        del request
+        query_params(request, ())
         return json_response(quality_json(state))
 
     app.router.add_get("/", get_index)

@@ -22,6 +22,7 @@ from scorebeater.httpsurface import (
     bool_param,
     inflate,
     int_param,
+    query_params,
 )
 
 PROPERTIES = settings(max_examples=300, database=None, deadline=None)
@@ -163,3 +164,29 @@ def test_inflate_encodings(body: bytes, encoding: str, status: int) -> None:
     with pytest.raises(ApiError) as caught:
         inflate(body, encoding, limit=100)
     assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("query", "param", "message"),
+    [
+        ("season=2014&seson=2013", "seson", "unknown parameter 'seson'"),
+        ("season=2014&season=2013", "season", "parameter 'season' is given more than once"),
+        ("limit=5&limit=5&zz=1", "zz", "unknown parameter 'zz'"),  # unknown first
+    ],
+)
+def test_query_params_refuse_unknown_and_repeated_names(query: str, param: str, message: str) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    request = make_mocked_request("GET", f"/v1/x?{query}")
+    with pytest.raises(ApiError) as caught:
+        query_params(request, ("season", "limit"))
+    assert (caught.value.status, caught.value.param) == (400, param)
+    assert message in str(caught.value)
+
+
+def test_query_params_return_the_query_when_it_is_known_and_single() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    request = make_mocked_request("GET", "/v1/x?season=2014&limit=5")
+    assert dict(query_params(request, ("season", "limit", "cursor"))) == {"season": "2014", "limit": "5"}
+    assert dict(query_params(make_mocked_request("GET", "/v1/x"), ())) == {}

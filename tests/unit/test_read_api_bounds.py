@@ -56,3 +56,39 @@ def test_a_cursor_with_an_out_of_range_player_id_is_a_400(player_id: Any) -> Non
         read_api.decode_cursor(raw, "player", filters)
     assert caught.value.status == 400
     assert caught.value.param == "cursor"
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv"),
+    [
+        ("", False),
+        ("text/csv", True),
+        ("application/json", False),
+        ("text/csv, application/json", True),  # equal quality: the first named
+        ("application/json, text/csv", False),
+        ("text/csv;q=0", False),  # q=0: "not acceptable"
+        ("text/csv;q=0.5, application/json", False),
+        ("application/json;q=0.2, text/csv", True),
+        ("text/*", True),
+        ("text/*;q=0.9, */*;q=0.8", True),
+        ("*/*", False),
+        ("text/csv;q=abc", True),  # a malformed quality counts as absent
+        ("TEXT/CSV; Q=0.7, application/json;q=0.6", True),
+        ("image/png", False),
+    ],
+)
+def test_accept_picks_csv_only_when_it_is_preferred(accept: str, csv: bool) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    request = make_mocked_request("GET", "/v1/predictions", headers={"Accept": accept})
+    assert read_api._wants_csv(request) is csv
+
+
+async def test_a_read_response_says_it_varies_by_accept() -> None:
+    routes = read_api.ReadRoutes(state=cast("Any", None))
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    response = await routes._bounded(page)(cast("web.Request", None))
+    assert response.headers["Vary"] == "Accept"
