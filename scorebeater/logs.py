@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from http import HTTPStatus
 from typing import Literal
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 Format = Literal["auto", "console", "json"]
 
@@ -61,3 +64,40 @@ def configure_logging(fmt: Format = "auto", level: str = "info") -> None:
     # Third-party chatter stays at warning unless we debug.
     for noisy in ("aiohttp.access", "botocore", "aiobotocore", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
+    server.addFilter(MalformedRequests())
+
+
+class MalformedRequests(logging.Filter):
+    """Turns aiohttp's log of a request its HTTP parser refused (an over-long line or header,
+    bytes a URL may not hold, too many headers: a 400 before any route runs) from an ERROR with
+    a traceback into one WARNING line, at most one per :attr:`INTERVAL_S` with the count of
+    those it held back. Any client can send such requests: each must not cost a traceback in
+    the logs. Every other record of ``aiohttp.server`` passes unchanged."""
+
+    INTERVAL_S = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -self.INTERVAL_S
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not HTTPStatus.BAD_REQUEST <= exc.code < HTTPStatus.INTERNAL_SERVER_ERROR:
+            return True
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL_S:
+            self._held += 1
+            return False
+        held, self._last, self._held = self._held, now, 0
+        reason = f"{type(exc).__name__}: {exc.message}"[:200]
+        record.msg = "http.malformed_request status=%d reason=%r held_back=%d"
+        record.args = (exc.code, reason, held)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
