@@ -202,13 +202,15 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--role",
         choices=("champion", "challenger", "all"),
-        default="champion",
-        help="predictions of this role (default: champion; all: every role, not with --latest)",
+        default=None,
+        help="predictions of this role (default: champion; all: every role, not with --latest); "
+        "predictions only",
     )
     p.add_argument(
         "--latest",
         action="store_true",
-        help="only each player's latest row (features, predictions of one role; default: the whole history)",
+        help="only each player's latest row (features, predictions of one role; default: the whole "
+        "history); not with outcomes, which hold one row per player",
     )
     _add_predictions(sub)
 

@@ -315,8 +315,11 @@ class Target:
         """Refuse a format the destination cannot take, before anything is read.
 
         Raises:
-            ExportError: Parquet or Delta to stdout; an S3 URL without a bucket.
+            ExportError: an empty destination; Parquet or Delta to stdout; an S3 URL without
+                a bucket.
         """
+        if not self.out.strip():
+            raise ExportError("--out is empty: give a file, - (stdout), a directory or s3://bucket/prefix")
         if self.is_stdout and self.fmt not in {"csv", "jsonl"}:
             raise ExportError(
                 f"--format {self.fmt} cannot be written to stdout (-): use csv or jsonl, or a path"
@@ -594,9 +597,15 @@ async def export_command(args: argparse.Namespace) -> int:
     """``scorebeater export``: one season of one stored table to a file, stdout or Delta table."""
     target = Target(out=args.out, what=args.what, season=args.season, fmt=args.format)
     target.check()
-    check_role(target.what, args.role, latest=args.latest)
+    # An option that does not apply is refused, not ignored: the user meant something by it.
+    if args.role is not None and target.what != "predictions":
+        raise ExportError(f"--role applies to --what predictions only, not {target.what}")
+    if args.latest and target.what == "outcomes":
+        raise ExportError("--latest does not apply to outcomes: they hold one row per player already")
+    role = args.role or "champion"
+    check_role(target.what, role, latest=args.latest)
     async with open_storage(args.cfg.storage) as storage:
-        await export(storage, target, s3=args.cfg.storage.s3, role=args.role, latest=args.latest)
+        await export(storage, target, s3=args.cfg.storage.s3, role=role, latest=args.latest)
     return 0
 
 

@@ -509,6 +509,44 @@ def test_latest_with_role_all_is_refused_before_storage_is_opened(
         asyncio.run(prediction_table(unopened, SEASON, role="all"))
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ("--what", "outcomes", "--out", "{out}", "--role", "challenger"),
+            "--role applies to --what predictions only",
+        ),
+        (
+            ("--what", "features", "--out", "{out}", "--role", "champion"),
+            "--role applies to --what predictions only",
+        ),
+        (("--what", "outcomes", "--out", "{out}", "--latest"), "--latest does not apply to outcomes"),
+        (("--what", "predictions", "--out", ""), "--out is empty"),
+        (("--what", "predictions", "--out", "  "), "--out is empty"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused_before_storage_is_opened(
+    options: tuple[str, ...],
+    message: str,
+    out_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_storage(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("storage opened")
+
+    monkeypatch.setattr(scorebeater.config, "load_config", lambda path, **kwargs: Config())
+    monkeypatch.setattr(scorebeater.export, "open_storage", no_storage)
+    monkeypatch.chdir(out_dir)
+    out = out_dir / "x.csv"
+    argv = [o.format(out=out) for o in options]
+    assert run("export", "--season", "2014", "--format", "csv", *argv) == 1
+    err = capsys.readouterr().err
+    assert f"scorebeater: error: {message}" in err
+    assert "storage opened" not in err
+    assert list(out_dir.iterdir()) == []
+
+
 def test_format_table_does_not_inject_terminal_escapes() -> None:
     row = {
         "player_id": 7,
