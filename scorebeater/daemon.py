@@ -189,8 +189,20 @@ async def _start_admin(daemon: Daemon, stack: contextlib.AsyncExitStack) -> str 
     return url
 
 
+async def _refuse_beside_a_local_holder(cfg: Config) -> None:
+    """On local storage, raise :class:`LeadershipHeld` now if another process holds the root.
+
+    Before the embedded servers start: beside a running daemon their ports would clash first,
+    hiding the reason (this store has its process) behind "address already in use".
+    """
+    if choose_backend(cfg.storage) == "local":
+        from scorebeater.leadership.local import check_root_free  # noqa: PLC0415 - local only
+
+        await check_root_free(cfg.storage.local.root)
+
+
 @contextlib.asynccontextmanager
-async def open_daemon(
+async def open_daemon(  # noqa: PLR0915 - every resource wired in order, one linear story
     cfg: Config,
     *,
     clock: Clock | None = None,
@@ -211,6 +223,8 @@ async def open_daemon(
     """
     clock = clock or SystemClock()
     metrics = metrics or Metrics(CollectorRegistry())
+    if elect:
+        await _refuse_beside_a_local_holder(cfg)
     async with contextlib.AsyncExitStack() as stack:
         cfg = await _embedded_services(cfg, stack, data_dir, metrics)
         cfg = await sized_config(cfg)  # backend = "auto" measured once: storage and election agree

@@ -79,12 +79,7 @@ class LocalElector:
         return ""
 
     def _refuse(self, holder: Holder) -> NoReturn:
-        raise LeadershipHeld(
-            f"{self._path.parent}: local storage serves one process and another holds it "
-            f"({holder.describe()}; lock file {self._path}): stop pid {holder.identity.pid} "
-            "first, or use Postgres or S3 storage to run replicas",
-            holder=holder.describe(),
-        )
+        raise _held(self._path.parent, holder)
 
     def _record(self, term: int) -> None:
         """Write our identity and ``term`` into the lock file (held by us)."""
@@ -212,6 +207,28 @@ class LocalElector:
     async def holder(self) -> Holder | None:
         """The live holder of the root (this process included), or ``None``."""
         return await asyncio.to_thread(probe_root, self._path.parent)
+
+
+def _held(root: Path, holder: Holder) -> LeadershipHeld:
+    return LeadershipHeld(
+        f"{root}: local storage serves one process and another holds it "
+        f"({holder.describe()}; lock file {root / LOCK_NAME}): stop pid {holder.identity.pid} "
+        "first, or use Postgres or S3 storage to run replicas",
+        holder=holder.describe(),
+    )
+
+
+async def check_root_free(root: Path) -> None:
+    """Refuse at once when another live process holds ``root``: a check before a daemon starts
+    its embedded servers (their ports would otherwise be the first thing to clash). Takes
+    nothing: the elector's :meth:`LocalElector.try_acquire` still takes the lock afterwards.
+
+    Raises:
+        LeadershipHeld: naming the holder (pid, host, term) and the lock file.
+    """
+    holder = await asyncio.to_thread(probe_root, root)
+    if holder is not None:
+        raise _held(root, holder)
 
 
 def probe_root(root: Path) -> Holder | None:

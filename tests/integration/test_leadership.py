@@ -17,13 +17,14 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 import asyncpg
 import pytest
 import structlog
 
+from scorebeater import daemon
 from scorebeater.config import (
     AdminConfig,
     Config,
@@ -193,7 +194,11 @@ async def test_silent_leader_loses_its_lease(
             await asyncio.wait_for(leader.hold(), 10)
 
 
-async def test_local_holder_killed_frees_the_root(tmp_path: Path) -> None:
+async def _never_started(*args: object, **kwargs: object) -> NoReturn:
+    raise AssertionError("the embedded servers were started")
+
+
+async def test_local_holder_killed_frees_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``flock`` dies with its process: a SIGKILLed holder never blocks the next one."""
     cfg = StorageConfig(backend="local", local=LocalStorageConfig(root=tmp_path / "store"))
     script = (
@@ -222,6 +227,12 @@ async def test_local_holder_killed_frees_the_root(tmp_path: Path) -> None:
         async with open_elector(cfg, FAST) as elector:
             with pytest.raises(LeadershipHeld, match=f"stop pid {proc.pid} first"):
                 await elector.try_acquire()
+        # A daemon refuses before it starts its embedded servers, whose ports would clash
+        # first beside a running daemon and hide the reason.
+        monkeypatch.setattr(daemon, "_embedded_services", _never_started)
+        with pytest.raises(LeadershipHeld, match=f"stop pid {proc.pid} first"):
+            async with open_daemon(Config(storage=cfg), elect=True):
+                pass
         proc.kill()
         proc.wait(10)
         assert await probe_holder(cfg) is None

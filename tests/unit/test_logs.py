@@ -47,6 +47,7 @@ async def test_a_malformed_request_costs_one_warning_line_not_a_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     configure_logging("json", "info")
+
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
