@@ -297,21 +297,37 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a flat list of
     p = sub.add_parser(
         "run",
         help="run the daemon (and, per config, the embedded replay Score API and model server)",
-        description="Run the long-lived daemon: feature, prediction and validation stages, admin API "
-        "and metrics. With the embedded defaults it also starts the replay Score API and the TF "
-        "Serving stand-in over the published model in model/ (publish one with `scorebeater train`), "
-        "and needs no other service.",
+        description="Run the long-lived daemon: the feature, prediction, refeed and validation "
+        "stages, and per config the shadow challenger, monitoring, retrain and promotion stages; the "
+        "admin API, web page and metrics. With the embedded defaults it also starts the replay "
+        "Score API and the TF Serving stand-in over the published model in model/ (publish one "
+        "with `scorebeater train`), and needs no other service.",
     )
     _add_config(p)
     _add_data(p)
 
-    p = sub.add_parser("once", help="run one iteration of one stage and exit")
+    p = sub.add_parser(
+        "once",
+        help="run one iteration of one stage and exit",
+        description="Lead the store for one iteration of one stage (fenced like a daemon), print its "
+        "summary as JSON and exit. Refused while a daemon leads the store: ask it with POST "
+        "/v1/stages/STAGE:run instead. A stage the config leaves out is refused, naming the enabled ones.",
+    )
     _add_config(p)
     _add_data(p)
     p.add_argument(
         "--stage",
         required=True,
-        choices=("features", "predictions", "validation", "refeed", "shadow", "monitoring"),
+        choices=(
+            "features",
+            "predictions",
+            "validation",
+            "refeed",
+            "shadow",
+            "monitoring",
+            "retrain",
+            "promotion",
+        ),
     )
 
     p = sub.add_parser("check-config", help="check a config file and print the effective settings")

@@ -386,7 +386,9 @@ async def json_object_body(request: web.Request, fields: Mapping[str, type], *, 
             raise ApiError(400, "unknown_field", f"unknown field {shown(name)}; known: {known}", param=name)
         # bool is an int in Python: a field typed int must not take true/false.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ApiError(
-                400, "bad_field", f"{name} must be {kind.__name__}, got {type(value).__name__}", param=name
-            )
+            got = type(value).__name__
+            if kind is int and isinstance(value, float):
+                # orjson reads an integer past 64 bits as a float: say so, not just "float".
+                got = "a number with a fraction, an exponent or past 64 bits"
+            raise ApiError(400, "bad_field", f"{name} must be {kind.__name__}, got {got}", param=name)
     return body

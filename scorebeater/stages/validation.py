@@ -162,15 +162,18 @@ class ValidationStage:
         ):
             log.debug("validation.season_not_ready", season=season)
             return None
-        latest: dict[int, tuple[int, float]] = {}
+        # Each player's last point of the season: what the final row resolves (its seq and the
+        # game time, like an early row's: event time, not the time this run happened).
+        latest: dict[int, tuple[int, float, datetime]] = {}
         async for table in ctx.storage.read_latest_features(season=season):
-            for pid, seq, prev in zip(
+            for pid, seq, prev, at in zip(
                 table.column("player_id").to_pylist(),
                 table.column("as_of_seq").to_pylist(),
                 table.column("prev_ftm").to_pylist(),
+                table.column("as_of_time").to_pylist(),
                 strict=True,
             ):
-                latest[pid] = (seq, prev)
+                latest[pid] = (seq, prev, at)
         official: dict[int, int] = {}
         try:
             async for t in ctx.scores.season_totals(season):
@@ -186,7 +189,6 @@ class ValidationStage:
             log.warning("validation.players_without_official_totals", season=season, players=missing)
         if not pids:
             return 0
-        now = ctx.clock.now()
         table = pa.table(
             {
                 "player_id": pa.array(pids, pa.int64()),
@@ -194,7 +196,7 @@ class ValidationStage:
                 "beat": pa.array([official[p] > latest[p][1] for p in pids]),
                 "resolution": pa.array(["final"] * len(pids)),
                 "resolved_seq": pa.array([latest[p][0] for p in pids], pa.int32()),
-                "resolved_at": pa.array([now] * len(pids), UTC_TS),
+                "resolved_at": pa.array([latest[p][2] for p in pids], UTC_TS),
                 "ftm": pa.array([official[p] for p in pids], pa.int32()),
                 "prev_ftm": pa.array([round(latest[p][1]) for p in pids], pa.int32()),
                 # Null: storage keeps the stored early row's time (players resolved early).
