@@ -11,7 +11,8 @@ columns of the season's segments while they pick each player's latest row). Two 
 * ``order=player`` without ``team``/``player``/``min_probability``: the storage's ordered page
   read, :meth:`~scorebeater.storage.base.Storage.read_latest_predictions_page`, which returns
   the rows after the cursor's player id with each one's previous probability (for
-  ``change``), latest feature row (name, team, counts) and outcome. O(limit) on every
+  ``change``), the feature row it was made from (name, team, counts: never a newer game's
+  beside an older game's probability) and outcome. O(limit) on every
   backend: on Postgres one statement of index probes; on the object stores the Parquet row
   groups whose ``player_id`` statistics reach the page's id range (see
   ``bench/README.md``'s ``bench_read_api`` for the rates against a raw scan).
@@ -23,7 +24,10 @@ columns of the season's segments while they pick each player's latest row). Two 
   backend: listing a whole season page by page this way is quadratic in its size. The page's
   players are then joined with their latest feature rows (``read_latest_features(player_ids=
   ...)``) and outcomes (``read_outcomes(player_ids=...)``): index lookups on Postgres, a
-  filtered pass over the season's latest rows on the object stores.
+  filtered pass over the season's latest rows on the object stores. A player whose latest
+  feature row is newer than his prediction (its game's prediction not stored yet) gets the
+  row the prediction was made from instead (``read_features_at``: a probe each on Postgres,
+  a filtered pass over the season's feature history on the object stores, only then).
 
 A page's JSON or CSV is built column by column (Arrow kernels, then one Python list per
 field), not field by field. What adds memory beyond the page:
@@ -567,10 +571,35 @@ class ReadRoutes:
         them): index lookups on Postgres, a filtered pass over the season's latest rows on the
         object stores."""
         ids = rows.column("player_id").to_pylist()
+        columns = ["player_id", "as_of_seq", *PAGE_PLAYER_COLUMNS]
         features = [
-            t.select(["player_id", *PAGE_PLAYER_COLUMNS])
+            t.select(columns)
             async for t in _aclosed(self._storage.read_latest_features(season=season, player_ids=ids))
         ]
+        if features:
+            # Players whose newer game's features wait for their prediction: their counts come
+            # from the row the prediction was made from, never a later game's (as on the
+            # storage's page); a transient state, so this read is rare.
+            latest = pa.concat_tables(features)
+            joined = _joined(rows, latest)
+            newer = pc.fill_null(
+                pc.greater(joined.column("as_of_seq"), rows.column("as_of_seq")), fill_value=False
+            )
+            behind = rows.filter(newer)
+            if behind.num_rows:
+                points = dict(
+                    zip(
+                        behind.column("player_id").to_pylist(),
+                        behind.column("as_of_seq").to_pylist(),
+                        strict=True,
+                    )
+                )
+                at_points = [
+                    t.select(columns)
+                    async for t in _aclosed(self._storage.read_features_at(season=season, points=points))
+                ]
+                keep = pc.invert(pc.is_in(latest.column("player_id"), value_set=behind.column("player_id")))
+                features = [latest.filter(keep), *at_points]
         outcomes = [
             t.select(["player_id", "beat", "resolution"]).rename_columns(["player_id", *_OUTCOME_COLUMNS])
             async for t in _aclosed(self._storage.read_outcomes(season=season, player_ids=ids))

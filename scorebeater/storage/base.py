@@ -385,8 +385,11 @@ PAGE_SCHEMA = pa.schema(
 )
 """A page of latest predictions (:meth:`Storage.read_latest_predictions_page`): each row's
 ``previous_probability`` is that of the player's latest prediction of the same role and season
-before the row's ``as_of_seq`` (null if none); :data:`PAGE_PLAYER_COLUMNS` are those of his
-latest feature row of the season (null if none), ``outcome_beat``/``outcome_resolution`` his
+before the row's ``as_of_seq`` (null if none); :data:`PAGE_PLAYER_COLUMNS` are those of the
+feature row the prediction was made from (his row at its ``as_of_seq``, else his latest before
+it, as :meth:`Storage.read_features_at`; null if none), so a row's counts and probability are of
+one point even while a newer game's features wait for their prediction;
+``outcome_beat``/``outcome_resolution`` his
 outcome of the season (null if none)."""
 MAX_PAGE_ROWS = 10_000
 """The most rows one :meth:`Storage.read_latest_predictions_page` call returns."""
@@ -692,6 +695,17 @@ class Storage(Protocol):
         """Every stored feature row (the as-of history training needs), in no fixed order."""
         ...
 
+    def read_features_at(self, *, season: int, points: Mapping[int, int]) -> AsyncGenerator[pa.Table, None]:
+        """For each ``player_id -> as_of_seq`` of ``points``, his feature row of ``season`` at
+        that point, else his latest one before it (none if he has neither): the row a
+        prediction at that point was made from. At most one row per player, in no fixed order.
+
+        Cost: Postgres, one index probe per player; the object stores, one filtered pass over
+        the season's feature history (pages of the read API call it only for players whose
+        latest feature row is newer than their latest prediction, a transient state).
+        """
+        ...
+
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions (``PREDICTIONS_SCHEMA``) by ``(player_id, season, as_of_seq,
         model_version)``; a rerun replaces, never duplicates (its ``role`` too), except that a
@@ -730,8 +744,8 @@ class Storage(Protocol):
         """One page of a season's latest predictions of ``role``, in ascending ``player_id``:
         the latest rows (as ``read_predictions(latest_only=True)``) of the first ``limit``
         players whose id is above ``after_player_id`` (from the first when ``None``), with
-        each one's ``previous_probability``, his latest feature row's name, team and counts and
-        his outcome (:data:`PAGE_SCHEMA`). Fewer rows: the last page.
+        each one's ``previous_probability``, the name, team and counts of the feature row it
+        was made from and his outcome (:data:`PAGE_SCHEMA`). Fewer rows: the last page.
 
         Cost O(limit), whatever the season's size: Postgres runs one statement (a walk of the
         primary key index from ``after_player_id``, and per row index lookups of his previous

@@ -192,6 +192,29 @@ async def test_every_order_pages_every_row_exactly_once_in_order(api: Api, order
         _check_item(item)
 
 
+@pytest.mark.parametrize("order", ["player", "-probability"])  # the storage's page; the streamed path
+async def test_an_item_counts_as_of_its_prediction_while_a_newer_game_waits(
+    api: Api, storage: Storage, order: str
+) -> None:
+    waiting = PLAYERS[:40:7]
+    newer = features(grid(waiting, [SEASON], [4]))
+    await storage.write_features(newer)  # the features stage ran; its predictions are not stored yet
+    items, _ = await _all_pages(api, f"season={SEASON}&order={order}&limit=50")
+    by_player = {i["player_id"]: i for i in items}
+    for p in waiting:
+        assert by_player[p]["as_of_seq"] == 3
+        assert by_player[p]["ftm"] == EXPECTED[p]["ftm"]  # seq 3's, not seq 4's
+        assert by_player[p]["team_games"] == EXPECTED[p]["team_games"]
+    assert {round(r["ftm"]) for r in newer.to_pylist()} != {EXPECTED[p]["ftm"] for p in waiting}
+    # Once the prediction at seq 4 is stored, the item moves to it, counts and all.
+    await storage.write_predictions(predictions([(p, SEASON, 4, 1) for p in waiting]))
+    items, _ = await _all_pages(api, f"season={SEASON}&order={order}&limit=50")
+    by_player = {i["player_id"]: i for i in items}
+    for row in newer.to_pylist():
+        assert by_player[row["player_id"]]["as_of_seq"] == 4
+        assert by_player[row["player_id"]]["ftm"] == round(row["ftm"])
+
+
 async def test_default_order_and_limit(api: Api) -> None:
     status, body, _ = await api.get(f"/v1/predictions?season={SEASON}")
     assert status == 200

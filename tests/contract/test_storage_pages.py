@@ -151,23 +151,26 @@ async def test_outcomes_by_player_ids(storage: Storage) -> None:
 
 async def _expected(storage: Storage, role: str = "champion") -> list[dict[str, Any]]:
     """The season's whole listing computed from full reads: each player's latest row of
-    ``role``, his previous point, his latest feature row's columns and his outcome."""
+    ``role``, his previous point, the columns of the feature row it was made from (at its
+    point, else the latest before it) and his outcome."""
     history = (
         await collect(storage.read_predictions(season=SEASON, role=role), PREDICTIONS_SCHEMA)
     ).to_pylist()
     latest = await collect(
         storage.read_predictions(season=SEASON, latest_only=True, role=role), PREDICTIONS_SCHEMA
     )
-    feature_rows = await collect(storage.read_latest_features(season=SEASON), FEATURES_SCHEMA)
+    feature_rows = (
+        await collect(storage.read_feature_history(seasons=[SEASON]), FEATURES_SCHEMA)
+    ).to_pylist()
     outcome_rows = await collect(storage.read_outcomes(season=SEASON), OUTCOMES_SCHEMA)
-    by_player = {r["player_id"]: r for r in feature_rows.to_pylist()}
     outcome = {r["player_id"]: r for r in outcome_rows.to_pylist()}
     rows = []
     for row in sorted(latest.to_pylist(), key=lambda r: r["player_id"]):
         pid = row["player_id"]
         before = [h for h in history if h["player_id"] == pid and h["as_of_seq"] < row["as_of_seq"]]
         previous = max(before, key=lambda h: (h["as_of_seq"], h["model_version"]), default=None)
-        f = by_player.get(pid, {})
+        made_from = [r for r in feature_rows if r["player_id"] == pid and r["as_of_seq"] <= row["as_of_seq"]]
+        f: dict[str, Any] = max(made_from, key=lambda r: r["as_of_seq"], default={})
         o = outcome.get(pid, {})
         rows.append(
             {
@@ -207,6 +210,32 @@ async def test_pages_carry_the_players_latest_feature_row_and_outcome(storage: S
     assert rows[-1]["player"] is None  # no feature row
     assert sum(r["player"] is not None for r in rows) == 59
     assert {r["outcome_resolution"] for r in rows} == {"early", "final", None}
+    # A newer game's features waiting for their prediction (player 21: predicted at seq 2,
+    # features up to seq 3): his counts are those of seq 2, the row his prediction came from.
+    latest_features = await collect(
+        storage.read_latest_features(season=SEASON, player_ids=[21]), FEATURES_SCHEMA
+    )
+    assert latest_features.column("as_of_seq").to_pylist() == [3]
+    (row21,) = [r for r in rows if r["player_id"] == 21]
+    assert row21["as_of_seq"] == 2
+    at_2 = await collect(storage.read_features_at(season=SEASON, points={21: 2}), FEATURES_SCHEMA)
+    assert at_2.column("as_of_seq").to_pylist() == [2]
+    assert row21["ftm"] == at_2.column("ftm")[0].as_py() != latest_features.column("ftm")[0].as_py()
+
+
+async def test_features_at_points(storage: Storage) -> None:
+    await storage.write_features(features(grid([3, 6, 9], [SEASON], [1, 2, 4])))
+    await storage.write_features(features(grid([3], [SEASON + 1], [1])))
+    points = {3: 4, 6: 3, 9: 0, 12: 5}  # at his point; the latest before it; none before; no rows
+    got = await collect(storage.read_features_at(season=SEASON, points=points), FEATURES_SCHEMA)
+    assert sorted(
+        zip(got.column("player_id").to_pylist(), got.column("as_of_seq").to_pylist(), strict=True)
+    ) == [
+        (3, 4),
+        (6, 2),
+    ]
+    assert set(got.column("season").to_pylist()) == {SEASON}
+    assert [t async for t in storage.read_features_at(season=SEASON, points={})] == []
 
 
 @pytest.fixture(name="small_row_groups")

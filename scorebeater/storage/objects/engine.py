@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -180,6 +180,28 @@ class ObjectTableStorage:
         async for table in self._scan(FEATURES, seasons):
             yield table
 
+    async def read_features_at(
+        self, *, season: int, points: Mapping[int, int]
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Each player's feature row at his point, else his latest before it (see the protocol):
+        one pass over the season's feature history keeping only those players' rows up to
+        their points (bounded: at most their rows), then each one's highest."""
+        if not points:
+            return
+        ids = pa.array([operator.index(p) for p in points], pa.int64())
+        seqs = pa.array([operator.index(points[p]) for p in points], pa.int32())
+
+        def up_to_point(table: pa.Table) -> pa.Table:
+            mine = table.filter(pc.is_in(table.column("player_id"), value_set=ids))
+            point = pc.take(seqs, pc.index_in(mine.column("player_id"), value_set=ids))
+            return mine.filter(pc.less_equal(mine.column("as_of_seq"), point))
+
+        kept = [t async for t in self._scan(FEATURES, [season], up_to_point) if t.num_rows]
+        if kept:
+            rows = pa.concat_tables(kept)
+            rank = [rows.column("as_of_seq")]
+            yield rows.take(pa.array(winner_indices(rows, ("player_id",), rank)))
+
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions by ``(player_id, season, as_of_seq, model_version)``."""
         await self._committer.write([(PREDICTIONS, conform_predictions(rows))], checkpoint)
@@ -270,13 +292,17 @@ class ObjectTableStorage:
             return PAGE_SCHEMA.empty_table()
         ids = latest.column("player_id")
         bounds = {"lo": ids[0].as_py(), "hi": ids[-1].as_py()}
+        columns = ["player_id", "as_of_seq", *PAGE_PLAYER_COLUMNS]
         features = await read_range(
-            self.objects,
-            FEATURES_LATEST,
-            segments(FEATURES_LATEST),
-            columns=["player_id", "as_of_seq", *PAGE_PLAYER_COLUMNS],
-            **bounds,
+            self.objects, FEATURES_LATEST, segments(FEATURES_LATEST), columns=columns, **bounds
         )
+        behind = await asyncio.to_thread(_newer_features, latest, features)
+        if len(behind):
+            # A newer game's features wait for their prediction: those players' counts come
+            # from the row their prediction was made from (in the history, same id range).
+            span = {"lo": pc.min(behind).as_py(), "hi": pc.max(behind).as_py()}
+            history = await read_range(self.objects, FEATURES, segments(FEATURES), columns=columns, **span)
+            features = await asyncio.to_thread(_at_points, features, history, latest, behind)
         outcomes = await read_range(
             self.objects, OUTCOMES, segments(OUTCOMES), columns=["player_id", "beat", "resolution"], **bounds
         )
@@ -361,7 +387,27 @@ def _latest_of_role(rows: pa.Table, role: str, limit: int) -> tuple[pa.Table, pa
     return latest, previous_probabilities(latest, [mine])
 
 
-def _attach(ids: pa.ChunkedArray, other: pa.Table, column: str) -> pa.Array:
+def _newer_features(latest: pa.Table, features: pa.Table) -> pa.Array:
+    """The ids of ``latest``'s players whose latest feature row (in ``features``) is of a later
+    point than their latest prediction (``latest``). CPU: worker thread."""
+    seq = _attach(latest.column("player_id"), features, "as_of_seq")
+    newer = pc.fill_null(pc.greater(seq, latest.column("as_of_seq")), fill_value=False)
+    return latest.column("player_id").filter(newer).combine_chunks()
+
+
+def _at_points(features: pa.Table, history: pa.Table, latest: pa.Table, behind: pa.Array) -> pa.Table:
+    """``features`` with the rows of the ``behind`` players replaced by their history row at
+    their latest prediction's point (else the latest before it). CPU: worker thread."""
+    point = _attach(behind, latest, "as_of_seq")
+    mine = history.filter(pc.is_in(history.column("player_id"), value_set=behind))
+    limit = pc.take(point, pc.index_in(mine.column("player_id"), value_set=behind))
+    mine = mine.filter(pc.less_equal(mine.column("as_of_seq"), limit))
+    best = mine.take(pa.array(winner_indices(mine, ("player_id",), [mine.column("as_of_seq")])))
+    rest = features.filter(pc.invert(pc.is_in(features.column("player_id"), value_set=behind)))
+    return pa.concat_tables([rest, best.cast(rest.schema)])
+
+
+def _attach(ids: pa.ChunkedArray | pa.Array, other: pa.Table, column: str) -> pa.Array:
     """``other``'s ``column`` for each of ``ids`` (``other`` holds one row per player; null
     where it has none)."""
     kind = other.schema.field(column).type

@@ -16,7 +16,8 @@ what each ``# noqa: S608`` below vouches for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+import operator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -213,6 +214,27 @@ class PostgresStorage:
         async for batch in self._db.stream("read feature history", query, *args, schema=FEATURES_SCHEMA):
             yield batch
 
+    async def read_features_at(
+        self, *, season: int, points: Mapping[int, int]
+    ) -> AsyncGenerator[pa.Table, None]:
+        """Each player's feature row at his point, else his latest before it (see the protocol):
+        one primary key probe per player, walked backwards from ``(player, season, point)``."""
+        if not points:
+            return
+        cols = ", ".join(f"f.{c}" for c in FEATURES_SCHEMA.names)
+        query = (
+            f"SELECT {cols} FROM unnest($1::int8[], $2::int4[]) k(player_id, as_of_seq)"  # noqa: S608
+            f" CROSS JOIN LATERAL (SELECT * FROM {self._t('features')} f"
+            " WHERE f.player_id = k.player_id AND f.season = $3 AND f.as_of_seq <= k.as_of_seq"
+            " ORDER BY f.as_of_seq DESC LIMIT 1) f"
+        )
+        ids = [operator.index(p) for p in points]
+        seqs = [operator.index(points[p]) for p in points]
+        async for batch in self._db.stream(
+            "read features at", query, ids, seqs, season, schema=FEATURES_SCHEMA
+        ):
+            yield batch
+
     async def write_predictions(self, rows: pa.Table, *, checkpoint: CheckpointWrite | None = None) -> None:
         """Upsert predictions by ``(player_id, season, as_of_seq, model_version)``; idempotent."""
         await self._writer.write(PREDICTIONS, conform_predictions(rows), checkpoint)
@@ -272,11 +294,12 @@ class PostgresStorage:
             args.append(after)
             after_clause = " AND player_id > $4"
         # Each LATERAL ... LIMIT 1 is a probe of a primary key index, walked backwards from the
-        # highest key of the player-season (his latest row) or from the row's point (his
-        # previous one); his latest feature row is the one ``latest_features`` points to, one
-        # probe instead of two. As plain joins the planner may hash a season's outcomes for one
-        # page, and DISTINCT ON with a descending sort key sorts everything after the cursor.
-        # The ids walk reads each of a page player's rows of the season (O(limit x his rows)).
+        # highest key of the player-season (his latest row), from the row's point (his previous
+        # one, and his feature row at that point: the one the prediction was made from, never a
+        # newer game's counts beside an older game's probability). As plain joins the planner
+        # may hash a season's outcomes for one page, and DISTINCT ON with a descending sort key
+        # sorts everything after the cursor. The ids walk reads each of a page player's rows of
+        # the season (O(limit x his rows)).
         query = (
             f"SELECT {cols}, prev.probability, {player}, o.beat, o.resolution FROM ("  # noqa: S608
             f" SELECT DISTINCT player_id FROM {t} WHERE season = $1 AND role = $2{after_clause}"
@@ -289,7 +312,7 @@ class PostgresStorage:
             " AND q.as_of_seq < p.as_of_seq ORDER BY q.as_of_seq DESC, q.model_version DESC LIMIT 1)"
             " prev ON true"
             f" LEFT JOIN LATERAL (SELECT {player} FROM {self._t('features')} f"
-            " WHERE f.player_id = p.player_id AND f.season = p.season"
+            " WHERE f.player_id = p.player_id AND f.season = p.season AND f.as_of_seq <= p.as_of_seq"
             " ORDER BY f.as_of_seq DESC LIMIT 1) f ON true"
             f" LEFT JOIN LATERAL (SELECT o.beat, o.resolution FROM {self._t('outcomes')} o"
             " WHERE o.player_id = p.player_id AND o.season = p.season LIMIT 1) o ON true"
