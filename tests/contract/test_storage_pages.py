@@ -4,12 +4,15 @@ groups and segments that overlap (the page reads only the row groups of its id r
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import scorebeater.storage.objects.commit as objects_commit
+import scorebeater.storage.objects.scan as objects_scan
 import scorebeater.storage.objects.store as objects_store
 from scorebeater.config import StorageConfig
 from scorebeater.errors import StorageError
@@ -24,6 +27,7 @@ from scorebeater.storage.base import (
     Storage,
 )
 from scorebeater.storage.objects import ObjectTableStorage
+from scorebeater.storage.objects.tables import PREDICTIONS
 from tests.contract.conftest import BATCH_ROWS
 from tests.contract.test_storage import (
     OUTCOMES_SCHEMA_V1,
@@ -265,6 +269,74 @@ async def test_object_pages_across_row_groups_and_overlapping_segments(
     challenger = await _listing(storage, limit, role="challenger")
     assert challenger == await _expected(storage, role="challenger")
     assert [r["player_id"] for r in challenger] == PLAYERS[:10] + PLAYERS[40:]
+
+
+async def _group_ranges(storage: ObjectTableStorage) -> list[list[tuple[int, int]]]:
+    """Each predictions segment of the season: its row groups' ``player_id`` ranges, in order."""
+    out = []
+    for segment in (await storage.snapshot()).partitions("predictions")[f"season={SEASON}"]:
+        source = await storage.objects.open_input(segment.key)
+        try:
+            meta = pq.read_metadata(source)
+        finally:
+            source.close()
+        index = meta.schema.names.index("player_id")
+        out.append(
+            [
+                (
+                    meta.row_group(g).column(index).statistics.min,
+                    meta.row_group(g).column(index).statistics.max,
+                )
+                for g in range(meta.num_row_groups)
+            ]
+        )
+    return out
+
+
+async def _write_overlapping(storage: ObjectTableStorage) -> None:
+    await _write(storage)
+    await storage.write_predictions(predictions([(p, SEASON, 2, 1) for p in PLAYERS[::4]], probability=0.5))
+    await storage.write_predictions(predictions([(p, SEASON, 5, 1) for p in PLAYERS[5::6]], probability=0.75))
+    await storage.write_predictions(predictions([(p, SEASON, 6, 3) for p in PLAYERS[40:]], role="challenger"))
+    await _write_players(storage)
+
+
+@pytest.mark.usefixtures("small_row_groups")
+async def test_a_compacted_partition_is_in_key_order_and_pages_right(
+    object_storage: ObjectTableStorage,
+) -> None:
+    storage = object_storage
+    await _write_overlapping(storage)
+    expected = await _expected(storage)
+    assert await storage.compact(PREDICTIONS, f"season={SEASON}", everything=True)
+    (groups,) = await _group_ranges(storage)
+    assert len(groups) > 10
+    assert all(hi <= lo for (_, hi), (lo, _) in itertools.pairwise(groups))  # ascending
+    for limit in (3, 13, 89):
+        assert await _listing(storage, limit) == expected
+
+
+@pytest.mark.usefixtures("small_row_groups")
+async def test_a_segment_compacted_out_of_key_order_still_pages_right_and_is_sorted_by_the_next_compaction(
+    object_storage: ObjectTableStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = object_storage
+    await _write_overlapping(storage)
+    expected = await _expected(storage)
+    # What compactions wrote before they merged in key order: the segments one after another.
+    with monkeypatch.context() as old:
+        old.setattr(objects_commit, "scan_partition_in_key_order", objects_scan.scan_partition)
+        assert await storage.compact(PREDICTIONS, f"season={SEASON}", everything=True)
+    (groups,) = await _group_ranges(storage)
+    assert any(hi > lo for (_, hi), (lo, _) in itertools.pairwise(groups))  # overlapping
+    for limit in (3, 13, 89):
+        assert await _listing(storage, limit) == expected
+    # The next compaction meets the unsorted segment and sorts the run in memory.
+    await storage.write_predictions(predictions([(PLAYERS[0], SEASON, 7, 1)], probability=0.125))
+    assert await storage.compact(PREDICTIONS, f"season={SEASON}", everything=True)
+    (groups,) = await _group_ranges(storage)
+    assert all(hi <= lo for (_, hi), (lo, _) in itertools.pairwise(groups))
+    assert await _listing(storage, 13) == await _expected(storage)
 
 
 async def test_pages_of_rows_stored_before_schema_version_2(

@@ -37,7 +37,12 @@ from scorebeater.storage.objects.manifest import (
     generation_of,
     manifest_key,
 )
-from scorebeater.storage.objects.scan import rebatch, scan_partition
+from scorebeater.storage.objects.scan import (
+    UnsortedSegment,
+    rebatch,
+    scan_partition,
+    scan_partition_in_key_order,
+)
 from scorebeater.storage.objects.store import ObjectExists, ObjectStore, ParquetSource, check_key
 from scorebeater.storage.objects.tables import (
     ROW_GROUP_ROWS,
@@ -376,8 +381,18 @@ class Committer:
         if len(run) < 2:  # noqa: PLR2004 - merging one segment is a no-op
             return False
         commit_id = uuid.uuid4().hex
-        rows_in = scan_partition(self.objects, spec, run, batch_rows=self._batch_rows)
-        data, rows, bounds = await _encode_stream(spec, rebatch(rows_in, self._batch_rows))
+        try:
+            # In key order, like every committed segment: page reads prune row groups by it.
+            rows_in = scan_partition_in_key_order(self.objects, spec, run, batch_rows=self._batch_rows)
+            data, rows, bounds = await _encode_stream(spec, rebatch(rows_in, self._batch_rows))
+        except UnsortedSegment:
+            # A segment merged by a compaction older than the ordered merge: sort this run in
+            # memory, once (the result is sorted and merges by streaming from then on).
+            tables = [t async for t in scan_partition(self.objects, spec, run, batch_rows=self._batch_rows)]
+            merged = await asyncio.to_thread(
+                lambda: pa.concat_tables(tables).sort_by([(c, "ascending") for c in spec.local_key])
+            )
+            data, rows, bounds = await _encode_stream(spec, _batches_of(merged, self._batch_rows))
         key = check_key(f"{spec.name}/{partition}/part-{commit_id}-0000.parquet")
         # Older segments' rows come upgraded out of the scan: the merged one is current.
         segment = Segment(key, rows, len(data), commit_id, bounds, spec.schema_version)
@@ -421,6 +436,11 @@ def compaction_run(rows: Sequence[int]) -> int:
         gathered += rows[i]
         start = i
     return start if len(rows) - start >= 2 else 0  # noqa: PLR2004 - a merge needs two segments
+
+
+async def _batches_of(table: pa.Table, batch_rows: int) -> AsyncIterator[pa.Table]:
+    for offset in range(0, table.num_rows, batch_rows):
+        yield table.slice(offset, batch_rows)
 
 
 async def _encode_stream(

@@ -14,7 +14,8 @@ import asyncio
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -148,18 +149,105 @@ async def scan_partition(
     try:
         masks = await _survivors(objects, spec, segments, keep, latest=latest, select=select)
         for segment, mask in zip(segments, masks, strict=True):
-            if mask is not None and not mask.any():
-                continue
-            offset = 0
-            async for table in _segment_batches(objects, spec, segment, keep, batch_rows):
-                if mask is not None:
-                    part = mask[offset : offset + table.num_rows]
-                    offset += table.num_rows
-                    table = table if part.all() else table.filter(pa.array(part))  # noqa: PLW2901
+            async for table in _live_batches(objects, spec, segment, keep, batch_rows=batch_rows, mask=mask):
                 if select is not None:
                     table = table.filter(pc.equal(table.column(select[0]), select[1]))  # noqa: PLW2901
                 yield row_filter(table) if row_filter else table
     finally:
+        for source in keep.values():
+            source.close()
+
+
+async def _live_batches(
+    objects: ObjectStore,
+    spec: TableSpec,
+    segment: Segment,
+    keep: dict[str, pa.NativeFile],
+    *,
+    batch_rows: int,
+    mask: np.ndarray | None,
+) -> AsyncGenerator[pa.Table, None]:
+    """One segment's rows that ``mask`` keeps (``None``: all), in its order, batch by batch."""
+    if mask is not None and not mask.any():
+        return
+    offset = 0
+    async for table in _segment_batches(objects, spec, segment, keep, batch_rows):
+        if mask is not None:
+            part = mask[offset : offset + table.num_rows]
+            offset += table.num_rows
+            table = table if part.all() else table.filter(pa.array(part))  # noqa: PLW2901
+        yield table
+
+
+class UnsortedSegment(Exception):
+    """A segment's rows are not in key order (one merged by a compaction older than
+    :func:`scan_partition_in_key_order`): the caller sorts the rows itself instead."""
+
+
+async def scan_partition_in_key_order(
+    objects: ObjectStore, spec: TableSpec, segments: Sequence[Segment], *, batch_rows: int
+) -> AsyncIterator[pa.Table]:
+    """The live rows of one partition's ``segments`` in ascending key order: what a compaction
+    writes, so that the merged segment is sorted like every committed one and its row groups'
+    ``player_id`` ranges stay disjoint and ascending (the page reads prune by them).
+
+    A streaming merge of the segments (each sorted by its key when committed): holds one batch
+    per segment. Each step takes, from every segment's current batch, the rows whose first key
+    column is at most the smallest of those batches' last values, and sorts that slice by the
+    whole key.
+
+    Raises:
+        UnsortedSegment: a segment's rows are not in key order.
+    """
+    lead = spec.local_key[0]
+    order = [(column, "ascending") for column in spec.local_key]
+    keep: dict[str, pa.NativeFile] = {}
+    streams: list[AsyncGenerator[pa.Table, None]] = []
+    try:
+        masks = await _survivors(objects, spec, segments, keep)
+        streams = [
+            _live_batches(objects, spec, segment, keep, batch_rows=batch_rows, mask=mask)
+            for segment, mask in zip(segments, masks, strict=True)
+        ]
+        held: list[pa.Table | None] = [None] * len(streams)
+        last: list[Any] = [None] * len(streams)
+
+        async def refill(i: int) -> bool:
+            current = held[i]
+            while current is None or not current.num_rows:
+                try:
+                    batch: pa.Table = await anext(streams[i])
+                except StopAsyncIteration:
+                    held[i] = None
+                    return False
+                current = batch
+                if batch.num_rows:
+                    keys = batch.column(lead)
+                    descending = pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py()
+                    if descending or (last[i] is not None and keys[0].as_py() < last[i]):
+                        raise UnsortedSegment(f"{spec.name}: a segment is not in key order")
+                    last[i] = keys[-1].as_py()
+                held[i] = current
+            return True
+
+        def sorted_slice(parts: list[pa.Table]) -> pa.Table:
+            return pa.concat_tables(parts).sort_by(order)
+
+        while True:
+            active = [i for i in range(len(streams)) if await refill(i)]
+            if not active:
+                return
+            tables = [t for i in active if (t := held[i]) is not None]
+            upto = min(t.column(lead)[-1].as_py() for t in tables)
+            parts = []
+            for i, table in zip(active, tables, strict=True):
+                taken = pc.less_equal(table.column(lead), upto)
+                parts.append(table.filter(taken))
+                held[i] = table.filter(pc.invert(taken))
+            yield await asyncio.to_thread(sorted_slice, parts)
+    finally:
+        for stream in streams:
+            await stream.aclose()
         for source in keep.values():
             source.close()
 
@@ -528,24 +616,28 @@ async def read_first_players(
 
     Every row of each player returned is there (a player's rows may span row groups: a
     player counts only once no unread row group can hold his id). Row groups are read in
-    ascending ``player_id`` order, one at a time, from whichever segment's next group starts
-    lowest; a segment whose key bounds lie below ``after`` is never opened, one whose bounds
+    ascending order of their lowest ``player_id``, one at a time, from whichever segment's next
+    group starts lowest; a segment whose key bounds lie below ``after`` is never opened, one whose bounds
     start above the bound reached is not either. So a page costs O(its rows + a row group per
     segment it touches), whatever the partition's size.
     """
     start: float = -math.inf if after is None else after
     live = [s for s in segments if _segment_hi(s) > start]
     groups = [_Groups(objects, spec, s) for s in live]
-    next_group: list[int | None] = [None] * len(groups)  # None: not opened yet
+    # Per segment, its groups that reach past ``start`` in ascending order of their lowest id,
+    # and how many of them are read. A segment written by a commit or a compaction is sorted,
+    # so this is its groups' own order; one compacted before compactions kept the key order
+    # has groups whose ranges overlap, and is still read right (more groups per page).
+    order: list[list[int] | None] = [None] * len(groups)  # None: not opened yet
+    done = [0] * len(groups)
     read: list[list[pa.Table]] = [[] for _ in groups]
 
     def next_lo(i: int) -> float:
         """A lower bound of the ids of segment ``i``'s rows not read yet (inf: none left)."""
-        at = next_group[i]
-        if at is None:
+        todo = order[i]
+        if todo is None:
             return max(_segment_lo(live[i]), start)
-        ranges = groups[i].ranges
-        return ranges[at][0] if at < len(ranges) else math.inf
+        return groups[i].ranges[todo[done[i]]][0] if done[i] < len(todo) else math.inf
 
     def read_and_count(i: int | None, at: int, bound: float) -> tuple[pa.Table, int]:
         """Read segment ``i``'s group ``at`` (if any); the live rows of the complete players
@@ -563,14 +655,16 @@ async def read_first_players(
             i = min(range(len(groups)), key=next_lo, default=None)
             if i is None or not math.isfinite(next_lo(i)):  # every segment read to its end
                 return (await asyncio.to_thread(read_and_count, None, 0, math.inf))[0]
-            at = next_group[i]
-            if at is None:
+            todo = order[i]
+            if todo is None:
                 await groups[i].open()
                 ranges = groups[i].ranges
-                # Groups are in ascending id order (the segment is sorted by its key).
-                next_group[i] = next((j for j, (_, b) in enumerate(ranges) if b > start), len(ranges))
+                order[i] = sorted(
+                    (j for j, (_, b) in enumerate(ranges) if b > start), key=lambda j: ranges[j][0]
+                )
                 continue
-            next_group[i] = at + 1
+            at = todo[done[i]]
+            done[i] += 1
             bound = min(next_lo(j) for j in range(len(groups)))
             await groups[i].fetch([at])
             rows, count = await asyncio.to_thread(read_and_count, i, at, bound)
