@@ -318,16 +318,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - a flat list of
     p.add_argument(
         "--stage",
         required=True,
-        choices=(
-            "features",
-            "predictions",
-            "validation",
-            "refeed",
-            "shadow",
-            "monitoring",
-            "retrain",
-            "promotion",
-        ),
+        # Not retrain or promotion: they act on what this process's own stages hand them (stored
+        # final labels, a champion-versus-challenger comparison), which one iteration never has.
+        choices=("features", "predictions", "validation", "refeed", "shadow", "monitoring"),
     )
 
     p = sub.add_parser("check-config", help="check a config file and print the effective settings")

@@ -195,7 +195,8 @@ async def _refuse_beside_a_local_holder(cfg: Config) -> None:
     Before the embedded servers start: beside a running daemon their ports would clash first,
     hiding the reason (this store has its process) behind "address already in use".
     """
-    if choose_backend(cfg.storage) == "local":
+    # Only a backend configured as local: "auto" is resolved after sizing, which may choose S3.
+    if cfg.storage.backend == "local":
         from scorebeater.leadership.local import check_root_free  # noqa: PLC0415 - local only
 
         await check_root_free(cfg.storage.local.root)

@@ -99,5 +99,6 @@ class MalformedRequests(logging.Filter):
         record.args = (exc.code, reason, held)
         record.exc_info = None
         record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if record.levelno > logging.WARNING:  # lowered, never raised (aiohttp logs some at DEBUG)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

@@ -225,8 +225,12 @@ async def check_root_free(root: Path) -> None:
 
     Raises:
         LeadershipHeld: naming the holder (pid, host, term) and the lock file.
+        StorageError: the lock file cannot be read.
     """
-    holder = await asyncio.to_thread(probe_root, root)
+    try:
+        holder = await asyncio.to_thread(probe_root, root)
+    except OSError as exc:
+        raise StorageError(f"{root / LOCK_NAME}: cannot read the lock file: {exc}") from exc
     if holder is not None:
         raise _held(root, holder)
 

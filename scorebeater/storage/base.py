@@ -701,8 +701,9 @@ class Storage(Protocol):
         prediction at that point was made from. At most one row per player, in no fixed order.
 
         Cost: Postgres, one index probe per player; the object stores, one filtered pass over
-        the season's feature history (pages of the read API call it only for players whose
-        latest feature row is newer than their latest prediction, a transient state).
+        the season's feature history (the read API calls it only for players whose latest
+        feature row is newer than their prediction of the listed role: a moment after each
+        game for the champion; as long as the shadow lags for ``role=challenger``).
         """
         ...
 

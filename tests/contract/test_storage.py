@@ -343,14 +343,18 @@ async def test_a_challenger_row_never_relabels_a_champion_row(storage: Storage) 
     assert_rows(await collect(storage.read_predictions(), PREDICTIONS_SCHEMA), served, PREDICTION_KEY)
     page = await storage.read_latest_predictions_page(season=2024, limit=10)
     assert page.column("as_of_seq").to_pylist() == [2]
-    # Both roles of one key in one batch: the champion's wins, in either order.
-    both = pa.concat_tables(
-        [predictions([(2, 2024, 1, 6)]), predictions([(2, 2024, 1, 6)], probability=0.5, role="challenger")]
-    )
-    await storage.write_predictions(both)
-    await storage.write_predictions(both.take([1, 0]))
-    got = await collect(storage.read_predictions(player_id=2, role=None), PREDICTIONS_SCHEMA)
-    assert got.column("role").to_pylist() == ["champion"]
+    # Both roles of one key in one batch: the champion's wins, in either order (a fresh key each).
+    for player, first in ((2, "champion"), (3, "challenger")):
+        second = "challenger" if first == "champion" else "champion"
+        batch = pa.concat_tables(
+            [
+                predictions([(player, 2024, 1, 6)], role=first),
+                predictions([(player, 2024, 1, 6)], role=second),
+            ]
+        )
+        await storage.write_predictions(batch)
+        got = await collect(storage.read_predictions(player_id=player, role=None), PREDICTIONS_SCHEMA)
+        assert got.column("role").to_pylist() == ["champion"], first
 
 
 async def test_unknown_prediction_role_is_rejected(storage: Storage) -> None:
