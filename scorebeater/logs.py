@@ -8,6 +8,7 @@ the same processors so every line has one shape.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from http import HTTPStatus
@@ -61,6 +62,11 @@ def configure_logging(fmt: Format = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
+    # TensorFlow's C++ runtime logs to stderr on its own, read once when it is imported (the
+    # model server and training import it later, in this process or a child): hide its INFO
+    # lines at warning, its warnings too at error. An explicit setting is kept.
+    if level in {"warning", "error"}:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if level == "warning" else "2")
     # Third-party chatter stays at warning unless we debug.
     for noisy in ("aiohttp.access", "botocore", "aiobotocore", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, cast
 
 import orjson
@@ -77,3 +78,15 @@ async def test_a_malformed_request_costs_one_warning_line_not_a_traceback(
     assert "held_back=0" in malformed[0]["event"]
     assert "held_back=2" in malformed[1]["event"]  # the two long headers held back
     assert not any("exception" in line or line["level"] == "error" for line in lines)
+
+
+@pytest.mark.parametrize(("level", "tf_level"), [("info", None), ("warning", "1"), ("error", "2")])
+def test_tensorflow_runtime_logs_follow_the_level(
+    level: str, tf_level: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    configure_logging("json", level)
+    assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") == tf_level
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # an operator's own setting is kept
+    configure_logging("json", level)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
