@@ -317,6 +317,20 @@ async def test_a_compacted_partition_is_in_key_order_and_pages_right(
 
 
 @pytest.mark.usefixtures("small_row_groups")
+async def test_disjoint_segments_committed_in_any_order_compact_in_key_order(
+    object_storage: ObjectTableStorage,
+) -> None:
+    storage = object_storage
+    for chunk in (PLAYERS[60:], PLAYERS[:30], PLAYERS[30:60]):  # disjoint id ranges, out of order
+        await storage.write_predictions(predictions([k for p in chunk for k in _keys(p)]))
+    expected = await _expected(storage)
+    assert await storage.compact(PREDICTIONS, f"season={SEASON}", everything=True)
+    (groups,) = await _group_ranges(storage)
+    assert all(hi <= lo for (_, hi), (lo, _) in itertools.pairwise(groups))
+    assert await _listing(storage, 13) == expected
+
+
+@pytest.mark.usefixtures("small_row_groups")
 async def test_a_segment_compacted_out_of_key_order_still_pages_right_and_is_sorted_by_the_next_compaction(
     object_storage: ObjectTableStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

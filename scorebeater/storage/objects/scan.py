@@ -11,6 +11,7 @@ kept for the second up to ``_SOURCE_REUSE_BYTES``. Everything streams in tables 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -179,6 +180,25 @@ async def _live_batches(
         yield table
 
 
+_MERGE_MIN_BATCH_ROWS = 8_192
+"""The smallest batch :func:`scan_partition_in_key_order` reads from one segment at a time."""
+
+
+def _check_in_order(spec: TableSpec, keys: pa.ChunkedArray, previous: Any) -> Any:
+    """The last of ``keys`` (``previous`` if none), once checked that they ascend and start at
+    or after ``previous`` (the last key of the same segment's previous batch).
+
+    Raises:
+        UnsortedSegment: they do not.
+    """
+    if not len(keys):
+        return previous
+    descending = pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py()
+    if descending or (previous is not None and keys[0].as_py() < previous):
+        raise UnsortedSegment(f"{spec.name}: a segment is not in key order")
+    return keys[-1].as_py()
+
+
 class UnsortedSegment(Exception):
     """A segment's rows are not in key order (one merged by a compaction older than
     :func:`scan_partition_in_key_order`): the caller sorts the rows itself instead."""
@@ -191,65 +211,85 @@ async def scan_partition_in_key_order(
     writes, so that the merged segment is sorted like every committed one and its row groups'
     ``player_id`` ranges stay disjoint and ascending (the page reads prune by them).
 
-    A streaming merge of the segments (each sorted by its key when committed): holds one batch
-    per segment. Each step takes, from every segment's current batch, the rows whose first key
-    column is at most the smallest of those batches' last values, and sorts that slice by the
-    whole key.
+    Segments disjoint on the first key column (the usual case: a refeed's or a season's batches
+    of players) are streamed one after another in order of their bounds. Otherwise a streaming
+    merge of the segments (each sorted by its key when committed), :func:`_merged`.
 
     Raises:
         UnsortedSegment: a segment's rows are not in key order.
     """
     lead = spec.local_key[0]
-    order = [(column, "ascending") for column in spec.local_key]
     keep: dict[str, pa.NativeFile] = {}
     streams: list[AsyncGenerator[pa.Table, None]] = []
     try:
         masks = await _survivors(objects, spec, segments, keep)
-        streams = [
-            _live_batches(objects, spec, segment, keep, batch_rows=batch_rows, mask=mask)
-            for segment, mask in zip(segments, masks, strict=True)
-        ]
-        held: list[pa.Table | None] = [None] * len(streams)
-        last: list[Any] = [None] * len(streams)
-
-        async def refill(i: int) -> bool:
-            current = held[i]
-            while current is None or not current.num_rows:
-                try:
-                    batch: pa.Table = await anext(streams[i])
-                except StopAsyncIteration:
-                    held[i] = None
-                    return False
-                current = batch
-                if batch.num_rows:
-                    keys = batch.column(lead)
-                    descending = pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py()
-                    if descending or (last[i] is not None and keys[0].as_py() < last[i]):
-                        raise UnsortedSegment(f"{spec.name}: a segment is not in key order")
-                    last[i] = keys[-1].as_py()
-                held[i] = current
-            return True
-
-        def sorted_slice(parts: list[pa.Table]) -> pa.Table:
-            return pa.concat_tables(parts).sort_by(order)
-
-        while True:
-            active = [i for i in range(len(streams)) if await refill(i)]
-            if not active:
+        live = [(seg, mask) for seg, mask in zip(segments, masks, strict=True) if mask is None or mask.any()]
+        if all(lead in seg.bounds for seg, _ in live):
+            live.sort(key=lambda pair: pair[0].bounds[lead][0])
+            if all(a.bounds[lead][1] < b.bounds[lead][0] for (a, _), (b, _) in itertools.pairwise(live)):
+                for seg, mask in live:
+                    previous: Any = None
+                    async for batch in _live_batches(
+                        objects, spec, seg, keep, batch_rows=batch_rows, mask=mask
+                    ):
+                        previous = _check_in_order(spec, batch.column(lead), previous)
+                        yield batch
                 return
-            tables = [t for i in active if (t := held[i]) is not None]
-            upto = min(t.column(lead)[-1].as_py() for t in tables)
-            parts = []
-            for i, table in zip(active, tables, strict=True):
-                taken = pc.less_equal(table.column(lead), upto)
-                parts.append(table.filter(taken))
-                held[i] = table.filter(pc.invert(taken))
-            yield await asyncio.to_thread(sorted_slice, parts)
+        # One batch held per segment: together about ``batch_rows``, however many segments.
+        per_segment = max(_MERGE_MIN_BATCH_ROWS, batch_rows // max(1, len(live)))
+        streams = [
+            _live_batches(objects, spec, seg, keep, batch_rows=per_segment, mask=mask) for seg, mask in live
+        ]
+        async for table in _merged(spec, streams):
+            yield table
     finally:
         for stream in streams:
             await stream.aclose()
         for source in keep.values():
             source.close()
+
+
+async def _merged(spec: TableSpec, streams: Sequence[AsyncIterator[pa.Table]]) -> AsyncIterator[pa.Table]:
+    """The rows of ``streams`` (each in key order) in key order, holding one batch of each: each
+    step takes, from every stream's current batch, the rows whose first key column is at most
+    the smallest of those batches' last values, and sorts that slice by the whole key (a slice
+    from one stream alone is in order already).
+
+    Raises:
+        UnsortedSegment: a stream's rows are not in key order.
+    """
+    lead = spec.local_key[0]
+    order = [(column, "ascending") for column in spec.local_key]
+    held: list[pa.Table | None] = [None] * len(streams)
+    last: list[Any] = [None] * len(streams)
+
+    async def refill(i: int) -> pa.Table | None:
+        current = held[i]
+        while current is None or not current.num_rows:
+            try:
+                batch: pa.Table = await anext(streams[i])
+            except StopAsyncIteration:
+                held[i] = None
+                return None
+            last[i] = _check_in_order(spec, batch.column(lead), last[i])
+            current = held[i] = batch
+        return current
+
+    def sorted_slice(parts: list[pa.Table]) -> pa.Table:
+        return pa.concat_tables(parts).sort_by(order)
+
+    while True:
+        current = [(i, table) for i in range(len(streams)) if (table := await refill(i)) is not None]
+        if not current:
+            return
+        upto = min(table.column(lead)[-1].as_py() for _, table in current)
+        parts = []
+        for i, table in current:
+            taken = pc.less_equal(table.column(lead), upto)
+            if (part := table.filter(taken)).num_rows:
+                parts.append(part)
+            held[i] = table.filter(pc.invert(taken))
+        yield parts[0] if len(parts) == 1 else await asyncio.to_thread(sorted_slice, parts)
 
 
 async def scan(
