@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import scorebeater.storage.objects.scan as objects_scan
 from scorebeater.errors import StorageError
 from scorebeater.storage.objects import (
     CACHE,
@@ -25,6 +30,7 @@ from scorebeater.storage.objects import (
     split_segments,
     winner_indices,
 )
+from tests.contract.test_storage import features, grid
 
 
 @pytest.mark.parametrize(
@@ -179,3 +185,46 @@ def test_parquet_source_records_its_size_and_round_trips() -> None:
     data = render(source)
     assert source.size == len(data) > 0
     assert pq.read_table(pa.BufferReader(data)).equals(table)
+
+
+async def _stream(*tables: pa.Table) -> AsyncIterator[pa.Table]:
+    for table in tables:
+        yield table
+
+
+def _keys_of(table: pa.Table) -> list[tuple[int, int]]:
+    return list(
+        zip(table.column("player_id").to_pylist(), table.column("as_of_seq").to_pylist(), strict=True)
+    )
+
+
+async def test_the_merge_keeps_the_whole_key_order_when_a_player_crosses_batches() -> None:
+    # Stream a holds (1, 1) and (1, 3) in two batches; stream b holds (1, 2), (1, 4), (3, 1).
+    a = _stream(features(grid([1], [2014], [1])), features(grid([1], [2014], [3])))
+    b = _stream(features(grid([1], [2014], [2, 4]) + grid([3], [2014], [1])))
+    merged = pa.concat_tables([t async for t in objects_scan._merged(FEATURES, [a, b])])
+    assert _keys_of(merged) == [(1, 1), (1, 2), (1, 3), (1, 4), (3, 1)]
+
+
+@given(
+    st.lists(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 5)), max_size=12), min_size=1, max_size=4)
+)
+@settings(max_examples=60, deadline=None, database=None)
+def test_the_merge_of_sorted_streams_is_their_sorted_union(runs: list[list[tuple[int, int]]]) -> None:
+    async def go() -> list[tuple[int, int]]:
+        streams = []
+        for run in runs:
+            keys = sorted(set(run))
+            # Each stream cut into batches of up to 3 rows, as segments are read in batches.
+            batches = [features([(p, 2014, q) for p, q in keys[i : i + 3]]) for i in range(0, len(keys), 3)]
+            streams.append(_stream(*batches))
+        return [k for t in [t async for t in objects_scan._merged(FEATURES, streams)] for k in _keys_of(t)]
+
+    expected = sorted(k for run in runs for k in set(run))
+    assert asyncio.run(go()) == expected
+
+
+async def test_a_stream_out_of_key_order_is_refused() -> None:
+    unsorted = _stream(features(grid([1], [2014], [2])), features(grid([1], [2014], [1])))
+    with pytest.raises(objects_scan.UnsortedSegment):
+        _ = [t async for t in objects_scan._merged(FEATURES, [unsorted])]

@@ -11,6 +11,7 @@ kept for the second up to ``_SOURCE_REUSE_BYTES``. Everything streams in tables 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import threading
@@ -184,19 +185,32 @@ _MERGE_MIN_BATCH_ROWS = 8_192
 """The smallest batch :func:`scan_partition_in_key_order` reads from one segment at a time."""
 
 
-def _check_in_order(spec: TableSpec, keys: pa.ChunkedArray, previous: Any) -> Any:
-    """The last of ``keys`` (``previous`` if none), once checked that they ascend and start at
-    or after ``previous`` (the last key of the same segment's previous batch).
+def _check_in_order(
+    spec: TableSpec, table: pa.Table, previous: tuple[Any, ...] | None
+) -> tuple[Any, ...] | None:
+    """The key of ``table``'s last row (``previous`` if it has none), once checked that its
+    rows ascend by the whole key (:attr:`TableSpec.local_key`) from ``previous`` on (the last key
+    of the same segment's previous batch).
 
     Raises:
         UnsortedSegment: they do not.
     """
-    if not len(keys):
+    n = table.num_rows
+    if not n:
         return previous
-    descending = pc.any(pc.less(keys.slice(1), keys.slice(0, len(keys) - 1))).as_py()
-    if descending or (previous is not None and keys[0].as_py() < previous):
+    columns = [table.column(name) for name in spec.local_key]
+    first = tuple(c[0].as_py() for c in columns)
+    if previous is not None and first < previous:
         raise UnsortedSegment(f"{spec.name}: a segment is not in key order")
-    return keys[-1].as_py()
+    undecided = np.ones(n - 1, dtype=bool)  # neighbours equal on the columns compared so far
+    for column in columns:
+        if not undecided.any():
+            break
+        after, before = column.slice(1), column.slice(0, n - 1)
+        if (undecided & pc.less(after, before).to_numpy(zero_copy_only=False)).any():
+            raise UnsortedSegment(f"{spec.name}: a segment is not in key order")
+        undecided &= pc.equal(after, before).to_numpy(zero_copy_only=False)
+    return tuple(c[n - 1].as_py() for c in columns)
 
 
 class UnsortedSegment(Exception):
@@ -228,12 +242,12 @@ async def scan_partition_in_key_order(
             live.sort(key=lambda pair: pair[0].bounds[lead][0])
             if all(a.bounds[lead][1] < b.bounds[lead][0] for (a, _), (b, _) in itertools.pairwise(live)):
                 for seg, mask in live:
-                    previous: Any = None
-                    async for batch in _live_batches(
-                        objects, spec, seg, keep, batch_rows=batch_rows, mask=mask
-                    ):
-                        previous = _check_in_order(spec, batch.column(lead), previous)
-                        yield batch
+                    previous: tuple[Any, ...] | None = None
+                    batches = _live_batches(objects, spec, seg, keep, batch_rows=batch_rows, mask=mask)
+                    async with contextlib.aclosing(batches):
+                        async for batch in batches:
+                            previous = _check_in_order(spec, batch, previous)
+                            yield batch
                 return
         # One batch held per segment: together about ``batch_rows``, however many segments.
         per_segment = max(_MERGE_MIN_BATCH_ROWS, batch_rows // max(1, len(live)))
@@ -249,46 +263,70 @@ async def scan_partition_in_key_order(
             source.close()
 
 
+class _Held:
+    """One merged stream's rows held but not yet emitted, and their first key column."""
+
+    def __init__(self, spec: TableSpec, stream: AsyncIterator[pa.Table]) -> None:
+        self.spec = spec
+        self.stream = stream
+        self.table = spec.schema.empty_table()
+        self.keys: np.ndarray = np.empty(0)
+        self.last: tuple[Any, ...] | None = None
+        self.ended = False
+
+    async def take(self) -> bool:
+        """Append the stream's next non-empty batch to what is held; False at the stream's end."""
+        while not self.ended:
+            try:
+                batch: pa.Table = await anext(self.stream)
+            except StopAsyncIteration:
+                self.ended = True
+                break
+            if batch.num_rows:
+                self.last = _check_in_order(self.spec, batch, self.last)
+                self.table = pa.concat_tables([self.table, batch]) if self.table.num_rows else batch
+                self.keys = self.table.column(self.spec.local_key[0]).to_numpy()
+                return True
+        return False
+
+    def cut(self, upto: Any) -> pa.Table:
+        """Give up the held rows whose first key column is at most ``upto`` (zero-copy)."""
+        at = int(np.searchsorted(self.keys, upto, side="right"))
+        taken = self.table.slice(0, at)
+        self.table, self.keys = self.table.slice(at), self.keys[at:]
+        return taken
+
+
 async def _merged(spec: TableSpec, streams: Sequence[AsyncIterator[pa.Table]]) -> AsyncIterator[pa.Table]:
-    """The rows of ``streams`` (each in key order) in key order, holding one batch of each: each
-    step takes, from every stream's current batch, the rows whose first key column is at most
-    the smallest of those batches' last values, and sorts that slice by the whole key (a slice
-    from one stream alone is in order already).
+    """The rows of ``streams`` (each in key order) in key order, holding about a batch of each.
+
+    Each step: ``upto``, the smallest last first-key value of the held batches. A stream whose
+    held rows end at ``upto`` takes its next batches in until they pass it (a player's rows may
+    cross a batch boundary), so every stream then holds all its rows up to ``upto``. Those rows
+    are cut off (zero-copy: each batch is sorted) and emitted, sorted by the whole key when
+    they come from more than one stream.
 
     Raises:
         UnsortedSegment: a stream's rows are not in key order.
     """
-    lead = spec.local_key[0]
     order = [(column, "ascending") for column in spec.local_key]
-    held: list[pa.Table | None] = [None] * len(streams)
-    last: list[Any] = [None] * len(streams)
-
-    async def refill(i: int) -> pa.Table | None:
-        current = held[i]
-        while current is None or not current.num_rows:
-            try:
-                batch: pa.Table = await anext(streams[i])
-            except StopAsyncIteration:
-                held[i] = None
-                return None
-            last[i] = _check_in_order(spec, batch.column(lead), last[i])
-            current = held[i] = batch
-        return current
+    held = [_Held(spec, stream) for stream in streams]
 
     def sorted_slice(parts: list[pa.Table]) -> pa.Table:
         return pa.concat_tables(parts).sort_by(order)
 
     while True:
-        current = [(i, table) for i in range(len(streams)) if (table := await refill(i)) is not None]
-        if not current:
+        for h in held:
+            if not h.table.num_rows:
+                await h.take()
+        active = [h for h in held if h.table.num_rows]
+        if not active:
             return
-        upto = min(table.column(lead)[-1].as_py() for _, table in current)
-        parts = []
-        for i, table in current:
-            taken = pc.less_equal(table.column(lead), upto)
-            if (part := table.filter(taken)).num_rows:
-                parts.append(part)
-            held[i] = table.filter(pc.invert(taken))
+        upto = min(h.keys[-1] for h in active)
+        for h in active:
+            while h.keys[-1] == upto and await h.take():
+                pass
+        parts = [part for h in active if (part := h.cut(upto)).num_rows]
         yield parts[0] if len(parts) == 1 else await asyncio.to_thread(sorted_slice, parts)
 
 
