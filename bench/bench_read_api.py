@@ -204,18 +204,11 @@ async def raw_scan(config: StorageConfig) -> tuple[int, float]:
 
 async def serve(backend: str, root: Path, batch_rows: int) -> None:
     """The admin app over the store on a loopback port (written to ``<root>/../port``) until killed."""
-    from aiohttp import web
 
     from scorebeater.admin.app import create_app
 
     async with open_storage(_config(backend, root, batch_rows)) as storage:
-        state = storage_only_state(storage)
-        runner = web.AppRunner(create_app(state), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        _write_port(root.parent / "port", site)
-        await asyncio.Event().wait()
+        await _serve_until_killed(create_app(storage_only_state(storage)), root.parent / "port")
 
 
 def _proc_kb(pid: int, name: str) -> int:
@@ -281,18 +274,21 @@ async def serve_floor(directory: Path) -> None:
 
     app = web.Application()
     app.router.add_get("/v1/predictions", page)
+    await _serve_until_killed(app, directory / "port")
+
+
+async def _serve_until_killed(app: Any, port_file: Path) -> None:
+    """Serve ``app`` on a loopback port, written to ``port_file`` (whole, never half-written)."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    _write_port(directory / "port", site)
-    await asyncio.Event().wait()
-
-
-def _write_port(port_file: Path, site: Any) -> None:
     server = cast("Any", site._server)  # noqa: SLF001 - the bound port
     port_file.with_suffix(".tmp").write_text(str(server.sockets[0].getsockname()[1]))
-    port_file.with_suffix(".tmp").rename(port_file)  # whole, never half-written
+    port_file.with_suffix(".tmp").rename(port_file)
+    await asyncio.Event().wait()
 
 
 async def list_pages(port: int, pid: int, order: str, limit: int, max_pages: int, *, fmt: str) -> Listing:

@@ -579,7 +579,8 @@ class ReadRoutes:
         if features:
             # Players whose newer game's features wait for their prediction: their counts come
             # from the row the prediction was made from, never a later game's (as on the
-            # storage's page); a transient state, so this read is rare.
+            # storage's page). Only they are read again: for the champion, the moment after a
+            # game; for the challenger, as long as the shadow lags (see read_features_at).
             latest = pa.concat_tables(features)
             joined = _joined(rows, latest)
             newer = pc.fill_null(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, cast
 
 import orjson
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from scorebeater.logs import MalformedRequests, configure_logging
 
@@ -54,11 +54,10 @@ async def test_a_malformed_request_costs_one_warning_line_not_a_traceback(
 
     app = web.Application()
     app.router.add_get("/", ok)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = cast("Any", site._server).sockets[0].getsockname()[1]
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    port = server.port
+    assert port is not None
     try:
         long_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n"
         for _ in range(3):  # any client can send these: one line, then held back
@@ -70,7 +69,7 @@ async def test_a_malformed_request_costs_one_warning_line_not_a_traceback(
             b"ok"
         )
     finally:
-        await runner.cleanup()
+        await server.close()
     logging.getLogger().handlers[0].flush()
     lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     malformed = [line for line in lines if "http.malformed_request" in line["event"]]

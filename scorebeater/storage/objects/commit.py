@@ -51,6 +51,7 @@ from scorebeater.storage.objects.tables import (
     TableSpec,
     key_bounds,
     merge_bounds,
+    ordered_winners,
     parquet_options,
     split_segments,
 )
@@ -389,9 +390,7 @@ class Committer:
             # A segment merged by a compaction older than the ordered merge: sort this run in
             # memory, once (the result is sorted and merges by streaming from then on).
             tables = [t async for t in scan_partition(self.objects, spec, run, batch_rows=self._batch_rows)]
-            merged = await asyncio.to_thread(
-                lambda: pa.concat_tables(tables).sort_by([(c, "ascending") for c in spec.local_key])
-            )
+            merged = await asyncio.to_thread(lambda: ordered_winners(pa.concat_tables(tables), spec))
             data, rows, bounds = await _encode_stream(spec, _batches_of(merged, self._batch_rows))
         key = check_key(f"{spec.name}/{partition}/part-{commit_id}-0000.parquet")
         # Older segments' rows come upgraded out of the scan: the merged one is current.
